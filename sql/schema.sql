@@ -1,0 +1,26 @@
+-- Catalog of TVIEWs in this database. Read by user backends (create/drop) and drainers.
+CREATE TABLE pg_tview_meta (
+    entity       text        PRIMARY KEY,
+    table_oid    oid         NOT NULL UNIQUE,
+    view_oid     oid         NOT NULL,
+    definition   text        NOT NULL,
+    dependencies oid[]       NOT NULL DEFAULT '{}',
+    fk_columns   text[]      NOT NULL DEFAULT '{}',
+    key_column   text        NOT NULL,
+    root_table   oid,
+    mode         text        NOT NULL DEFAULT 'async' CHECK (mode IN ('async', 'sync')),
+    paused       boolean     NOT NULL DEFAULT false,
+    created_at   timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE pg_tview_meta IS 'One row per TVIEW (tv_<entity>) managed by pg_tviews_bgw';
+
+-- Helper views that TVIEW definitions build on (kept for the runbook's reset procedure).
+CREATE TABLE pg_tview_helpers (
+    helper_name  text        PRIMARY KEY,
+    view_oid     oid,
+    used_by      text[]      NOT NULL DEFAULT '{}',
+    created_at   timestamptz NOT NULL DEFAULT now()
+);
+
+SELECT pg_catalog.pg_extension_config_dump('pg_tview_meta', '');
+SELECT pg_catalog.pg_extension_config_dump('pg_tview_helpers', '');

@@ -1,0 +1,5 @@
+//! The SQL surface: TVIEW life cycle, monitoring functions, and the utility hook.
+
+pub mod status;
+pub mod tview;
+pub mod utility_hook;

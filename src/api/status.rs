@@ -1,0 +1,157 @@
+//! SQL functions behind the monitoring views and `pg_tviews_wait`; run in user backends and
+//! read shared memory only (one short LWLock hold each).
+
+use crate::queue;
+use pgrx::prelude::*;
+use std::time::{Duration, Instant};
+
+fn timestamp(micros_since_2000: i64) -> Option<TimestampWithTimeZone> {
+    if micros_since_2000 == 0 {
+        return None;
+    }
+    // SAFETY: TimestampTz is an int64 datum; any value is a valid timestamptz.
+    unsafe { TimestampWithTimeZone::from_datum(pg_sys::Datum::from(micros_since_2000), false) }
+}
+
+fn current_dboid() -> u32 {
+    // SAFETY: reading the current database id.
+    unsafe { pg_sys::MyDatabaseId }.to_u32()
+}
+
+#[pg_extern(volatile, parallel_safe)]
+fn _pg_tviews_queue_stats() -> TableIterator<
+    'static,
+    (
+        name!(table_oid, pg_sys::Oid),
+        name!(pending, i64),
+        name!(oldest_pending_at, Option<TimestampWithTimeZone>),
+        name!(applied, i64),
+        name!(last_applied_at, Option<TimestampWithTimeZone>),
+    ),
+> {
+    let rows: Vec<_> = queue::tview_stats(current_dboid())
+        .into_iter()
+        .map(|s| {
+            (
+                pg_sys::Oid::from(s.tview_oid),
+                s.pending as i64,
+                s.oldest_committed_at.and_then(timestamp),
+                s.applied as i64,
+                s.last_applied_at.and_then(timestamp),
+            )
+        })
+        .collect();
+    TableIterator::new(rows)
+}
+
+#[pg_extern(volatile, parallel_safe)]
+fn _pg_tviews_worker_stats() -> TableIterator<
+    'static,
+    (
+        name!(pid, Option<i32>),
+        name!(datid, pg_sys::Oid),
+        name!(slot, i32),
+        name!(state, String),
+        name!(pending, i64),
+        name!(full_refresh_pending, bool),
+        name!(batches, i64),
+        name!(rows, i64),
+        name!(started_at, Option<TimestampWithTimeZone>),
+        name!(last_activity, Option<TimestampWithTimeZone>),
+        name!(last_error, Option<String>),
+        name!(last_error_at, Option<TimestampWithTimeZone>),
+    ),
+> {
+    let rows: Vec<_> = queue::slots()
+        .into_iter()
+        .map(|s| {
+            (
+                (s.pid != 0).then_some(s.pid),
+                pg_sys::Oid::from(s.dboid),
+                s.slot as i32,
+                s.state.label().to_string(),
+                s.pending as i64,
+                s.needs_full_refresh,
+                s.batches as i64,
+                s.rows as i64,
+                timestamp(s.started_at),
+                timestamp(s.last_activity),
+                s.last_error,
+                timestamp(s.last_error_at),
+            )
+        })
+        .collect();
+    TableIterator::new(rows)
+}
+
+#[pg_extern(volatile, parallel_safe)]
+fn _pg_tviews_counters() -> TableIterator<
+    'static,
+    (
+        name!(enqueued, i64),
+        name!(applied, i64),
+        name!(overflowed, i64),
+        name!(published_txns, i64),
+        name!(full_refreshes, i64),
+        name!(shared_memory, bool),
+    ),
+> {
+    let row = match queue::counters() {
+        Some(c) => (
+            c.enqueued as i64,
+            c.applied as i64,
+            c.overflowed as i64,
+            c.published_txns as i64,
+            c.full_refreshes as i64,
+            true,
+        ),
+        None => (0, 0, 0, 0, 0, false),
+    };
+    TableIterator::once(row)
+}
+
+/// Waits until everything this database committed before the call has been applied.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _pg_tviews_wait_ms(timeout_ms: i64) -> bool {
+    let Some((slot, target)) = queue::drain_target(current_dboid()) else {
+        return true;
+    };
+    let deadline = Instant::now() + Duration::from_millis(timeout_ms.max(0) as u64);
+    loop {
+        if queue::drained(slot, current_dboid(), target) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        // SAFETY: standard latch wait in a user backend, interrupts checked right after.
+        unsafe {
+            pg_sys::WaitLatch(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                5,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+        }
+        pg_sys::check_for_interrupts!();
+    }
+}
+
+/// Keys staged by the current transaction, not yet published (diagnostics and tests).
+#[pg_extern(volatile, parallel_unsafe)]
+fn pg_tviews_staged_keys() -> TableIterator<'static, (name!(table_oid, pg_sys::Oid), name!(kind, String), name!(key, i64))> {
+    let rows: Vec<_> = crate::capture::staging::staged_keys()
+        .into_iter()
+        .map(|k| {
+            let kind = if k.kind == queue::kind::FULL { "full" } else { "row" };
+            (pg_sys::Oid::from(k.tview_oid), kind.to_string(), k.key)
+        })
+        .collect();
+    TableIterator::new(rows)
+}
+
+#[pg_extern(immutable, parallel_safe)]
+fn pg_tviews_version() -> &'static str {
+    env!("CARGO_PKG_VERSION")
+}

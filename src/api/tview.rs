@@ -1,0 +1,406 @@
+//! `pg_tviews_create` / `pg_tviews_drop` / `pg_tviews_refresh`: the TVIEW life cycle, run in the
+//! calling user backend inside its transaction, so a failure leaves nothing half-created.
+
+use crate::errors::raise;
+use crate::{catalog, queue, refresh};
+use pgrx::prelude::*;
+use pgrx::spi::quote_identifier;
+use pgrx::PgSqlErrorCode as Code;
+
+/// Trigger names installed on source tables, per TVIEW entity.
+pub fn trigger_names(entity: &str) -> [String; 5] {
+    ["ins", "upd", "del", "trunc", "full"].map(|suffix| format!("tview_{entity}_{suffix}"))
+}
+
+/// Accepts `tv_post` or `post`; returns the entity (`post`).
+pub fn entity_of(name: &str) -> String {
+    let name = name.trim();
+    name.strip_prefix("tv_").unwrap_or(name).to_string()
+}
+
+fn valid_entity(entity: &str) -> bool {
+    let mut chars = entity.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && entity.len() + "tview__trunc".len() <= 63
+}
+
+fn get_oid(sql: &str, args: &[pgrx::datum::DatumWithOid]) -> Option<pg_sys::Oid> {
+    Spi::get_one_with_args::<pg_sys::Oid>(sql, args).ok().flatten()
+}
+
+/// Creates `tv_<entity>` materialized from `query`, with its backing view `v_<entity>`, the
+/// capture triggers on every source table, and its `pg_tview_meta` row.
+#[pg_extern(volatile, parallel_unsafe)]
+fn pg_tviews_create(name: &str, query: &str) -> String {
+    let entity = entity_of(name);
+    if !valid_entity(&entity) {
+        raise(
+            Code::ERRCODE_INVALID_NAME,
+            format!("invalid TVIEW name \"{name}\""),
+            Some("The name must be tv_<entity> (or <entity>) with a lower-case identifier of at most 51 characters."),
+            Some("Example: SELECT pg_tviews_create('tv_post', 'SELECT pk_post, id, jsonb_build_object(...) AS data FROM tb_post');"),
+        );
+    }
+    let table = format!("tv_{entity}");
+    let view = format!("v_{entity}");
+    let key = format!("pk_{entity}");
+    if get_oid("SELECT table_oid FROM pg_tview_meta WHERE entity = $1", &[entity.as_str().into()]).is_some() {
+        raise(
+            Code::ERRCODE_DUPLICATE_OBJECT,
+            format!("TVIEW \"{table}\" already exists"),
+            None,
+            Some("Drop it first with pg_tviews_drop(), or choose another name."),
+        );
+    }
+    for relation in [&table, &view] {
+        if get_oid("SELECT to_regclass($1)::oid", &[quote_identifier(relation).as_str().into()]).is_some() {
+            raise(
+                Code::ERRCODE_DUPLICATE_TABLE,
+                format!("relation \"{relation}\" already exists"),
+                Some("pg_tviews_create() creates both tv_<entity> and its backing view v_<entity>."),
+                Some("Drop or rename the existing relation, or choose another TVIEW name."),
+            );
+        }
+    }
+    let query = query.trim().trim_end_matches(';');
+    Spi::run(&format!("CREATE VIEW {} AS {query}", quote_identifier(&view))).unwrap_or_else(|e| {
+        raise(
+            Code::ERRCODE_INVALID_TABLE_DEFINITION,
+            format!("could not create backing view for TVIEW \"{table}\": {e}"),
+            None,
+            None,
+        )
+    });
+    let view_oid = get_oid("SELECT to_regclass($1)::oid", &[quote_identifier(&view).as_str().into()])
+        .expect("backing view was just created");
+
+    let key_type = get_oid(
+        "SELECT atttypid FROM pg_attribute WHERE attrelid = $1 AND attname = $2 AND NOT attisdropped",
+        &[view_oid.into(), key.as_str().into()],
+    );
+    match key_type {
+        Some(t) if [pg_sys::INT2OID, pg_sys::INT4OID, pg_sys::INT8OID].contains(&t) => {}
+        Some(_) => raise(
+            Code::ERRCODE_INVALID_TABLE_DEFINITION,
+            format!("column \"{key}\" of the TVIEW query must be an integer"),
+            None,
+            Some("TVIEW keys follow the trinity convention: pk_<entity> integer or bigint."),
+        ),
+        None => raise(
+            Code::ERRCODE_INVALID_TABLE_DEFINITION,
+            format!("the TVIEW query does not return a column named \"{key}\""),
+            Some("Every TVIEW is keyed by pk_<entity>."),
+            Some(&format!("Add {key} to the select list, e.g. SELECT tb_{entity}.{key}, ... FROM tb_{entity}.")),
+        ),
+    }
+
+    let sources = source_tables(view_oid);
+    let root = sources
+        .iter()
+        .find(|s| s.name == format!("tb_{entity}") && s.has_key)
+        .or_else(|| {
+            let keyed: Vec<_> = sources.iter().filter(|s| s.has_key).collect();
+            (keyed.len() == 1).then(|| keyed[0])
+        })
+        .cloned();
+    let Some(root) = root else {
+        raise(
+            Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("cannot find the root table of TVIEW \"{table}\""),
+            Some(&format!("No table read by the query has a column named \"{key}\".")),
+            Some(&format!("Select from tb_{entity}, whose primary key is {key}.")),
+        );
+    };
+
+    Spi::run(&format!(
+        "CREATE TABLE {t} AS SELECT * FROM {v}; ALTER TABLE {t} ADD PRIMARY KEY ({k})",
+        t = quote_identifier(&table),
+        v = quote_identifier(&view),
+        k = quote_identifier(&key)
+    ))
+    .unwrap_or_else(|e| {
+        raise(
+            Code::ERRCODE_INVALID_TABLE_DEFINITION,
+            format!("could not materialize TVIEW \"{table}\": {e}"),
+            None,
+            Some(&format!("{key} must be unique and not null in the query's result.")),
+        )
+    });
+    let table_oid = get_oid("SELECT to_regclass($1)::oid", &[quote_identifier(&table).as_str().into()])
+        .expect("TVIEW table was just created");
+
+    let [ins, upd, del, trunc, full] = trigger_names(&entity);
+    let root_table = &root.qualified;
+    let k = quote_identifier(&key);
+    let mut ddl = vec![
+        format!(
+            "CREATE TRIGGER {ins} AFTER INSERT ON {root_table} REFERENCING NEW TABLE AS tview_new \
+             FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.pg_tviews_capture('{{oid}}', {k})"
+        ),
+        format!(
+            "CREATE TRIGGER {upd} AFTER UPDATE ON {root_table} REFERENCING OLD TABLE AS tview_old NEW TABLE AS tview_new \
+             FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.pg_tviews_capture('{{oid}}', {k})"
+        ),
+        format!(
+            "CREATE TRIGGER {del} AFTER DELETE ON {root_table} REFERENCING OLD TABLE AS tview_old \
+             FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.pg_tviews_capture('{{oid}}', {k})"
+        ),
+        format!(
+            "CREATE TRIGGER {trunc} AFTER TRUNCATE ON {root_table} \
+             FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.pg_tviews_capture('{{oid}}', {k})"
+        ),
+    ];
+    let others: Vec<_> = sources.iter().filter(|s| s.oid != root.oid).collect();
+    for other in &others {
+        // Lineage for joined tables comes with the full engine; until then any change to them
+        // recomputes the whole TVIEW, which is slow but never stale.
+        ddl.push(format!(
+            "CREATE TRIGGER {full} AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {} \
+             FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.pg_tviews_capture('{{oid}}', '')",
+            other.qualified
+        ));
+    }
+    let schema = extension_schema();
+    for statement in ddl {
+        let statement = statement
+            .replace("@extschema@", &quote_identifier(&schema))
+            .replace("{oid}", &table_oid.to_u32().to_string());
+        Spi::run(&statement).unwrap_or_else(|e| {
+            raise(
+                Code::ERRCODE_INVALID_TABLE_DEFINITION,
+                format!("could not install capture trigger for TVIEW \"{table}\": {e}"),
+                None,
+                None,
+            )
+        });
+    }
+    if !others.is_empty() {
+        let names: Vec<_> = others.iter().map(|o| o.qualified.as_str()).collect();
+        crate::errors::warn(
+            Code::ERRCODE_WARNING,
+            format!(
+                "changes to {} will fully refresh TVIEW \"{table}\"",
+                names.join(", ")
+            ),
+            "Row-level lineage through joined tables is not derived yet; only the root table's keys are tracked per row.",
+        );
+    }
+
+    let dependencies: Vec<pg_sys::Oid> = sources.iter().map(|s| s.oid).collect();
+    let fk_columns = Spi::get_one_with_args::<Vec<String>>(
+        "SELECT coalesce(array_agg(attname::text ORDER BY attnum), '{}') FROM pg_attribute \
+         WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND attname LIKE 'fk\\_%'",
+        &[view_oid.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_default();
+    Spi::run_with_args(
+        "INSERT INTO pg_tview_meta (entity, table_oid, view_oid, definition, dependencies, fk_columns, key_column, root_table) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[
+            entity.as_str().into(),
+            table_oid.into(),
+            view_oid.into(),
+            query.into(),
+            dependencies.into(),
+            fk_columns.into(),
+            key.as_str().into(),
+            root.oid.into(),
+        ],
+    )
+    .unwrap_or_else(|e| raise(Code::ERRCODE_INTERNAL_ERROR, format!("could not record TVIEW metadata: {e}"), None, None));
+
+    if let Err(e) = refresh::validate(table_oid) {
+        raise(
+            Code::ERRCODE_INVALID_TABLE_DEFINITION,
+            format!("TVIEW \"{table}\" could not be refreshed incrementally: {e}"),
+            None,
+            Some("Every column type must support equality (use jsonb rather than json)."),
+        );
+    }
+    attach_current_database();
+    table
+}
+
+#[derive(Clone, Debug)]
+struct SourceTable {
+    oid: pg_sys::Oid,
+    name: String,
+    qualified: String,
+    has_key: bool,
+}
+
+/// Tables the view reads, following nested views, from `pg_depend` (not from the query text).
+fn source_tables(view_oid: pg_sys::Oid) -> Vec<SourceTable> {
+    let key_column = Spi::get_one_with_args::<String>(
+        "SELECT 'pk_' || substr(relname, 3) FROM pg_class WHERE oid = $1",
+        &[view_oid.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_default();
+    Spi::connect(|client| {
+        let rows = client.select(
+            "WITH RECURSIVE deps(relid) AS ( \
+               SELECT $1::oid \
+               UNION \
+               SELECT d.refobjid FROM deps \
+               JOIN pg_rewrite r ON r.ev_class = deps.relid \
+               JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid \
+                               AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> deps.relid \
+             ) \
+             SELECT c.oid, c.relname::text, c.oid::regclass::text, \
+                    EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = $2 AND NOT a.attisdropped) \
+             FROM deps JOIN pg_class c ON c.oid = deps.relid \
+             WHERE c.relkind IN ('r', 'p') ORDER BY c.oid",
+            None,
+            &[view_oid.into(), key_column.as_str().into()],
+        )?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(SourceTable {
+                oid: row.get(1)?.unwrap_or(pg_sys::InvalidOid),
+                name: row.get(2)?.unwrap_or_default(),
+                qualified: row.get(3)?.unwrap_or_default(),
+                has_key: row.get(4)?.unwrap_or(false),
+            });
+        }
+        Ok::<_, spi::Error>(out)
+    })
+    .unwrap_or_else(|e| raise(Code::ERRCODE_INTERNAL_ERROR, format!("could not read view dependencies: {e}"), None, None))
+}
+
+fn extension_schema() -> String {
+    Spi::get_one::<String>(
+        "SELECT n.nspname::text FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace \
+         WHERE e.extname = 'pg_tviews_bgw'",
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_else(|| "public".to_string())
+}
+
+/// Drops the TVIEW table, its backing view, its capture triggers and its metadata.
+#[pg_extern(volatile, parallel_unsafe)]
+fn pg_tviews_drop(name: &str, if_exists: default!(bool, false)) -> bool {
+    let entity = entity_of(name);
+    let row = Spi::get_two_with_args::<pg_sys::Oid, Vec<pg_sys::Oid>>(
+        "SELECT table_oid, dependencies FROM pg_tview_meta WHERE entity = $1",
+        &[entity.as_str().into()],
+    );
+    let dependencies = match row {
+        Ok((Some(_), deps)) => deps.unwrap_or_default(),
+        _ => {
+            if if_exists {
+                pgrx::ereport!(
+                    NOTICE,
+                    Code::ERRCODE_SUCCESSFUL_COMPLETION,
+                    format!("TVIEW \"tv_{entity}\" does not exist, skipping")
+                );
+                return false;
+            }
+            raise(
+                Code::ERRCODE_UNDEFINED_TABLE,
+                format!("TVIEW \"tv_{entity}\" does not exist"),
+                None,
+                Some("List TVIEWs with: SELECT entity FROM pg_tview_meta;"),
+            );
+        }
+    };
+    for dependency in dependencies {
+        // A source table dropped meanwhile took its triggers with it.
+        let Ok(Some(relation)) = Spi::get_one_with_args::<String>(
+            "SELECT oid::regclass::text FROM pg_class WHERE oid = $1",
+            &[dependency.into()],
+        ) else {
+            continue;
+        };
+        for trigger in trigger_names(&entity) {
+            let exists = Spi::get_one_with_args::<bool>(
+                "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = $1 AND tgname = $2)",
+                &[dependency.into(), trigger.as_str().into()],
+            );
+            if !matches!(exists, Ok(Some(true))) {
+                continue;
+            }
+            Spi::run(&format!("DROP TRIGGER {} ON {relation}", quote_identifier(&trigger))).unwrap_or_else(|e| {
+                raise(Code::ERRCODE_INTERNAL_ERROR, format!("could not drop trigger {trigger}: {e}"), None, None)
+            });
+        }
+    }
+    Spi::run(&format!(
+        "DROP TABLE IF EXISTS {t}; DROP VIEW IF EXISTS {v}",
+        t = quote_identifier(&format!("tv_{entity}")),
+        v = quote_identifier(&format!("v_{entity}"))
+    ))
+    .unwrap_or_else(|e| raise(Code::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST, format!("could not drop TVIEW \"tv_{entity}\": {e}"), None, Some("Drop the objects that depend on it first.")));
+    Spi::run_with_args("DELETE FROM pg_tview_meta WHERE entity = $1", &[entity.as_str().into()])
+        .unwrap_or_else(|e| raise(Code::ERRCODE_INTERNAL_ERROR, format!("could not remove TVIEW metadata: {e}"), None, None));
+    true
+}
+
+/// Recomputes a whole TVIEW now, in the caller's transaction; returns the rows written.
+#[pg_extern(volatile, parallel_unsafe)]
+fn pg_tviews_refresh(name: &str) -> i64 {
+    let entity = entity_of(name);
+    let Some(table_oid) = get_oid("SELECT table_oid FROM pg_tview_meta WHERE entity = $1", &[entity.as_str().into()]) else {
+        raise(
+            Code::ERRCODE_UNDEFINED_TABLE,
+            format!("TVIEW \"tv_{entity}\" does not exist"),
+            None,
+            Some("List TVIEWs with: SELECT entity FROM pg_tview_meta;"),
+        );
+    };
+    match refresh::refresh_one(table_oid) {
+        Ok(Some(rows)) => rows as i64,
+        Ok(None) => 0,
+        Err(e) => raise(Code::ERRCODE_INTERNAL_ERROR, format!("refresh of \"tv_{entity}\" failed: {e}"), None, None),
+    }
+}
+
+/// Gives this database a worker slot now and wakes the launcher (run by CREATE EXTENSION).
+pub fn attach_current_database() -> bool {
+    if !queue::is_attached() {
+        return false;
+    }
+    let is_template = Spi::get_one::<bool>("SELECT datistemplate FROM pg_database WHERE oid = (SELECT oid FROM pg_database WHERE datname = current_database())")
+        .ok()
+        .flatten()
+        .unwrap_or(false);
+    if is_template || !catalog::extension_installed() {
+        return false;
+    }
+    // SAFETY: reading the current database id.
+    queue::ensure_slot(unsafe { pg_sys::MyDatabaseId }.to_u32())
+}
+
+#[pg_extern(volatile)]
+fn _pg_tviews_attach_database() -> bool {
+    if !queue::is_attached() {
+        crate::errors::warn(
+            Code::ERRCODE_WARNING,
+            "pg_tviews_bgw is not loaded through shared_preload_libraries; TVIEWs will not be refreshed in the background",
+            "Add pg_tviews_bgw to shared_preload_libraries in postgresql.conf and restart PostgreSQL.",
+        );
+        return false;
+    }
+    attach_current_database()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entity_accepts_both_spellings() {
+        assert_eq!(entity_of("tv_post"), "post");
+        assert_eq!(entity_of("post"), "post");
+        assert!(valid_entity("post_2"));
+        assert!(!valid_entity("Post"));
+        assert!(!valid_entity("2post"));
+        assert!(!valid_entity("po-st"));
+        assert!(!valid_entity(""));
+    }
+}

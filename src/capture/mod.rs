@@ -1,0 +1,5 @@
+//! Change capture in user backends: the `tview_*` statement triggers stage keys, the
+//! transaction callbacks publish them at COMMIT.
+
+pub mod staging;
+pub mod trigger;

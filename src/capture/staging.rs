@@ -1,0 +1,217 @@
+//! Keys staged in a user backend during its transaction, and the transaction callbacks that
+//! publish them at COMMIT or drop them on ABORT. Runs in every user backend.
+//!
+//! Invariant 1 (no key before its commit): keys reach shared memory only in the COMMIT callback,
+//! which PostgreSQL runs after the transaction became visible to other snapshots.
+
+use crate::queue::{self, QueueEntry};
+use pgrx::pg_sys;
+use std::cell::RefCell;
+
+/// One changed key, as staged by a trigger.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StagedKey {
+    pub tview_oid: u32,
+    pub kind: u32,
+    pub key: i64,
+}
+
+#[derive(Default)]
+struct Staging {
+    keys: Vec<StagedKey>,
+    /// `(subtransaction id, keys.len() when it started)`, innermost last: lets ROLLBACK TO
+    /// SAVEPOINT drop exactly the keys its subtransaction staged.
+    subxacts: Vec<(pg_sys::SubTransactionId, usize)>,
+    /// Length at which the open region is next sorted and de-duplicated.
+    compact_at: usize,
+    /// Built at PRE_COMMIT (where allocating and raising are still allowed), sent at COMMIT.
+    ready: Vec<QueueEntry>,
+}
+
+const FIRST_COMPACTION: usize = 8192;
+
+thread_local! {
+    static STAGING: RefCell<Staging> = RefCell::new(Staging::default());
+}
+
+/// Sorts and de-duplicates `keys[from..]` in place.
+fn compact_tail(keys: &mut Vec<StagedKey>, from: usize) {
+    let mut tail = keys.split_off(from);
+    tail.sort_unstable();
+    tail.dedup();
+    keys.extend_from_slice(&tail);
+}
+
+/// Adds keys changed by one statement. Keys repeated across statements are de-duplicated
+/// lazily (on growth and at PRE_COMMIT), so a bulk transaction does not stage millions of
+/// duplicates.
+pub fn stage(keys: impl IntoIterator<Item = StagedKey>) {
+    STAGING.with(|s| {
+        let mut s = s.borrow_mut();
+        s.keys.extend(keys);
+        if s.compact_at == 0 {
+            s.compact_at = FIRST_COMPACTION;
+        }
+        if s.keys.len() >= s.compact_at {
+            let from = s.subxacts.last().map_or(0, |&(_, len)| len);
+            compact_tail(&mut s.keys, from);
+            s.compact_at = (s.keys.len() * 2).max(FIRST_COMPACTION);
+        }
+    });
+}
+
+/// Keys staged so far in this transaction, de-duplicated (diagnostics and tests).
+pub fn staged_keys() -> Vec<StagedKey> {
+    STAGING.with(|s| {
+        let mut keys = s.borrow().keys.clone();
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+    })
+}
+
+/// Installs the callbacks once, in the postmaster; forked backends inherit them.
+pub fn register_callbacks() {
+    // SAFETY: plain registration of static C-ABI functions with a null argument.
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(on_xact_event), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(on_subxact_event), std::ptr::null_mut());
+    }
+}
+
+fn clear(s: &mut Staging) {
+    s.keys.clear();
+    s.subxacts.clear();
+    s.ready.clear();
+    s.compact_at = 0;
+    // Give memory back after an unusually large transaction.
+    if s.keys.capacity() > 1 << 20 {
+        s.keys.shrink_to(FIRST_COMPACTION);
+        s.ready.shrink_to(FIRST_COMPACTION);
+    }
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn on_xact_event(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    use pg_sys::XactEvent::*;
+    match event {
+        XACT_EVENT_PRE_COMMIT => pre_commit(),
+        XACT_EVENT_COMMIT => commit(),
+        XACT_EVENT_ABORT => {
+            STAGING.with(|s| {
+                if let Ok(mut s) = s.try_borrow_mut() {
+                    clear(&mut s);
+                }
+            });
+        }
+        XACT_EVENT_PRE_PREPARE => pre_prepare(),
+        _ => {}
+    }
+}
+
+/// Still inside the transaction: allocating and raising are allowed, so all the work that can
+/// fail happens here and COMMIT only copies.
+fn pre_commit() {
+    STAGING.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.keys.is_empty() {
+            return;
+        }
+        let mut keys = std::mem::take(&mut s.keys);
+        keys.sort_unstable();
+        keys.dedup();
+        s.ready.clear();
+        s.ready.extend(keys.iter().map(|k| QueueEntry {
+            tview_oid: k.tview_oid,
+            kind: k.kind,
+            key: k.key,
+            committed_at: 0,
+        }));
+        keys.clear();
+        s.keys = keys;
+    });
+}
+
+/// After the commit is visible. Must not raise: no allocation, no catalog, no SPI.
+fn commit() {
+    STAGING.with(|s| {
+        let Ok(mut s) = s.try_borrow_mut() else {
+            return;
+        };
+        if !s.ready.is_empty() {
+            // SAFETY: reading the clock and the current database id cannot raise.
+            let (at, dboid) = unsafe { (pg_sys::GetCurrentTimestamp(), pg_sys::MyDatabaseId) };
+            for e in s.ready.iter_mut() {
+                e.committed_at = at;
+            }
+            queue::publish(dboid.to_u32(), &s.ready);
+        }
+        clear(&mut s);
+    });
+}
+
+fn pre_prepare() {
+    let has_keys = STAGING.with(|s| !s.borrow().keys.is_empty());
+    if has_keys {
+        crate::errors::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            "cannot PREPARE a transaction that changed tables tracked by pg_tviews_bgw",
+            Some("The changed keys live in backend memory until COMMIT and would be lost by a two-phase commit."),
+            Some("Commit such transactions directly (two-phase commit support is planned)."),
+        );
+    }
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn on_subxact_event(
+    event: pg_sys::SubXactEvent::Type,
+    my_subid: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    use pg_sys::SubXactEvent::*;
+    STAGING.with(|s| {
+        let Ok(mut s) = s.try_borrow_mut() else {
+            return;
+        };
+        match event {
+            SUBXACT_EVENT_START_SUB => {
+                let len = s.keys.len();
+                s.subxacts.push((my_subid, len));
+            }
+            SUBXACT_EVENT_COMMIT_SUB => {
+                if let Some(pos) = s.subxacts.iter().rposition(|&(id, _)| id == my_subid) {
+                    s.subxacts.truncate(pos);
+                }
+            }
+            SUBXACT_EVENT_ABORT_SUB => {
+                if let Some(pos) = s.subxacts.iter().rposition(|&(id, _)| id == my_subid) {
+                    let len = s.subxacts[pos].1;
+                    s.subxacts.truncate(pos);
+                    s.keys.truncate(len);
+                }
+            }
+            _ => {}
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(key: i64) -> StagedKey {
+        StagedKey {
+            tview_oid: 1,
+            kind: 0,
+            key,
+        }
+    }
+
+    #[test]
+    fn compaction_only_touches_the_open_region() {
+        let mut keys = vec![k(5), k(1), k(5), k(3), k(3), k(1)];
+        compact_tail(&mut keys, 2);
+        assert_eq!(keys, vec![k(5), k(1), k(1), k(3), k(5)]);
+    }
+}

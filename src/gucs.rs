@@ -1,0 +1,96 @@
+//! Every `pg_tviews_bgw.*` setting, defined once at preload; read by user backends and workers.
+//!
+//! Postmaster settings size shared memory, so they are fixed for the life of the server.
+//! Sighup settings are re-read by workers after their own `ProcessConfigFile` call.
+
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+
+/// Master switch for draining. Off: keys keep being captured and queued (nothing is lost),
+/// but workers stop refreshing until it is turned back on.
+pub static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
+
+/// Capacity, in keys, of each worker's ring. A transaction whose keys do not fit degrades to a
+/// full refresh of that database's TVIEWs instead of blocking or dropping anything.
+pub static QUEUE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(65_536);
+
+/// Number of drainer slots (and rings) in shared memory: one per database with the extension.
+pub static MAX_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(4);
+
+/// Maximum keys a drainer takes from its ring per refresh transaction.
+pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1_000);
+
+/// How long an idle drainer sleeps before re-checking on its own (publishes wake it at once).
+pub static NAPTIME_MS: GucSetting<i32> = GucSetting::<i32>::new(1_000);
+
+pub const QUEUE_SIZE_MIN: i32 = 16;
+pub const QUEUE_SIZE_MAX: i32 = 16 * 1024 * 1024;
+pub const MAX_WORKERS_MAX: i32 = 64;
+
+pub fn define() {
+    GucRegistry::define_bool_guc(
+        c"pg_tviews_bgw.enabled",
+        c"Whether background workers refresh TVIEWs.",
+        c"When off, changed keys are still captured and queued; workers stop draining until it is on again.",
+        &ENABLED,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_tviews_bgw.queue_size",
+        c"Capacity of each worker's shared-memory key ring, in keys.",
+        c"A committing transaction whose keys do not fit makes the worker fully refresh its database's TVIEWs.",
+        &QUEUE_SIZE,
+        QUEUE_SIZE_MIN,
+        QUEUE_SIZE_MAX,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_tviews_bgw.max_workers",
+        c"Number of drainer slots in shared memory (one per database using the extension).",
+        c"Each drainer is a dynamic background worker and also needs a max_worker_processes slot.",
+        &MAX_WORKERS,
+        1,
+        MAX_WORKERS_MAX,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_tviews_bgw.batch_size",
+        c"Maximum number of queued keys refreshed in one worker transaction.",
+        c"",
+        &BATCH_SIZE,
+        1,
+        1_000_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_tviews_bgw.naptime",
+        c"How long an idle worker sleeps between checks when nothing wakes it.",
+        c"Commits wake the worker immediately; this bounds how fast it notices DROP EXTENSION or a setting change.",
+        &NAPTIME_MS,
+        10,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    // SAFETY: called from _PG_init in the postmaster; the prefix string is static.
+    unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"pg_tviews_bgw".as_ptr()) };
+}
+
+pub fn queue_size() -> usize {
+    QUEUE_SIZE.get() as usize
+}
+
+pub fn max_workers() -> usize {
+    MAX_WORKERS.get() as usize
+}
+
+pub fn batch_size() -> usize {
+    BATCH_SIZE.get().max(1) as usize
+}
+
+pub fn naptime() -> std::time::Duration {
+    std::time::Duration::from_millis(NAPTIME_MS.get().max(10) as u64)
+}

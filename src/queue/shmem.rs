@@ -1,0 +1,390 @@
+//! The shared-memory segment: layout, request/startup hooks, and the LWLock around it.
+//! Set up by the postmaster at preload; attached (inherited) by every backend and worker.
+//!
+//! Layout (one `ShmemInitStruct` block, sized from postmaster GUCs):
+//! `[SharedHeader][WorkerSlot; max_workers][QueueEntry; max_workers * queue_size]`.
+//! Everything in it is plain old data; process-local pointers never go in, except latch pointers
+//! that themselves point into shared memory (`PGPROC.procLatch`).
+
+use super::ring::{QueueEntry, Ring, RingHeader};
+use crate::gucs;
+use pgrx::pg_sys;
+use std::cell::UnsafeCell;
+use std::mem::{align_of, size_of};
+
+const SEGMENT_NAME: &std::ffi::CStr = c"pg_tviews_bgw queue";
+const TRANCHE_NAME: &std::ffi::CStr = c"pg_tviews_bgw";
+const MAGIC: u64 = 0x7476_6965_7773_0001;
+
+/// Per-TVIEW counters shown by `pg_tviews_queue_status`; the table is small and fixed.
+pub const MAX_TVIEW_STATS: usize = 512;
+pub const LAST_ERROR_BYTES: usize = 256;
+
+/// Lifecycle of a worker slot; see ARCHITECTURE.md "Drainer state machine".
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkerState {
+    Free = 0,
+    Starting = 1,
+    Idle = 2,
+    Draining = 3,
+    FullRefresh = 4,
+    Backoff = 5,
+    Disabled = 6,
+}
+
+impl WorkerState {
+    pub fn from_u32(v: u32) -> WorkerState {
+        match v {
+            1 => WorkerState::Starting,
+            2 => WorkerState::Idle,
+            3 => WorkerState::Draining,
+            4 => WorkerState::FullRefresh,
+            5 => WorkerState::Backoff,
+            6 => WorkerState::Disabled,
+            _ => WorkerState::Free,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            WorkerState::Free => "free",
+            WorkerState::Starting => "starting",
+            WorkerState::Idle => "idle",
+            WorkerState::Draining => "draining",
+            WorkerState::FullRefresh => "full_refresh",
+            WorkerState::Backoff => "error_backoff",
+            WorkerState::Disabled => "disabled",
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Counters {
+    /// Keys accepted into a ring at COMMIT.
+    pub enqueued: u64,
+    /// Keys whose refresh committed and that left a ring.
+    pub applied: u64,
+    /// Keys that did not fit (their database gets a full refresh instead).
+    pub overflowed: u64,
+    /// Committed transactions that published at least one key.
+    pub published_txns: u64,
+    /// Full refreshes (all TVIEWs of a database) completed.
+    pub full_refreshes: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TviewStat {
+    pub dboid: u32,
+    pub tview_oid: u32,
+    pub applied: u64,
+    pub last_applied_at: i64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct WorkerSlot {
+    /// Database served; `0` means the slot is free.
+    pub dboid: u32,
+    pub state: u32,
+    /// Pid of the attached drainer, 0 when none is running.
+    pub pid: i32,
+    /// The drainer's latch, valid while `pid != 0`.
+    pub latch: *mut pg_sys::Latch,
+    /// The launcher registered a background worker for this slot that has not exited for good.
+    pub worker_registered: bool,
+    /// Claimed by the launcher only to find out whether the database has the extension.
+    pub probing: bool,
+    /// Ask the drainer to leave for good (DROP DATABASE).
+    pub stop_requested: bool,
+    /// Keys were lost to overflow or the slot is fresh: recompute every TVIEW of the database.
+    pub needs_full_refresh: bool,
+    pub ring: RingHeader,
+    pub batches: u64,
+    pub rows: u64,
+    pub started_at: i64,
+    pub last_activity: i64,
+    pub last_error_at: i64,
+    pub last_error_len: u32,
+    pub last_error: [u8; LAST_ERROR_BYTES],
+}
+
+impl WorkerSlot {
+    fn empty(queue_size: usize) -> WorkerSlot {
+        WorkerSlot {
+            dboid: 0,
+            state: WorkerState::Free as u32,
+            pid: 0,
+            latch: std::ptr::null_mut(),
+            worker_registered: false,
+            probing: false,
+            stop_requested: false,
+            needs_full_refresh: false,
+            ring: RingHeader::new(queue_size),
+            batches: 0,
+            rows: 0,
+            started_at: 0,
+            last_activity: 0,
+            last_error_at: 0,
+            last_error_len: 0,
+            last_error: [0; LAST_ERROR_BYTES],
+        }
+    }
+
+    pub fn is_free(&self) -> bool {
+        self.dboid == 0
+    }
+
+    pub fn state(&self) -> WorkerState {
+        WorkerState::from_u32(self.state)
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        if self.last_error_len == 0 {
+            return None;
+        }
+        let n = (self.last_error_len as usize).min(LAST_ERROR_BYTES);
+        Some(String::from_utf8_lossy(&self.last_error[..n]).into_owned())
+    }
+
+    pub fn set_last_error(&mut self, message: &str, at: i64) {
+        let mut n = message.len().min(LAST_ERROR_BYTES);
+        while !message.is_char_boundary(n) {
+            n -= 1;
+        }
+        self.last_error[..n].copy_from_slice(&message.as_bytes()[..n]);
+        self.last_error_len = n as u32;
+        self.last_error_at = at;
+    }
+}
+
+#[repr(C)]
+pub struct SharedHeader {
+    pub magic: u64,
+    pub max_workers: u64,
+    pub queue_size: u64,
+    pub launcher_pid: i32,
+    pub launcher_latch: *mut pg_sys::Latch,
+    pub counters: Counters,
+    pub tview_stats: [TviewStat; MAX_TVIEW_STATS],
+}
+
+fn align_up(n: usize, align: usize) -> usize {
+    n.div_ceil(align) * align
+}
+
+/// Byte offsets of the three regions; pure arithmetic so it is unit-tested.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub slots_offset: usize,
+    pub entries_offset: usize,
+    pub total: usize,
+}
+
+impl Layout {
+    pub fn new(max_workers: usize, queue_size: usize) -> Layout {
+        let slots_offset = align_up(size_of::<SharedHeader>(), align_of::<WorkerSlot>());
+        let entries_offset = align_up(
+            slots_offset + max_workers * size_of::<WorkerSlot>(),
+            align_of::<QueueEntry>(),
+        );
+        let total = entries_offset + max_workers * queue_size * size_of::<QueueEntry>();
+        Layout {
+            slots_offset,
+            entries_offset,
+            total,
+        }
+    }
+}
+
+/// Process-local pointers into the segment, filled in by the startup hook.
+struct Attachment {
+    base: *mut u8,
+    lock: *mut pg_sys::LWLock,
+    max_workers: usize,
+    queue_size: usize,
+}
+
+struct AttachmentCell(UnsafeCell<Option<Attachment>>);
+// SAFETY: PostgreSQL backends are single-threaded; the cell is written once by the startup hook
+// before any reader runs in this process.
+unsafe impl Sync for AttachmentCell {}
+
+static ATTACHMENT: AttachmentCell = AttachmentCell(UnsafeCell::new(None));
+
+struct HookCell<T>(UnsafeCell<T>);
+// SAFETY: hooks are installed and read only from the single backend thread.
+unsafe impl<T> Sync for HookCell<T> {}
+
+static PREV_REQUEST_HOOK: HookCell<pg_sys::shmem_request_hook_type> = HookCell(UnsafeCell::new(None));
+static PREV_STARTUP_HOOK: HookCell<pg_sys::shmem_startup_hook_type> = HookCell(UnsafeCell::new(None));
+
+/// Installs the request and startup hooks. Only from `_PG_init` during shared_preload_libraries.
+pub fn install_hooks() {
+    // SAFETY: runs once in the postmaster while it is single-threaded; we save and chain the
+    // previous hooks as every preloaded library must.
+    unsafe {
+        *PREV_REQUEST_HOOK.0.get() = pg_sys::shmem_request_hook;
+        pg_sys::shmem_request_hook = Some(request_shmem);
+        *PREV_STARTUP_HOOK.0.get() = pg_sys::shmem_startup_hook;
+        pg_sys::shmem_startup_hook = Some(startup_shmem);
+    }
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn request_shmem() {
+    // SAFETY: called by the postmaster in its request phase; previous hook chained first.
+    unsafe {
+        if let Some(prev) = *PREV_REQUEST_HOOK.0.get() {
+            prev();
+        }
+        let layout = Layout::new(gucs::max_workers(), gucs::queue_size());
+        pg_sys::RequestAddinShmemSpace(layout.total);
+        pg_sys::RequestNamedLWLockTranche(TRANCHE_NAME.as_ptr(), 1);
+    }
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn startup_shmem() {
+    // SAFETY: called by the postmaster (and after a crash re-init) with shared memory mapped;
+    // AddinShmemInitLock serialises ShmemInitStruct as PostgreSQL requires, and the block is
+    // initialised in place before anyone else can see `found == true`.
+    unsafe {
+        if let Some(prev) = *PREV_STARTUP_HOOK.0.get() {
+            prev();
+        }
+        let max_workers = gucs::max_workers();
+        let queue_size = gucs::queue_size();
+        let layout = Layout::new(max_workers, queue_size);
+        let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock;
+        pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        let mut found = false;
+        let base = pg_sys::ShmemInitStruct(SEGMENT_NAME.as_ptr(), layout.total, &mut found) as *mut u8;
+        if !found {
+            std::ptr::write_bytes(base, 0, layout.total);
+            let header = base as *mut SharedHeader;
+            (*header).magic = MAGIC;
+            (*header).max_workers = max_workers as u64;
+            (*header).queue_size = queue_size as u64;
+            let slots = base.add(layout.slots_offset) as *mut WorkerSlot;
+            for i in 0..max_workers {
+                slots.add(i).write(WorkerSlot::empty(queue_size));
+            }
+        }
+        let lock = &raw mut (*pg_sys::GetNamedLWLockTranche(TRANCHE_NAME.as_ptr())).lock;
+        pg_sys::LWLockRelease(init_lock);
+        *ATTACHMENT.0.get() = Some(Attachment {
+            base,
+            lock,
+            max_workers,
+            queue_size,
+        });
+    }
+}
+
+/// True once the segment exists in this process (false when the library was not preloaded).
+pub fn is_attached() -> bool {
+    // SAFETY: single-threaded read of a value written once by the startup hook.
+    unsafe { (*ATTACHMENT.0.get()).is_some() }
+}
+
+/// Exclusive view of the segment while the LWLock is held. Everything reachable through it is
+/// plain memory access: nothing here can raise, so it is safe inside commit callbacks.
+pub struct Locked {
+    base: *mut u8,
+    lock: *mut pg_sys::LWLock,
+    max_workers: usize,
+    queue_size: usize,
+}
+
+impl Locked {
+    pub fn header(&mut self) -> &mut SharedHeader {
+        // SAFETY: the header sits at the start of the segment; the lock is held exclusively.
+        unsafe { &mut *(self.base as *mut SharedHeader) }
+    }
+
+    pub fn max_workers(&self) -> usize {
+        self.max_workers
+    }
+
+    pub fn slot(&mut self, i: usize) -> &mut WorkerSlot {
+        assert!(i < self.max_workers);
+        let layout = Layout::new(self.max_workers, self.queue_size);
+        // SAFETY: `i` is in range; slots were initialised by the startup hook.
+        unsafe { &mut *(self.base.add(layout.slots_offset) as *mut WorkerSlot).add(i) }
+    }
+
+    /// The ring of slot `i` together with its header.
+    pub fn ring(&mut self, i: usize) -> Ring<'_> {
+        assert!(i < self.max_workers);
+        let layout = Layout::new(self.max_workers, self.queue_size);
+        // SAFETY: slot `i`'s header and its entries are disjoint regions of the segment; both
+        // borrows end with the returned Ring, while the exclusive lock is held.
+        unsafe {
+            let slot = (self.base.add(layout.slots_offset) as *mut WorkerSlot).add(i);
+            let entries = (self.base.add(layout.entries_offset) as *mut QueueEntry).add(i * self.queue_size);
+            Ring::new(
+                &mut (*slot).ring,
+                std::slice::from_raw_parts_mut(entries, self.queue_size),
+            )
+        }
+    }
+}
+
+impl Drop for Locked {
+    fn drop(&mut self) {
+        // SAFETY: we acquired this lock in `lock_exclusive` and have not released it.
+        unsafe { pg_sys::LWLockRelease(self.lock) };
+    }
+}
+
+/// Takes the queue lock exclusively; `None` when shared memory is not set up in this process.
+/// Hold the result only for short, non-raising work: never across SPI or allocation-heavy code.
+pub fn lock_exclusive() -> Option<Locked> {
+    // SAFETY: see `is_attached`; LWLockAcquire does not raise for a valid lock.
+    unsafe {
+        let att = (*ATTACHMENT.0.get()).as_ref()?;
+        pg_sys::LWLockAcquire(att.lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        Some(Locked {
+            base: att.base,
+            lock: att.lock,
+            max_workers: att.max_workers,
+            queue_size: att.queue_size,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_grows_with_both_gucs_and_keeps_alignment() {
+        let small = Layout::new(1, 16);
+        let wide = Layout::new(4, 16);
+        let deep = Layout::new(1, 1024);
+        assert!(wide.total > small.total);
+        assert!(deep.total > small.total);
+        assert_eq!(deep.total - small.total, (1024 - 16) * size_of::<QueueEntry>());
+        for l in [&small, &wide, &deep] {
+            assert_eq!(l.slots_offset % align_of::<WorkerSlot>(), 0);
+            assert_eq!(l.entries_offset % align_of::<QueueEntry>(), 0);
+            assert!(l.entries_offset >= l.slots_offset);
+        }
+        assert_eq!(size_of::<QueueEntry>(), 24);
+    }
+
+    #[test]
+    fn last_error_is_truncated_on_a_char_boundary() {
+        let mut slot = WorkerSlot::empty(4);
+        assert_eq!(slot.last_error(), None);
+        let long = "é".repeat(300);
+        slot.set_last_error(&long, 7);
+        let stored = slot.last_error().unwrap();
+        assert!(stored.len() <= LAST_ERROR_BYTES);
+        assert!(stored.chars().all(|c| c == 'é'));
+        assert_eq!(slot.last_error_at, 7);
+    }
+}

@@ -1,0 +1,119 @@
+//! Builds the set-based refresh statements for one TVIEW; pure string work, unit-tested.
+//! Used by the drainer (and by pg_tviews_create to validate a new TVIEW).
+
+/// What the refresh statements need to know about a TVIEW; identifiers are already quoted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TviewShape {
+    pub table: String,
+    pub view: String,
+    pub key: String,
+    /// Every column of the table except the key, in table order.
+    pub values: Vec<String>,
+}
+
+impl TviewShape {
+    fn all_columns(&self) -> String {
+        std::iter::once(self.key.as_str())
+            .chain(self.values.iter().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// `INSERT .. ON CONFLICT` that writes only rows whose values changed, so an unchanged
+    /// recompute costs no new tuple version.
+    fn upsert(&self) -> String {
+        let cols = self.all_columns();
+        let conflict = if self.values.is_empty() {
+            "DO NOTHING".to_string()
+        } else {
+            let set = self
+                .values
+                .iter()
+                .map(|c| format!("{c} = EXCLUDED.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let old = self.values.iter().map(|c| format!("t.{c}")).collect::<Vec<_>>().join(", ");
+            let new = self
+                .values
+                .iter()
+                .map(|c| format!("EXCLUDED.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("DO UPDATE SET {set} WHERE ROW({old}) IS DISTINCT FROM ROW({new})")
+        };
+        format!(
+            "INSERT INTO {table} AS t ({cols}) SELECT {cols} FROM src ON CONFLICT ({key}) {conflict} RETURNING 1",
+            table = self.table,
+            key = self.key
+        )
+    }
+
+    /// Recomputes the rows whose key is in `$1 bigint[]`: upsert what the view returns, delete
+    /// what it no longer returns. Returns one row: the number of rows written.
+    pub fn refresh_keys_sql(&self) -> String {
+        format!(
+            "WITH src AS MATERIALIZED (SELECT {cols} FROM {view} WHERE {key} = ANY($1)), \
+             up AS ({upsert}), \
+             del AS (DELETE FROM {table} t WHERE t.{key} = ANY($1) \
+                     AND NOT EXISTS (SELECT 1 FROM src WHERE src.{key} = t.{key}) RETURNING 1) \
+             SELECT ((SELECT count(*) FROM up) + (SELECT count(*) FROM del))::bigint",
+            cols = self.all_columns(),
+            view = self.view,
+            key = self.key,
+            table = self.table,
+            upsert = self.upsert()
+        )
+    }
+
+    /// Reconciles the whole table with its view (after overflow, TRUNCATE, a restart).
+    pub fn refresh_all_sql(&self) -> String {
+        format!(
+            "WITH src AS MATERIALIZED (SELECT {cols} FROM {view}), \
+             up AS ({upsert}), \
+             del AS (DELETE FROM {table} t \
+                     WHERE NOT EXISTS (SELECT 1 FROM src WHERE src.{key} = t.{key}) RETURNING 1) \
+             SELECT ((SELECT count(*) FROM up) + (SELECT count(*) FROM del))::bigint",
+            cols = self.all_columns(),
+            view = self.view,
+            key = self.key,
+            table = self.table,
+            upsert = self.upsert()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(values: &[&str]) -> TviewShape {
+        TviewShape {
+            table: "public.tv_post".into(),
+            view: "public.v_post".into(),
+            key: "pk_post".into(),
+            values: values.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn keyed_refresh_filters_upsert_and_delete_by_the_key_array() {
+        let sql = shape(&["id", "data"]).refresh_keys_sql();
+        assert!(sql.contains("SELECT pk_post, id, data FROM public.v_post WHERE pk_post = ANY($1)"));
+        assert!(sql.contains("ON CONFLICT (pk_post) DO UPDATE SET id = EXCLUDED.id, data = EXCLUDED.data"));
+        assert!(sql.contains("WHERE ROW(t.id, t.data) IS DISTINCT FROM ROW(EXCLUDED.id, EXCLUDED.data)"));
+        assert!(sql.contains("DELETE FROM public.tv_post t WHERE t.pk_post = ANY($1)"));
+    }
+
+    #[test]
+    fn full_refresh_has_no_key_filter() {
+        let sql = shape(&["data"]).refresh_all_sql();
+        assert!(!sql.contains("$1"));
+        assert!(sql.contains("WHERE NOT EXISTS (SELECT 1 FROM src WHERE src.pk_post = t.pk_post)"));
+    }
+
+    #[test]
+    fn key_only_table_does_nothing_on_conflict() {
+        let sql = shape(&[]).refresh_keys_sql();
+        assert!(sql.contains("ON CONFLICT (pk_post) DO NOTHING"));
+    }
+}

@@ -1,0 +1,51 @@
+//! Background workers: the static launcher and the per-database drainers, plus what both need
+//! (signal handling, a transaction wrapper that survives SQL errors).
+
+pub mod drainer;
+pub mod launcher;
+
+use pgrx::bgworkers::BackgroundWorker;
+use pgrx::pg_sys;
+use pgrx::pg_sys::panic::CaughtError;
+use pgrx::PgTryBuilder;
+use std::panic::{AssertUnwindSafe, RefUnwindSafe, UnwindSafe};
+
+/// True once SIGTERM arrived (pg_terminate_backend, shutdown). Reads PostgreSQL's own flag,
+/// which pgrx's handler sets and never clears.
+pub fn exit_requested() -> bool {
+    // SAFETY: a volatile read of a sig_atomic_t flag.
+    unsafe { (&raw const pg_sys::ShutdownRequestPending).read_volatile() != 0 }
+}
+
+/// Applies postgresql.conf changes after SIGHUP (pgrx's handler only sets the flag).
+pub fn reload_config_if_asked() {
+    // SAFETY: volatile flag access and ProcessConfigFile from the worker's main loop, outside
+    // any transaction, as PostgreSQL's own workers do.
+    unsafe {
+        if (&raw const pg_sys::ConfigReloadPending).read_volatile() != 0 {
+            (&raw mut pg_sys::ConfigReloadPending).write_volatile(0);
+            let _ = BackgroundWorker::sighup_received();
+            pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP);
+        }
+    }
+}
+
+/// Runs `body` in its own transaction. An ERROR (or Rust panic) inside is caught, the
+/// transaction is aborted and the message returned, so the worker survives (invariant 5).
+pub fn run_in_transaction<R>(body: impl FnOnce() -> R + UnwindSafe + RefUnwindSafe) -> Result<R, String> {
+    PgTryBuilder::new(AssertUnwindSafe(|| Ok(BackgroundWorker::transaction(body))))
+        .catch_others(|error: CaughtError| {
+            let message = match &error {
+                CaughtError::PostgresError(report) | CaughtError::ErrorReport(report) => report.message().to_string(),
+                CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
+            };
+            // SAFETY: we are in the worker's top level with a failed transaction open; aborting
+            // it releases its locks, LWLocks, snapshots and memory, like PostgreSQL's own loop.
+            unsafe {
+                pg_sys::AbortCurrentTransaction();
+                pg_sys::LWLockReleaseAll();
+            }
+            Err(message)
+        })
+        .execute()
+}
