@@ -4,7 +4,12 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::{PgLogLevel, PgSqlErrorCode};
 
 /// Raises an ERROR; never returns.
-pub fn raise(code: PgSqlErrorCode, message: impl Into<String>, detail: Option<&str>, hint: Option<&str>) -> ! {
+pub fn raise(
+    code: PgSqlErrorCode,
+    message: impl Into<String>,
+    detail: Option<&str>,
+    hint: Option<&str>,
+) -> ! {
     let mut report = ErrorReport::new(code, message.into(), "pg_tviews_bgw");
     if let Some(d) = detail {
         report = report.set_detail(d);

@@ -45,6 +45,9 @@ pub mod pg_test {
 
     #[must_use]
     pub fn postgresql_conf_options() -> Vec<&'static str> {
-        vec!["shared_preload_libraries = 'pg_tviews_bgw'", "pg_tviews_bgw.queue_size = 1024"]
+        vec![
+            "shared_preload_libraries = 'pg_tviews_bgw'",
+            "pg_tviews_bgw.queue_size = 1024",
+        ]
     }
 }

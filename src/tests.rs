@@ -3,5 +3,10 @@ use pgrx::prelude::*;
 
 #[pg_test]
 fn version_matches_crate() {
-    assert_eq!(Spi::get_one::<String>("SELECT pg_tviews_version()").unwrap().unwrap(), env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        Spi::get_one::<String>("SELECT pg_tviews_version()")
+            .unwrap()
+            .unwrap(),
+        env!("CARGO_PKG_VERSION")
+    );
 }

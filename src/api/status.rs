@@ -140,11 +140,22 @@ fn _pg_tviews_wait_ms(timeout_ms: i64) -> bool {
 
 /// Keys staged by the current transaction, not yet published (diagnostics and tests).
 #[pg_extern(volatile, parallel_unsafe)]
-fn pg_tviews_staged_keys() -> TableIterator<'static, (name!(table_oid, pg_sys::Oid), name!(kind, String), name!(key, i64))> {
+fn pg_tviews_staged_keys() -> TableIterator<
+    'static,
+    (
+        name!(table_oid, pg_sys::Oid),
+        name!(kind, String),
+        name!(key, i64),
+    ),
+> {
     let rows: Vec<_> = crate::capture::staging::staged_keys()
         .into_iter()
         .map(|k| {
-            let kind = if k.kind == queue::kind::FULL { "full" } else { "row" };
+            let kind = if k.kind == queue::kind::FULL {
+                "full"
+            } else {
+                "row"
+            };
             (pg_sys::Oid::from(k.tview_oid), kind.to_string(), k.key)
         })
         .collect();

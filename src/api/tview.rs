@@ -26,7 +26,9 @@ fn valid_entity(entity: &str) -> bool {
 }
 
 fn get_oid(sql: &str, args: &[pgrx::datum::DatumWithOid]) -> Option<pg_sys::Oid> {
-    Spi::get_one_with_args::<pg_sys::Oid>(sql, args).ok().flatten()
+    Spi::get_one_with_args::<pg_sys::Oid>(sql, args)
+        .ok()
+        .flatten()
 }
 
 /// Creates `tv_<entity>` materialized from `query`, with its backing view `v_<entity>`, the
@@ -45,7 +47,12 @@ fn pg_tviews_create(name: &str, query: &str) -> String {
     let table = format!("tv_{entity}");
     let view = format!("v_{entity}");
     let key = format!("pk_{entity}");
-    if get_oid("SELECT table_oid FROM pg_tview_meta WHERE entity = $1", &[entity.as_str().into()]).is_some() {
+    if get_oid(
+        "SELECT table_oid FROM pg_tview_meta WHERE entity = $1",
+        &[entity.as_str().into()],
+    )
+    .is_some()
+    {
         raise(
             Code::ERRCODE_DUPLICATE_OBJECT,
             format!("TVIEW \"{table}\" already exists"),
@@ -54,17 +61,28 @@ fn pg_tviews_create(name: &str, query: &str) -> String {
         );
     }
     for relation in [&table, &view] {
-        if get_oid("SELECT to_regclass($1)::oid", &[quote_identifier(relation).as_str().into()]).is_some() {
+        if get_oid(
+            "SELECT to_regclass($1)::oid",
+            &[quote_identifier(relation).as_str().into()],
+        )
+        .is_some()
+        {
             raise(
                 Code::ERRCODE_DUPLICATE_TABLE,
                 format!("relation \"{relation}\" already exists"),
-                Some("pg_tviews_create() creates both tv_<entity> and its backing view v_<entity>."),
+                Some(
+                    "pg_tviews_create() creates both tv_<entity> and its backing view v_<entity>.",
+                ),
                 Some("Drop or rename the existing relation, or choose another TVIEW name."),
             );
         }
     }
     let query = query.trim().trim_end_matches(';');
-    Spi::run(&format!("CREATE VIEW {} AS {query}", quote_identifier(&view))).unwrap_or_else(|e| {
+    Spi::run(&format!(
+        "CREATE VIEW {} AS {query}",
+        quote_identifier(&view)
+    ))
+    .unwrap_or_else(|e| {
         raise(
             Code::ERRCODE_INVALID_TABLE_DEFINITION,
             format!("could not create backing view for TVIEW \"{table}\": {e}"),
@@ -72,8 +90,11 @@ fn pg_tviews_create(name: &str, query: &str) -> String {
             None,
         )
     });
-    let view_oid = get_oid("SELECT to_regclass($1)::oid", &[quote_identifier(&view).as_str().into()])
-        .expect("backing view was just created");
+    let view_oid = get_oid(
+        "SELECT to_regclass($1)::oid",
+        &[quote_identifier(&view).as_str().into()],
+    )
+    .expect("backing view was just created");
 
     let key_type = get_oid(
         "SELECT atttypid FROM pg_attribute WHERE attrelid = $1 AND attname = $2 AND NOT attisdropped",
@@ -108,8 +129,12 @@ fn pg_tviews_create(name: &str, query: &str) -> String {
         raise(
             Code::ERRCODE_FEATURE_NOT_SUPPORTED,
             format!("cannot find the root table of TVIEW \"{table}\""),
-            Some(&format!("No table read by the query has a column named \"{key}\".")),
-            Some(&format!("Select from tb_{entity}, whose primary key is {key}.")),
+            Some(&format!(
+                "No table read by the query has a column named \"{key}\"."
+            )),
+            Some(&format!(
+                "Select from tb_{entity}, whose primary key is {key}."
+            )),
         );
     };
 
@@ -124,11 +149,16 @@ fn pg_tviews_create(name: &str, query: &str) -> String {
             Code::ERRCODE_INVALID_TABLE_DEFINITION,
             format!("could not materialize TVIEW \"{table}\": {e}"),
             None,
-            Some(&format!("{key} must be unique and not null in the query's result.")),
+            Some(&format!(
+                "{key} must be unique and not null in the query's result."
+            )),
         )
     });
-    let table_oid = get_oid("SELECT to_regclass($1)::oid", &[quote_identifier(&table).as_str().into()])
-        .expect("TVIEW table was just created");
+    let table_oid = get_oid(
+        "SELECT to_regclass($1)::oid",
+        &[quote_identifier(&table).as_str().into()],
+    )
+    .expect("TVIEW table was just created");
 
     let [ins, upd, del, trunc, full] = trigger_names(&entity);
     let root_table = &root.qualified;
@@ -325,8 +355,17 @@ fn pg_tviews_drop(name: &str, if_exists: default!(bool, false)) -> bool {
             if !matches!(exists, Ok(Some(true))) {
                 continue;
             }
-            Spi::run(&format!("DROP TRIGGER {} ON {relation}", quote_identifier(&trigger))).unwrap_or_else(|e| {
-                raise(Code::ERRCODE_INTERNAL_ERROR, format!("could not drop trigger {trigger}: {e}"), None, None)
+            Spi::run(&format!(
+                "DROP TRIGGER {} ON {relation}",
+                quote_identifier(&trigger)
+            ))
+            .unwrap_or_else(|e| {
+                raise(
+                    Code::ERRCODE_INTERNAL_ERROR,
+                    format!("could not drop trigger {trigger}: {e}"),
+                    None,
+                    None,
+                )
             });
         }
     }
@@ -335,9 +374,26 @@ fn pg_tviews_drop(name: &str, if_exists: default!(bool, false)) -> bool {
         t = quote_identifier(&format!("tv_{entity}")),
         v = quote_identifier(&format!("v_{entity}"))
     ))
-    .unwrap_or_else(|e| raise(Code::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST, format!("could not drop TVIEW \"tv_{entity}\": {e}"), None, Some("Drop the objects that depend on it first.")));
-    Spi::run_with_args("DELETE FROM pg_tview_meta WHERE entity = $1", &[entity.as_str().into()])
-        .unwrap_or_else(|e| raise(Code::ERRCODE_INTERNAL_ERROR, format!("could not remove TVIEW metadata: {e}"), None, None));
+    .unwrap_or_else(|e| {
+        raise(
+            Code::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
+            format!("could not drop TVIEW \"tv_{entity}\": {e}"),
+            None,
+            Some("Drop the objects that depend on it first."),
+        )
+    });
+    Spi::run_with_args(
+        "DELETE FROM pg_tview_meta WHERE entity = $1",
+        &[entity.as_str().into()],
+    )
+    .unwrap_or_else(|e| {
+        raise(
+            Code::ERRCODE_INTERNAL_ERROR,
+            format!("could not remove TVIEW metadata: {e}"),
+            None,
+            None,
+        )
+    });
     true
 }
 
@@ -345,7 +401,10 @@ fn pg_tviews_drop(name: &str, if_exists: default!(bool, false)) -> bool {
 #[pg_extern(volatile, parallel_unsafe)]
 fn pg_tviews_refresh(name: &str) -> i64 {
     let entity = entity_of(name);
-    let Some(table_oid) = get_oid("SELECT table_oid FROM pg_tview_meta WHERE entity = $1", &[entity.as_str().into()]) else {
+    let Some(table_oid) = get_oid(
+        "SELECT table_oid FROM pg_tview_meta WHERE entity = $1",
+        &[entity.as_str().into()],
+    ) else {
         raise(
             Code::ERRCODE_UNDEFINED_TABLE,
             format!("TVIEW \"tv_{entity}\" does not exist"),
@@ -356,7 +415,12 @@ fn pg_tviews_refresh(name: &str) -> i64 {
     match refresh::refresh_one(table_oid) {
         Ok(Some(rows)) => rows as i64,
         Ok(None) => 0,
-        Err(e) => raise(Code::ERRCODE_INTERNAL_ERROR, format!("refresh of \"tv_{entity}\" failed: {e}"), None, None),
+        Err(e) => raise(
+            Code::ERRCODE_INTERNAL_ERROR,
+            format!("refresh of \"tv_{entity}\" failed: {e}"),
+            None,
+            None,
+        ),
     }
 }
 

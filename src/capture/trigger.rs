@@ -18,10 +18,13 @@ type StatementKeys = SmallVec<[i64; 16]>;
 fn pg_tviews_capture<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByRust>>, CaptureError> {
-    let args = trigger.extra_args().map_err(|e| CaptureError(e.to_string()))?;
+    let args = trigger
+        .extra_args()
+        .map_err(|e| CaptureError(e.to_string()))?;
     let (tview_oid, key_column) = match args.as_slice() {
         [oid, column] => (
-            oid.parse::<u32>().map_err(|_| CaptureError(format!("bad TVIEW oid argument {oid:?}")))?,
+            oid.parse::<u32>()
+                .map_err(|_| CaptureError(format!("bad TVIEW oid argument {oid:?}")))?,
             column.as_str(),
         ),
         _ => {
@@ -83,8 +86,12 @@ fn key_attno(tupdesc: pg_sys::TupleDesc, column: &str) -> Result<(i32, pg_sys::O
             let name = std::ffi::CStr::from_ptr(att.attname.data.as_ptr());
             if name.to_bytes() == column.as_bytes() {
                 return match att.atttypid {
-                    pg_sys::INT2OID | pg_sys::INT4OID | pg_sys::INT8OID => Ok((i as i32 + 1, att.atttypid)),
-                    _ => Err(CaptureError(format!("key column \"{column}\" is not an integer column"))),
+                    pg_sys::INT2OID | pg_sys::INT4OID | pg_sys::INT8OID => {
+                        Ok((i as i32 + 1, att.atttypid))
+                    }
+                    _ => Err(CaptureError(format!(
+                        "key column \"{column}\" is not an integer column"
+                    ))),
                 };
             }
         }

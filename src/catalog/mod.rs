@@ -14,7 +14,10 @@ pub fn extension_installed() -> bool {
 }
 
 /// Shape of the TVIEW whose table has `table_oid`, or `None` if it is not (any more) a TVIEW.
-pub fn load_shape(client: &SpiClient<'_>, table_oid: pg_sys::Oid) -> spi::Result<Option<TviewShape>> {
+pub fn load_shape(
+    client: &SpiClient<'_>,
+    table_oid: pg_sys::Oid,
+) -> spi::Result<Option<TviewShape>> {
     let meta = client.select(
         "SELECT m.table_oid::regclass::text, m.view_oid::regclass::text, quote_ident(m.key_column) \
          FROM pg_tview_meta m \
@@ -43,12 +46,21 @@ pub fn load_shape(client: &SpiClient<'_>, table_oid: pg_sys::Oid) -> spi::Result
             values.push(name);
         }
     }
-    Ok(Some(TviewShape { table, view, key, values }))
+    Ok(Some(TviewShape {
+        table,
+        view,
+        key,
+        values,
+    }))
 }
 
 /// Every TVIEW table of this database, in creation order.
 pub fn all_tviews(client: &SpiClient<'_>) -> spi::Result<Vec<pg_sys::Oid>> {
-    let rows = client.select("SELECT table_oid FROM pg_tview_meta ORDER BY created_at, entity", None, &[])?;
+    let rows = client.select(
+        "SELECT table_oid FROM pg_tview_meta ORDER BY created_at, entity",
+        None,
+        &[],
+    )?;
     let mut out = Vec::new();
     for row in rows {
         if let Some(oid) = row.get::<pg_sys::Oid>(1)? {

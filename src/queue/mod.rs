@@ -87,7 +87,11 @@ pub fn publish(dboid: u32, entries: &[QueueEntry]) {
     if !accepted {
         slot.needs_full_refresh = true;
     }
-    let drainer_latch = if slot.pid != 0 { slot.latch } else { std::ptr::null_mut() };
+    let drainer_latch = if slot.pid != 0 {
+        slot.latch
+    } else {
+        std::ptr::null_mut()
+    };
     let needs_launcher = !slot.worker_registered;
     let launcher_latch = q.header().launcher_latch;
     drop(q);
@@ -479,7 +483,10 @@ pub fn tview_stats(dboid: u32) -> Vec<TviewQueueStat> {
         q.ring(i).for_each(|e| {
             let t = entry(&mut out, e.tview_oid);
             t.pending += 1;
-            t.oldest_committed_at = Some(t.oldest_committed_at.map_or(e.committed_at, |o| o.min(e.committed_at)));
+            t.oldest_committed_at = Some(
+                t.oldest_committed_at
+                    .map_or(e.committed_at, |o| o.min(e.committed_at)),
+            );
         });
     }
     let stats = q.header().tview_stats;

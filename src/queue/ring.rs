@@ -73,7 +73,11 @@ pub struct Ring<'a> {
 
 impl<'a> Ring<'a> {
     pub fn new(header: &'a mut RingHeader, entries: &'a mut [QueueEntry]) -> Self {
-        assert_eq!(header.capacity as usize, entries.len(), "ring header and storage disagree");
+        assert_eq!(
+            header.capacity as usize,
+            entries.len(),
+            "ring header and storage disagree"
+        );
         Ring { header, entries }
     }
 
@@ -185,8 +189,15 @@ mod tests {
         let mut storage = vec![QueueEntry::default(); 4];
         let mut ring = Ring::new(&mut header, &mut storage);
         assert!(ring.push_all(&[entry(1), entry(2), entry(3)]));
-        assert!(!ring.push_all(&[entry(4), entry(5)]), "2 keys cannot fit in 1 free slot");
-        assert_eq!(ring.header().len(), 3, "a rejected batch must not be partially written");
+        assert!(
+            !ring.push_all(&[entry(4), entry(5)]),
+            "2 keys cannot fit in 1 free slot"
+        );
+        assert_eq!(
+            ring.header().len(),
+            3,
+            "a rejected batch must not be partially written"
+        );
         assert!(ring.push_all(&[entry(4)]));
         assert_eq!(ring.header().free(), 0);
         assert!(!ring.push_all(&[entry(5)]));
@@ -201,10 +212,12 @@ mod tests {
         let mut next = 0i64;
         let mut expected = 0i64;
         for round in 0..100 {
-            let batch: Vec<_> = (0..(round % 4 + 1)).map(|_| {
-                next += 1;
-                entry(next)
-            }).collect();
+            let batch: Vec<_> = (0..(round % 4 + 1))
+                .map(|_| {
+                    next += 1;
+                    entry(next)
+                })
+                .collect();
             assert!(ring.push_all(&batch));
             let mut out = Vec::new();
             ring.peek_into(usize::MAX, &mut out);
@@ -216,7 +229,10 @@ mod tests {
             ring.advance(out.len());
             assert!(ring.header().is_empty());
         }
-        assert!(ring.header().tail > 5 * 20, "sequence numbers keep growing past capacity");
+        assert!(
+            ring.header().tail > 5 * 20,
+            "sequence numbers keep growing past capacity"
+        );
     }
 
     #[test]

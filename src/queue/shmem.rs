@@ -218,8 +218,10 @@ struct HookCell<T>(UnsafeCell<T>);
 // SAFETY: hooks are installed and read only from the single backend thread.
 unsafe impl<T> Sync for HookCell<T> {}
 
-static PREV_REQUEST_HOOK: HookCell<pg_sys::shmem_request_hook_type> = HookCell(UnsafeCell::new(None));
-static PREV_STARTUP_HOOK: HookCell<pg_sys::shmem_startup_hook_type> = HookCell(UnsafeCell::new(None));
+static PREV_REQUEST_HOOK: HookCell<pg_sys::shmem_request_hook_type> =
+    HookCell(UnsafeCell::new(None));
+static PREV_STARTUP_HOOK: HookCell<pg_sys::shmem_startup_hook_type> =
+    HookCell(UnsafeCell::new(None));
 
 /// Installs the request and startup hooks. Only from `_PG_init` during shared_preload_libraries.
 pub fn install_hooks() {
@@ -261,7 +263,8 @@ unsafe extern "C-unwind" fn startup_shmem() {
         let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock;
         pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
         let mut found = false;
-        let base = pg_sys::ShmemInitStruct(SEGMENT_NAME.as_ptr(), layout.total, &mut found) as *mut u8;
+        let base =
+            pg_sys::ShmemInitStruct(SEGMENT_NAME.as_ptr(), layout.total, &mut found) as *mut u8;
         if !found {
             std::ptr::write_bytes(base, 0, layout.total);
             let header = base as *mut SharedHeader;
@@ -324,7 +327,8 @@ impl Locked {
         // borrows end with the returned Ring, while the exclusive lock is held.
         unsafe {
             let slot = (self.base.add(layout.slots_offset) as *mut WorkerSlot).add(i);
-            let entries = (self.base.add(layout.entries_offset) as *mut QueueEntry).add(i * self.queue_size);
+            let entries =
+                (self.base.add(layout.entries_offset) as *mut QueueEntry).add(i * self.queue_size);
             Ring::new(
                 &mut (*slot).ring,
                 std::slice::from_raw_parts_mut(entries, self.queue_size),
@@ -367,7 +371,10 @@ mod tests {
         let deep = Layout::new(1, 1024);
         assert!(wide.total > small.total);
         assert!(deep.total > small.total);
-        assert_eq!(deep.total - small.total, (1024 - 16) * size_of::<QueueEntry>());
+        assert_eq!(
+            deep.total - small.total,
+            (1024 - 16) * size_of::<QueueEntry>()
+        );
         for l in [&small, &wide, &deep] {
             assert_eq!(l.slots_offset % align_of::<WorkerSlot>(), 0);
             assert_eq!(l.entries_offset % align_of::<QueueEntry>(), 0);

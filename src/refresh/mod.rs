@@ -38,7 +38,11 @@ pub fn apply_batch(entries: &[QueueEntry]) -> spi::Result<Outcome> {
         let mut start = 0;
         while start < sorted.len() {
             let oid = sorted[start].tview_oid;
-            let end = start + sorted[start..].iter().take_while(|e| e.tview_oid == oid).count();
+            let end = start
+                + sorted[start..]
+                    .iter()
+                    .take_while(|e| e.tview_oid == oid)
+                    .count();
             let group = &sorted[start..end];
             let queued = group.len() as u64;
             start = end;
@@ -95,7 +99,10 @@ pub fn validate(table_oid: pg_sys::Oid) -> spi::Result<()> {
         let Some(shape) = catalog::load_shape(client, table_oid)? else {
             return Ok(());
         };
-        client.prepare(&shape.refresh_keys_sql(), &[PgBuiltInOids::INT8ARRAYOID.into()])?;
+        client.prepare(
+            &shape.refresh_keys_sql(),
+            &[PgBuiltInOids::INT8ARRAYOID.into()],
+        )?;
         client.prepare(&shape.refresh_all_sql(), &[])?;
         Ok(())
     })

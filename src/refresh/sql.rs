@@ -32,7 +32,12 @@ impl TviewShape {
                 .map(|c| format!("{c} = EXCLUDED.{c}"))
                 .collect::<Vec<_>>()
                 .join(", ");
-            let old = self.values.iter().map(|c| format!("t.{c}")).collect::<Vec<_>>().join(", ");
+            let old = self
+                .values
+                .iter()
+                .map(|c| format!("t.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ");
             let new = self
                 .values
                 .iter()
@@ -99,8 +104,11 @@ mod tests {
     fn keyed_refresh_filters_upsert_and_delete_by_the_key_array() {
         let sql = shape(&["id", "data"]).refresh_keys_sql();
         assert!(sql.contains("SELECT pk_post, id, data FROM public.v_post WHERE pk_post = ANY($1)"));
-        assert!(sql.contains("ON CONFLICT (pk_post) DO UPDATE SET id = EXCLUDED.id, data = EXCLUDED.data"));
-        assert!(sql.contains("WHERE ROW(t.id, t.data) IS DISTINCT FROM ROW(EXCLUDED.id, EXCLUDED.data)"));
+        assert!(sql.contains(
+            "ON CONFLICT (pk_post) DO UPDATE SET id = EXCLUDED.id, data = EXCLUDED.data"
+        ));
+        assert!(sql
+            .contains("WHERE ROW(t.id, t.data) IS DISTINCT FROM ROW(EXCLUDED.id, EXCLUDED.data)"));
         assert!(sql.contains("DELETE FROM public.tv_post t WHERE t.pk_post = ANY($1)"));
     }
 

@@ -39,7 +39,10 @@ pub extern "C-unwind" fn pg_tviews_bgw_drainer_main(arg: pg_sys::Datum) {
     if probing {
         queue::drainer_confirm(slot, dboid.to_u32());
     }
-    log!("pg_tviews_bgw worker started for database {} (slot {slot})", dboid.to_u32());
+    log!(
+        "pg_tviews_bgw worker started for database {} (slot {slot})",
+        dboid.to_u32()
+    );
     Drainer::new(slot, dboid.to_u32()).run()
 }
 
@@ -86,7 +89,10 @@ impl Drainer {
     fn run(mut self) -> ! {
         loop {
             if queue::stop_requested(self.slot) {
-                log!("pg_tviews_bgw worker for database {} stopping on request", self.dboid);
+                log!(
+                    "pg_tviews_bgw worker for database {} stopping on request",
+                    self.dboid
+                );
                 leave_for_good(self.slot, self.dboid);
             }
             if exit_requested() {
@@ -104,7 +110,14 @@ impl Drainer {
                 queue::set_state(self.slot, WorkerState::FullRefresh);
                 match run_in_transaction(refresh::apply_full) {
                     Ok(Ok(outcome)) => {
-                        queue::complete_batch(self.slot, self.dboid, batch.covers, outcome.rows, &outcome.per_tview, true);
+                        queue::complete_batch(
+                            self.slot,
+                            self.dboid,
+                            batch.covers,
+                            outcome.rows,
+                            &outcome.per_tview,
+                            true,
+                        );
                         self.failures = 0;
                     }
                     failure => {
@@ -119,7 +132,10 @@ impl Drainer {
                 self.sleep(gucs::naptime());
                 // Cheap catalog probe: notices DROP EXTENSION within one naptime.
                 if matches!(run_in_transaction(catalog::extension_installed), Ok(false)) {
-                    log!("pg_tviews_bgw extension dropped in database {}; worker exiting", self.dboid);
+                    log!(
+                        "pg_tviews_bgw extension dropped in database {}; worker exiting",
+                        self.dboid
+                    );
                     leave_for_good(self.slot, self.dboid);
                 }
                 continue;

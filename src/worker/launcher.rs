@@ -4,7 +4,10 @@
 
 use super::{exit_requested, reload_config_if_asked, run_in_transaction};
 use crate::queue;
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, DynamicBackgroundWorker, SignalWakeFlags};
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, DynamicBackgroundWorker,
+    SignalWakeFlags,
+};
 use pgrx::prelude::*;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -25,6 +28,8 @@ pub fn register() {
         .set_library(LIBRARY)
         .set_function("pg_tviews_bgw_launcher_main")
         .enable_shmem_access(None)
+        // A database connection (to no database) lets it read the shared catalog pg_database.
+        .enable_spi_access()
         // Not before recovery ends: nothing to do on a standby (invariant 6).
         .set_start_time(BgWorkerStartTime::RecoveryFinished)
         .set_restart_time(Some(Duration::from_secs(5)))
@@ -89,7 +94,9 @@ impl Launcher {
             self.next_scan = Some(Instant::now() + SCAN_INTERVAL);
             match run_in_transaction(scan_databases) {
                 Ok(databases) => self.reconcile(&databases),
-                Err(message) => warning!("pg_tviews_bgw launcher could not read pg_database: {message}"),
+                Err(message) => {
+                    warning!("pg_tviews_bgw launcher could not read pg_database: {message}")
+                }
             }
         }
         self.start_missing_workers();
@@ -112,7 +119,10 @@ impl Launcher {
             if self.probed.contains(&db.oid) {
                 continue;
             }
-            if queue::served_databases().iter().any(|&(_, oid)| oid == db.oid) {
+            if queue::served_databases()
+                .iter()
+                .any(|&(_, oid)| oid == db.oid)
+            {
                 self.probed.insert(db.oid);
                 continue;
             }
@@ -172,7 +182,10 @@ fn scan_databases() -> Vec<DatabaseRow> {
     // SAFETY: inside a transaction; pg_database is a shared catalog readable without a database
     // connection; the scan and the relation are closed before returning.
     unsafe {
-        let rel = pg_sys::table_open(pg_sys::DatabaseRelationId, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        let rel = pg_sys::table_open(
+            pg_sys::DatabaseRelationId,
+            pg_sys::AccessShareLock as pg_sys::LOCKMODE,
+        );
         let scan = pg_sys::table_beginscan_catalog(rel, 0, std::ptr::null_mut());
         loop {
             let tuple = pg_sys::heap_getnext(scan, pg_sys::ScanDirection::ForwardScanDirection);

@@ -32,11 +32,15 @@ pub fn reload_config_if_asked() {
 
 /// Runs `body` in its own transaction. An ERROR (or Rust panic) inside is caught, the
 /// transaction is aborted and the message returned, so the worker survives (invariant 5).
-pub fn run_in_transaction<R>(body: impl FnOnce() -> R + UnwindSafe + RefUnwindSafe) -> Result<R, String> {
+pub fn run_in_transaction<R>(
+    body: impl FnOnce() -> R + UnwindSafe + RefUnwindSafe,
+) -> Result<R, String> {
     PgTryBuilder::new(AssertUnwindSafe(|| Ok(BackgroundWorker::transaction(body))))
         .catch_others(|error: CaughtError| {
             let message = match &error {
-                CaughtError::PostgresError(report) | CaughtError::ErrorReport(report) => report.message().to_string(),
+                CaughtError::PostgresError(report) | CaughtError::ErrorReport(report) => {
+                    report.message().to_string()
+                }
                 CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
             };
             // SAFETY: we are in the worker's top level with a failed transaction open; aborting
