@@ -1,7 +1,8 @@
 //! The statement-level `tview_*` trigger function on `tb_*` tables. Runs in user backends,
 //! inside the writing statement: it only reads transition tables and stages keys in memory.
 //!
-//! Trigger arguments: `(tview table oid, key column name)`. The transition tuplestores are read
+//! Trigger arguments: `(tview table oid, key column name)`; an empty key column means
+//! "any change here recomputes the whole TVIEW". The transition tuplestores are read
 //! directly (no SPI) with a read pointer of our own, because other AFTER triggers of the same
 //! statement share them.
 
@@ -35,7 +36,9 @@ fn pg_tviews_capture<'a>(
     };
     let data = trigger.trigger_data();
     let op = trigger.op().map_err(|e| CaptureError(e.to_string()))?;
-    if matches!(op, PgTriggerOperation::Truncate) {
+    // TRUNCATE, or a change to a joined table whose row lineage is not derived: the whole
+    // TVIEW is recomputed.
+    if matches!(op, PgTriggerOperation::Truncate) || key_column.is_empty() {
         stage([StagedKey {
             tview_oid,
             kind: kind::FULL,
