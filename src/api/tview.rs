@@ -250,7 +250,13 @@ fn pg_tviews_create(name: &str, query: &str) -> String {
             Some("Every column type must support equality (use jsonb rather than json)."),
         );
     }
-    attach_current_database();
+    if !attach_current_database() && !queue::is_attached() {
+        crate::errors::warn(
+            Code::ERRCODE_WARNING,
+            format!("TVIEW \"{table}\" will be refreshed synchronously, inside each writing statement"),
+            "Add pg_tviews_bgw to shared_preload_libraries and restart PostgreSQL for background refresh.",
+        );
+    }
     table
 }
 

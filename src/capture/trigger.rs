@@ -7,7 +7,8 @@
 //! statement share them.
 
 use super::staging::{stage, StagedKey};
-use crate::queue::kind;
+use crate::queue::{self, kind};
+use crate::refresh;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use smallvec::SmallVec;
@@ -39,6 +40,10 @@ fn pg_tviews_capture<'a>(
     // TRUNCATE, or a change to a joined table whose row lineage is not derived: the whole
     // TVIEW is recomputed.
     if matches!(op, PgTriggerOperation::Truncate) || key_column.is_empty() {
+        if !queue::is_attached() {
+            refresh_synchronously(tview_oid, None);
+            return Ok(None);
+        }
         stage([StagedKey {
             tview_oid,
             kind: kind::FULL,
@@ -59,12 +64,31 @@ fn pg_tviews_capture<'a>(
     }
     keys.sort_unstable();
     keys.dedup();
+    if !queue::is_attached() {
+        refresh_synchronously(tview_oid, Some(keys.to_vec()));
+        return Ok(None);
+    }
     stage(keys.into_iter().map(|key| StagedKey {
         tview_oid,
         kind: kind::ROW,
         key,
     }));
     Ok(None)
+}
+
+/// Without shared_preload_libraries there is no queue and no worker: refresh inside the
+/// writing statement (the extension warned about this at CREATE EXTENSION).
+fn refresh_synchronously(tview_oid: u32, keys: Option<Vec<i64>>) {
+    if let Err(e) = refresh::refresh_now(pg_sys::Oid::from(tview_oid), keys) {
+        crate::errors::raise(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("synchronous TVIEW refresh failed: {e}"),
+            None,
+            Some(
+                "Load pg_tviews_bgw through shared_preload_libraries to refresh in the background.",
+            ),
+        );
+    }
 }
 
 #[derive(Debug)]

@@ -84,6 +84,19 @@ pub fn apply_full() -> spi::Result<Outcome> {
     })
 }
 
+/// Refreshes one TVIEW's keys (or all of it) right now, in the caller's transaction. Used by the
+/// capture trigger when the library is not preloaded, so TVIEWs stay correct (synchronously)
+/// instead of going stale.
+pub fn refresh_now(table_oid: pg_sys::Oid, keys: Option<Vec<i64>>) -> spi::Result<u64> {
+    Spi::connect_mut(|client| match catalog::load_shape(client, table_oid)? {
+        Some(shape) => match keys {
+            Some(keys) => run_count(client, &shape.refresh_keys_sql(), Some(keys)),
+            None => run_count(client, &shape.refresh_all_sql(), None),
+        },
+        None => Ok(0),
+    })
+}
+
 /// Fully refreshes one TVIEW now, in the caller's transaction (pg_tviews_refresh()).
 pub fn refresh_one(table_oid: pg_sys::Oid) -> spi::Result<Option<u64>> {
     Spi::connect_mut(|client| match catalog::load_shape(client, table_oid)? {
