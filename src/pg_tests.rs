@@ -49,7 +49,7 @@ mod tests {
         assert_eq!(capacity, 1024);
         let slots = one::<i64>("SELECT count(*) FROM pg_tviews_worker_status");
         assert!(
-            slots >= 1 && slots <= 4,
+            (1..=4).contains(&slots),
             "at most max_workers slots, saw {slots}"
         );
     }

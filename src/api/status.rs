@@ -18,6 +18,8 @@ fn current_dboid() -> u32 {
     unsafe { pg_sys::MyDatabaseId }.to_u32()
 }
 
+// pgrx reads the column names from `name!()` in the signature, so it cannot be a type alias.
+#[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_safe)]
 fn _pg_tviews_queue_stats() -> TableIterator<
     'static,
@@ -44,6 +46,8 @@ fn _pg_tviews_queue_stats() -> TableIterator<
     TableIterator::new(rows)
 }
 
+// pgrx reads the column names from `name!()` in the signature, so it cannot be a type alias.
+#[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_safe)]
 fn _pg_tviews_worker_stats() -> TableIterator<
     'static,
@@ -164,7 +168,7 @@ fn pg_tviews_staged_keys() -> TableIterator<
     TableIterator::new(rows)
 }
 
-#[pg_extern(immutable, parallel_safe)]
+#[pg_extern(stable, parallel_safe)]
 fn pg_tviews_version() -> &'static str {
     env!("CARGO_PKG_VERSION")
 }

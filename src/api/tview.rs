@@ -78,18 +78,10 @@ fn pg_tviews_create(name: &str, query: &str) -> String {
         }
     }
     let query = query.trim().trim_end_matches(';');
-    Spi::run(&format!(
+    run_sql(&format!(
         "CREATE VIEW {} AS {query}",
         quote_identifier(&view)
-    ))
-    .unwrap_or_else(|e| {
-        raise(
-            Code::ERRCODE_INVALID_TABLE_DEFINITION,
-            format!("could not create backing view for TVIEW \"{table}\": {e}"),
-            None,
-            None,
-        )
-    });
+    ));
     let view_oid = get_oid(
         "SELECT to_regclass($1)::oid",
         &[quote_identifier(&view).as_str().into()],
@@ -138,22 +130,26 @@ fn pg_tviews_create(name: &str, query: &str) -> String {
         );
     };
 
-    Spi::run(&format!(
+    let materialize = format!(
         "CREATE TABLE {t} AS SELECT * FROM {v}; ALTER TABLE {t} ADD PRIMARY KEY ({k})",
         t = quote_identifier(&table),
         v = quote_identifier(&view),
         k = quote_identifier(&key)
-    ))
-    .unwrap_or_else(|e| {
+    );
+    let bad_key = |problem: &str| -> ! {
         raise(
             Code::ERRCODE_INVALID_TABLE_DEFINITION,
-            format!("could not materialize TVIEW \"{table}\": {e}"),
-            None,
+            format!("the TVIEW query returns {problem} values of \"{key}\""),
+            Some("A TVIEW has exactly one row per key."),
             Some(&format!(
-                "{key} must be unique and not null in the query's result."
+                "Make {key} unique and not null in the query's result, e.g. select it from tb_{entity}'s primary key."
             )),
         )
-    });
+    };
+    PgTryBuilder::new(|| run_sql(&materialize))
+        .catch_when(Code::ERRCODE_UNIQUE_VIOLATION, |_| bad_key("duplicate"))
+        .catch_when(Code::ERRCODE_NOT_NULL_VIOLATION, |_| bad_key("NULL"))
+        .execute();
     let table_oid = get_oid(
         "SELECT to_regclass($1)::oid",
         &[quote_identifier(&table).as_str().into()],
@@ -268,6 +264,18 @@ struct SourceTable {
     has_key: bool,
 }
 
+/// Runs DDL whose SQL errors should reach the user unchanged (SPI raises those directly).
+fn run_sql(sql: &str) {
+    if let Err(e) = Spi::run(sql) {
+        raise(
+            Code::ERRCODE_INTERNAL_ERROR,
+            format!("SPI failure: {e}"),
+            None,
+            None,
+        );
+    }
+}
+
 /// Tables the view reads, following nested views, from `pg_depend` (not from the query text).
 fn source_tables(view_oid: pg_sys::Oid) -> Vec<SourceTable> {
     let key_column = Spi::get_one_with_args::<String>(
@@ -377,8 +385,8 @@ fn pg_tviews_drop(name: &str, if_exists: default!(bool, false)) -> bool {
     }
     Spi::run(&format!(
         "DROP TABLE IF EXISTS {t}; DROP VIEW IF EXISTS {v}",
-        t = quote_identifier(&format!("tv_{entity}")),
-        v = quote_identifier(&format!("v_{entity}"))
+        t = quote_identifier(format!("tv_{entity}")),
+        v = quote_identifier(format!("v_{entity}"))
     ))
     .unwrap_or_else(|e| {
         raise(

@@ -323,6 +323,8 @@ pub fn next_batch(slot: usize, max: usize) -> Batch {
         // Taken before the refresh snapshot: every key queued up to now belongs to a transaction
         // that the refresh will see, so those entries can be consumed with it.
         s.needs_full_refresh = false;
+        // Same lock hold as clearing the flag, so pg_tviews_wait never sees neither.
+        s.state = WorkerState::FullRefresh as u32;
         batch.full_refresh = true;
         batch.covers = s.ring.len() as u64;
         return batch;
@@ -390,6 +392,9 @@ pub fn complete_batch(
         t.last_applied_at = at;
     }
     let s = q.slot(slot);
+    if full_refresh {
+        s.state = WorkerState::Idle as u32;
+    }
     s.batches += 1;
     s.rows += rows;
     s.last_activity = at;

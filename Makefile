@@ -1,0 +1,68 @@
+# Developer entry points for pg_tviews_bgw. Everything works from a fresh clone as root on
+# Debian 12: servers run as the postgres user (see scripts/cluster.sh).
+PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
+PGRX_TEST_DATA := $(CURDIR)/target/pgrx-test-data
+DEMO_DIR := $(CURDIR)/.demo
+
+# One visible line per tier of `make test`.
+banner = @printf '\n==== %s ====\n' "$(1)"
+
+.PHONY: deps install demo demo-stop test fmt clippy unit regress e2e bench-smoke
+
+deps:
+	@scripts/deps.sh
+
+# Quiet unless it fails: the full cargo/pgrx output is kept in target/install.log.
+install: deps
+	@mkdir -p target
+	@echo "install: cargo pgrx install --pg-config $(PG_CONFIG)"
+	@cargo pgrx install --pg-config $(PG_CONFIG) >target/install.log 2>&1 \
+		|| { cat target/install.log; exit 1; }
+
+demo: install
+	@scripts/demo.sh
+
+demo-stop:
+	@scripts/cluster.sh stop $(DEMO_DIR)
+	@echo "demo cluster stopped (data kept in $(DEMO_DIR); rm -rf it to start over)"
+
+fmt:
+	cargo fmt --check
+
+clippy: deps
+	cargo clippy --all-targets -- -D warnings
+
+# #[pg_test]s in a pgrx-managed cluster plus the plain #[test]s. pgrx starts postgres as the
+# --runas user, which must own the data directory.
+unit: deps
+	@scripts/cluster.sh prepare $(PGRX_TEST_DATA)
+	cargo pgrx test pg15 --runas postgres --pgdata $(PGRX_TEST_DATA)
+
+regress: install
+	@scripts/regress.sh
+
+e2e: install
+	cd e2e && cargo test --release -- --test-threads=2
+
+bench-smoke:
+	@if [ -f bench/smoke.sh ]; then bash bench/smoke.sh; \
+	else echo "bench-smoke: bench/smoke.sh not present, skipped"; fi
+
+# Tiers in order, stopping at the first failure. `cargo pgrx test` installs a pg_test build
+# over the system one, hence the reinstall before the tiers that use the installed extension.
+test: deps
+	$(call banner,1/7 format: cargo fmt --check)
+	@$(MAKE) --no-print-directory fmt
+	$(call banner,2/7 lint: cargo clippy --all-targets -D warnings)
+	@$(MAKE) --no-print-directory clippy
+	$(call banner,3/7 unit: cargo pgrx test pg15 (#[pg_test] + #[test]))
+	@$(MAKE) --no-print-directory unit
+	$(call banner,4/7 reinstall the normal build)
+	@$(MAKE) --no-print-directory install
+	$(call banner,5/7 regression: scripts/regress.sh)
+	@scripts/regress.sh
+	$(call banner,6/7 end-to-end: e2e crate)
+	@cd e2e && cargo test --release -- --test-threads=2
+	$(call banner,7/7 bench smoke)
+	@$(MAKE) --no-print-directory bench-smoke
+	@printf '\n==== all tiers passed ====\n'
