@@ -22,5 +22,17 @@ CREATE TABLE pg_tview_helpers (
     created_at   timestamptz NOT NULL DEFAULT now()
 );
 
+-- How changed rows of each source table map to TVIEW keys (see ARCHITECTURE.md "Lineage").
+CREATE TABLE pg_tview_lineage (
+    tview_oid      oid     NOT NULL,
+    source_oid     oid     NOT NULL,
+    rule           integer NOT NULL,
+    capture_column text    NOT NULL,
+    resolve_sql    text,
+    description    text    NOT NULL,
+    PRIMARY KEY (tview_oid, source_oid, capture_column)
+);
+
 SELECT pg_catalog.pg_extension_config_dump('pg_tview_meta', '');
+SELECT pg_catalog.pg_extension_config_dump('pg_tview_lineage', '');
 SELECT pg_catalog.pg_extension_config_dump('pg_tview_helpers', '');

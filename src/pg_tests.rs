@@ -161,26 +161,66 @@ mod tests {
     }
 
     #[pg_test]
-    fn joined_tables_get_a_full_refresh_trigger() {
+    fn joined_tables_get_lineage_from_foreign_keys() {
         Spi::run(
             "CREATE TABLE tb_author (pk_author int PRIMARY KEY, name text);
              CREATE TABLE tb_book (pk_book int PRIMARY KEY, fk_author int REFERENCES tb_author, title text);
-             INSERT INTO tb_author VALUES (1, 'a');
-             INSERT INTO tb_book VALUES (1, 1, 'b');
+             CREATE TABLE tb_review (pk_review int PRIMARY KEY, fk_book int, stars int);
+             INSERT INTO tb_author VALUES (1, 'a'), (2, 'b');
+             INSERT INTO tb_book VALUES (1, 1, 'x'), (2, 1, 'y'), (3, 2, 'z');
+             INSERT INTO tb_review VALUES (1, 1, 5), (2, 3, 4);
              SELECT pg_tviews_create('tv_book', $$SELECT b.pk_book, b.fk_author,
-                 jsonb_build_object('title', b.title, 'author', a.name) AS data
+                 jsonb_build_object('title', b.title, 'author', a.name,
+                   'stars', (SELECT sum(stars) FROM tb_review r WHERE r.fk_book = b.pk_book)) AS data
                  FROM tb_book b JOIN tb_author a ON a.pk_author = b.fk_author$$);",
         )
         .unwrap();
         assert_eq!(
-            one::<String>("SELECT string_agg(tgname, ',') FROM pg_trigger WHERE tgrelid = 'tb_author'::regclass AND NOT tgisinternal"),
-            "tview_book_full"
+            one::<String>("SELECT string_agg(tgname, ',' ORDER BY tgname) FROM pg_trigger WHERE tgrelid = 'tb_author'::regclass AND NOT tgisinternal"),
+            "tview_book_del,tview_book_ins,tview_book_trunc,tview_book_upd"
         );
         assert_eq!(
             one::<Vec<String>>("SELECT fk_columns FROM pg_tview_meta WHERE entity = 'book'"),
             vec!["fk_author".to_string()]
         );
-        Spi::run("UPDATE tb_author SET name = 'z'").unwrap();
+        // The parent's key is captured and resolved through tb_book.fk_author ...
+        Spi::run("UPDATE tb_author SET name = 'z' WHERE pk_author = 1").unwrap();
+        let staged = one::<String>(
+            "SELECT string_agg(kind || ':' || key, ',' ORDER BY key) FROM pg_tviews_staged_keys()",
+        );
+        assert_eq!(staged, "rule:1");
+        let resolve = one::<String>(
+            "SELECT resolve_sql FROM pg_tview_lineage WHERE tview_oid = 'tv_book'::regclass AND source_oid = 'tb_author'::regclass",
+        );
+        let keys = Spi::get_one_with_args::<Vec<i64>>(
+            &format!("SELECT array_agg(k ORDER BY k) FROM ({resolve}) r(k)"),
+            &[vec![1i64].into()],
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(keys, vec![1, 2], "both books of author 1");
+        // ... the child's foreign key (naming convention, no constraint) is a TVIEW key as is.
+        Spi::run("UPDATE tb_review SET stars = 1 WHERE pk_review = 2").unwrap();
+        assert!(one::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_tviews_staged_keys() WHERE kind = 'row' AND key = 3)"
+        ));
+    }
+
+    #[pg_test]
+    fn a_source_without_a_path_falls_back_to_full_refresh() {
+        Spi::run(
+            "CREATE TABLE tb_thing (pk_thing int PRIMARY KEY, name text);
+             CREATE TABLE tb_setting (name text, value text);
+             INSERT INTO tb_thing VALUES (1, 'a');
+             SELECT pg_tviews_create('tv_thing', $$SELECT t.pk_thing, jsonb_build_object('name', t.name,
+                 'settings', (SELECT count(*) FROM tb_setting)) AS data FROM tb_thing t$$);",
+        )
+        .unwrap();
+        assert_eq!(
+            one::<String>("SELECT string_agg(tgname, ',') FROM pg_trigger WHERE tgrelid = 'tb_setting'::regclass AND NOT tgisinternal"),
+            "tview_thing_full"
+        );
+        Spi::run("INSERT INTO tb_setting VALUES ('x', 'y')").unwrap();
         assert_eq!(
             one::<String>("SELECT string_agg(kind, ',') FROM pg_tviews_staged_keys()"),
             "full"

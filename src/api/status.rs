@@ -119,29 +119,47 @@ fn _pg_tviews_counters() -> TableIterator<
 /// Waits until everything this database committed before the call has been applied.
 #[pg_extern(volatile, parallel_unsafe)]
 fn _pg_tviews_wait_ms(timeout_ms: i64) -> bool {
-    let Some((slot, target)) = queue::drain_target(current_dboid()) else {
-        return true;
-    };
     let deadline = Instant::now() + Duration::from_millis(timeout_ms.max(0) as u64);
-    loop {
-        if queue::drained(slot, current_dboid(), target) {
+    // A refresh of a TVIEW that another TVIEW reads publishes cascade keys before its own keys
+    // leave the ring; each extra round waits for one more level of such cascades.
+    let rounds = 1 + Spi::get_one::<i64>(
+        "SELECT count(*) FROM pg_tview_meta m \
+         WHERE EXISTS (SELECT 1 FROM pg_tview_meta d WHERE d.table_oid = ANY (m.dependencies))",
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(0);
+    let mut previous_target = None;
+    for _ in 0..rounds {
+        let Some((slot, target)) = queue::drain_target(current_dboid()) else {
+            return true;
+        };
+        if previous_target == Some(target) {
             return true;
         }
-        if Instant::now() >= deadline {
-            return false;
+        previous_target = Some(target);
+        loop {
+            if queue::drained(slot, current_dboid(), target) {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            // SAFETY: standard latch wait in a user backend, interrupts checked right after.
+            unsafe {
+                pg_sys::WaitLatch(
+                    pg_sys::MyLatch,
+                    (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH)
+                        as i32,
+                    2,
+                    pg_sys::PG_WAIT_EXTENSION,
+                );
+                pg_sys::ResetLatch(pg_sys::MyLatch);
+            }
+            pg_sys::check_for_interrupts!();
         }
-        // SAFETY: standard latch wait in a user backend, interrupts checked right after.
-        unsafe {
-            pg_sys::WaitLatch(
-                pg_sys::MyLatch,
-                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-                5,
-                pg_sys::PG_WAIT_EXTENSION,
-            );
-            pg_sys::ResetLatch(pg_sys::MyLatch);
-        }
-        pg_sys::check_for_interrupts!();
     }
+    true
 }
 
 /// Keys staged by the current transaction, not yet published (diagnostics and tests).
@@ -157,10 +175,10 @@ fn pg_tviews_staged_keys() -> TableIterator<
     let rows: Vec<_> = crate::capture::staging::staged_keys()
         .into_iter()
         .map(|k| {
-            let kind = if k.kind == queue::kind::FULL {
-                "full"
-            } else {
-                "row"
+            let kind = match k.kind {
+                queue::kind::ROW => "row",
+                queue::kind::FULL => "full",
+                _ => "rule",
             };
             (pg_sys::Oid::from(k.tview_oid), kind.to_string(), k.key)
         })

@@ -1,10 +1,12 @@
 //! `pg_tviews_create` / `pg_tviews_drop` / `pg_tviews_refresh`: the TVIEW life cycle, run in the
 //! calling user backend inside its transaction, so a failure leaves nothing half-created.
 
+use crate::catalog::lineage;
 use crate::errors::raise;
+use crate::queue::kind;
 use crate::{catalog, queue, refresh};
 use pgrx::prelude::*;
-use pgrx::spi::quote_identifier;
+use pgrx::spi::{quote_identifier, quote_literal};
 use pgrx::PgSqlErrorCode as Code;
 
 /// Trigger names installed on source tables, per TVIEW entity.
@@ -156,62 +158,79 @@ fn pg_tviews_create(name: &str, query: &str) -> String {
     )
     .expect("TVIEW table was just created");
 
-    let [ins, upd, del, trunc, full] = trigger_names(&entity);
-    let root_table = &root.qualified;
-    let k = quote_identifier(&key);
-    let mut ddl = vec![
-        format!(
-            "CREATE TRIGGER {ins} AFTER INSERT ON {root_table} REFERENCING NEW TABLE AS tview_new \
-             FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.pg_tviews_capture('{{oid}}', {k})"
-        ),
-        format!(
-            "CREATE TRIGGER {upd} AFTER UPDATE ON {root_table} REFERENCING OLD TABLE AS tview_old NEW TABLE AS tview_new \
-             FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.pg_tviews_capture('{{oid}}', {k})"
-        ),
-        format!(
-            "CREATE TRIGGER {del} AFTER DELETE ON {root_table} REFERENCING OLD TABLE AS tview_old \
-             FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.pg_tviews_capture('{{oid}}', {k})"
-        ),
-        format!(
-            "CREATE TRIGGER {trunc} AFTER TRUNCATE ON {root_table} \
-             FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.pg_tviews_capture('{{oid}}', {k})"
-        ),
-    ];
-    let others: Vec<_> = sources.iter().filter(|s| s.oid != root.oid).collect();
-    for other in &others {
-        // Lineage for joined tables comes with the full engine; until then any change to them
-        // recomputes the whole TVIEW, which is slow but never stale.
-        ddl.push(format!(
-            "CREATE TRIGGER {full} AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {} \
-             FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.pg_tviews_capture('{{oid}}', '')",
-            other.qualified
-        ));
-    }
-    let schema = extension_schema();
-    for statement in ddl {
-        let statement = statement
-            .replace("@extschema@", &quote_identifier(&schema))
-            .replace("{oid}", &table_oid.to_u32().to_string());
-        Spi::run(&statement).unwrap_or_else(|e| {
-            raise(
-                Code::ERRCODE_INVALID_TABLE_DEFINITION,
-                format!("could not install capture trigger for TVIEW \"{table}\": {e}"),
-                None,
-                None,
+    let tables: Vec<lineage::Table> = sources
+        .iter()
+        .map(|s| lineage::Table {
+            oid: s.oid.to_u32(),
+            qualified: s.qualified.clone(),
+        })
+        .collect();
+    let edges = reference_edges(&sources);
+    let root_table = tables
+        .iter()
+        .find(|t| t.oid == root.oid.to_u32())
+        .expect("root is a source")
+        .clone();
+    let schema = quote_identifier(extension_schema());
+    let oid = table_oid.to_u32();
+    let mut next_rule = kind::FIRST_RULE;
+    let mut full_sources = Vec::new();
+    for source in &tables {
+        let captures = match lineage::plan(&root_table, &key, source, &tables, &edges) {
+            lineage::Plan::Captures(captures) => captures
+                .into_iter()
+                .map(|c| {
+                    let rule = if c.resolve_sql.is_some() {
+                        next_rule += 1;
+                        next_rule - 1
+                    } else {
+                        kind::ROW
+                    };
+                    (c.column, rule, c.resolve_sql, c.description)
+                })
+                .collect::<Vec<_>>(),
+            lineage::Plan::Full { reason } => {
+                full_sources.push(format!("{} ({reason})", source.qualified));
+                vec![(
+                    String::new(),
+                    kind::FULL,
+                    None,
+                    format!("full refresh: {reason}"),
+                )]
+            }
+        };
+        let columns: Vec<(String, u32)> = captures
+            .iter()
+            .map(|(c, r, _, _)| (c.clone(), *r))
+            .collect();
+        install_capture_triggers(&entity, &schema, oid, &source.qualified, &columns);
+        for (column, rule, resolve_sql, description) in captures {
+            Spi::run_with_args(
+                "INSERT INTO pg_tview_lineage (tview_oid, source_oid, rule, capture_column, resolve_sql, description) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+                &[
+                    table_oid.into(),
+                    pg_sys::Oid::from(source.oid).into(),
+                    (rule as i32).into(),
+                    column.as_str().into(),
+                    resolve_sql.into(),
+                    description.as_str().into(),
+                ],
             )
-        });
+            .unwrap_or_else(|e| raise(Code::ERRCODE_INTERNAL_ERROR, format!("could not record lineage: {e}"), None, None));
+        }
     }
-    if !others.is_empty() {
-        let names: Vec<_> = others.iter().map(|o| o.qualified.as_str()).collect();
+    if !full_sources.is_empty() {
         crate::errors::warn(
             Code::ERRCODE_WARNING,
             format!(
                 "changes to {} will fully refresh TVIEW \"{table}\"",
-                names.join(", ")
+                full_sources.join(", ")
             ),
-            "Row-level lineage through joined tables is not derived yet; only the root table's keys are tracked per row.",
+            "Declare a single-column foreign key (or use fk_<x> -> pk_<x> integer columns) between that table and the TVIEW's root table.",
         );
     }
+    create_tview_indexes(&table, table_oid);
 
     let dependencies: Vec<pg_sys::Oid> = sources.iter().map(|s| s.oid).collect();
     let fk_columns = Spi::get_one_with_args::<Vec<String>>(
@@ -262,6 +281,126 @@ struct SourceTable {
     name: String,
     qualified: String,
     has_key: bool,
+}
+
+/// Installs the statement-level triggers that capture `columns` (name, queue entry kind) of
+/// `source` for the TVIEW. A single empty column means any change recomputes the whole TVIEW
+/// (one trigger, no transition tables).
+fn install_capture_triggers(
+    entity: &str,
+    schema: &str,
+    tview_oid: u32,
+    source: &str,
+    columns: &[(String, u32)],
+) {
+    let [ins, upd, del, trunc, full] = trigger_names(entity);
+    let mut args = vec![format!("'{tview_oid}'")];
+    for (column, rule) in columns {
+        args.push(quote_literal(column));
+        args.push(format!("'{rule}'"));
+    }
+    let function = format!("{schema}.pg_tviews_capture({})", args.join(", "));
+    let statements = if columns.iter().all(|(c, _)| c.is_empty()) {
+        vec![format!(
+            "CREATE TRIGGER {full} AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {source} \
+             FOR EACH STATEMENT EXECUTE FUNCTION {function}"
+        )]
+    } else {
+        vec![
+            format!(
+                "CREATE TRIGGER {ins} AFTER INSERT ON {source} REFERENCING NEW TABLE AS tview_new \
+                 FOR EACH STATEMENT EXECUTE FUNCTION {function}"
+            ),
+            format!(
+                "CREATE TRIGGER {upd} AFTER UPDATE ON {source} REFERENCING OLD TABLE AS tview_old NEW TABLE AS tview_new \
+                 FOR EACH STATEMENT EXECUTE FUNCTION {function}"
+            ),
+            format!(
+                "CREATE TRIGGER {del} AFTER DELETE ON {source} REFERENCING OLD TABLE AS tview_old \
+                 FOR EACH STATEMENT EXECUTE FUNCTION {function}"
+            ),
+            format!(
+                "CREATE TRIGGER {trunc} AFTER TRUNCATE ON {source} \
+                 FOR EACH STATEMENT EXECUTE FUNCTION {function}"
+            ),
+        ]
+    };
+    for statement in statements {
+        run_sql(&statement);
+    }
+}
+
+/// Single-column integer references among the source tables: declared foreign keys plus the
+/// `fk_<x>` -> `pk_<x>` naming convention (which also links TVIEWs such as `tv_user`).
+fn reference_edges(sources: &[SourceTable]) -> Vec<lineage::Edge> {
+    let oids: Vec<pg_sys::Oid> = sources.iter().map(|s| s.oid).collect();
+    let result = Spi::connect(|client| {
+        let rows = client.select(
+            "SELECT c.conrelid, a.attname::text, c.confrelid, af.attname::text \
+             FROM pg_constraint c \
+             JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1] \
+             JOIN pg_attribute af ON af.attrelid = c.confrelid AND af.attnum = c.confkey[1] \
+             WHERE c.contype = 'f' AND cardinality(c.conkey) = 1 \
+               AND c.conrelid = ANY($1) AND c.confrelid = ANY($1) \
+               AND a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype) \
+               AND af.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype) \
+             UNION \
+             SELECT a.attrelid, a.attname::text, b.attrelid, b.attname::text \
+             FROM pg_attribute a \
+             JOIN pg_attribute b ON b.attname = 'pk_' || substr(a.attname, 4) \
+             WHERE a.attrelid = ANY($1) AND b.attrelid = ANY($1) AND a.attrelid <> b.attrelid \
+               AND a.attname LIKE 'fk\\_%' AND a.attnum > 0 AND b.attnum > 0 \
+               AND NOT a.attisdropped AND NOT b.attisdropped \
+               AND a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype) \
+               AND b.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype) \
+             ORDER BY 1, 2, 3, 4",
+            None,
+            &[oids.into()],
+        )?;
+        let mut edges = Vec::new();
+        for row in rows {
+            edges.push(lineage::Edge {
+                from_table: row
+                    .get::<pg_sys::Oid>(1)?
+                    .unwrap_or(pg_sys::InvalidOid)
+                    .to_u32(),
+                from_column: row.get::<String>(2)?.unwrap_or_default(),
+                to_table: row
+                    .get::<pg_sys::Oid>(3)?
+                    .unwrap_or(pg_sys::InvalidOid)
+                    .to_u32(),
+                to_column: row.get::<String>(4)?.unwrap_or_default(),
+            });
+        }
+        Ok::<_, spi::Error>(edges)
+    });
+    result.unwrap_or_else(|e| {
+        raise(
+            Code::ERRCODE_INTERNAL_ERROR,
+            format!("could not read foreign keys: {e}"),
+            None,
+            None,
+        )
+    })
+}
+
+/// Indexes readers and the refresh need: `id` and every `fk_*` column of the TVIEW table.
+fn create_tview_indexes(table: &str, table_oid: pg_sys::Oid) {
+    let columns = Spi::get_one_with_args::<Vec<String>>(
+        "SELECT coalesce(array_agg(attname::text ORDER BY attnum), '{}') FROM pg_attribute \
+         WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND (attname = 'id' OR attname LIKE 'fk\\_%')",
+        &[table_oid.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_default();
+    for column in columns {
+        run_sql(&format!(
+            "CREATE INDEX ON {} ({})",
+            quote_identifier(table),
+            quote_identifier(&column)
+        ));
+    }
 }
 
 /// Runs DDL whose SQL errors should reach the user unchanged (SPI raises those directly).
@@ -396,6 +535,11 @@ fn pg_tviews_drop(name: &str, if_exists: default!(bool, false)) -> bool {
             Some("Drop the objects that depend on it first."),
         )
     });
+    Spi::run_with_args(
+        "DELETE FROM pg_tview_lineage WHERE tview_oid = (SELECT table_oid FROM pg_tview_meta WHERE entity = $1)",
+        &[entity.as_str().into()],
+    )
+    .unwrap_or_else(|e| raise(Code::ERRCODE_INTERNAL_ERROR, format!("could not remove TVIEW lineage: {e}"), None, None));
     Spi::run_with_args(
         "DELETE FROM pg_tview_meta WHERE entity = $1",
         &[entity.as_str().into()],

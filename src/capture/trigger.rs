@@ -1,8 +1,9 @@
 //! The statement-level `tview_*` trigger function on `tb_*` tables. Runs in user backends,
 //! inside the writing statement: it only reads transition tables and stages keys in memory.
 //!
-//! Trigger arguments: `(tview table oid, key column name)`; an empty key column means
-//! "any change here recomputes the whole TVIEW". The transition tuplestores are read
+//! Trigger arguments: `(tview table oid, column, kind [, column, kind]...)`: the values of each
+//! column are staged as queue entries of that kind (see `catalog::lineage`). An empty column
+//! means "any change here recomputes the whole TVIEW". The transition tuplestores are read
 //! directly (no SPI) with a read pointer of our own, because other AFTER triggers of the same
 //! statement share them.
 
@@ -13,8 +14,8 @@ use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use smallvec::SmallVec;
 
-/// Keys of one statement; most statements touch a handful of rows.
-type StatementKeys = SmallVec<[i64; 16]>;
+/// `(queue entry kind, value)` of one statement; most statements touch a handful of rows.
+type StatementKeys = SmallVec<[(u32, i64); 16]>;
 
 #[pg_trigger]
 fn pg_tviews_capture<'a>(
@@ -23,63 +24,90 @@ fn pg_tviews_capture<'a>(
     let args = trigger
         .extra_args()
         .map_err(|e| CaptureError(e.to_string()))?;
-    let (tview_oid, key_column) = match args.as_slice() {
-        [oid, column] => (
-            oid.parse::<u32>()
-                .map_err(|_| CaptureError(format!("bad TVIEW oid argument {oid:?}")))?,
-            column.as_str(),
-        ),
+    let parse = |what: &str, v: &str| {
+        v.parse::<u32>()
+            .map_err(|_| CaptureError(format!("bad {what} argument {v:?}")))
+    };
+    // (TVIEW oid, column [, kind] [, column, kind]...): the 2-argument form means kind ROW.
+    let Some((oid, rest)) = args.split_first() else {
+        return Err(CaptureError(
+            "pg_tviews_capture() expects (TVIEW oid, column, kind, ...)".into(),
+        ));
+    };
+    let tview_oid = parse("TVIEW oid", oid)?;
+    let mut captures: SmallVec<[(&str, u32); 4]> = SmallVec::new();
+    match rest {
+        [column] => captures.push((column.as_str(), kind::ROW)),
+        pairs if pairs.len() % 2 == 0 && !pairs.is_empty() => {
+            for pair in pairs.chunks(2) {
+                captures.push((pair[0].as_str(), parse("kind", &pair[1])?));
+            }
+        }
         _ => {
             return Err(CaptureError(
-                "pg_tviews_capture() expects two arguments: TVIEW oid and key column".into(),
+                "pg_tviews_capture() expects (TVIEW oid, column, kind, ...)".into(),
             ))
         }
-    };
+    }
     let data = trigger.trigger_data();
     let op = trigger.op().map_err(|e| CaptureError(e.to_string()))?;
-    // TRUNCATE, or a change to a joined table whose row lineage is not derived: the whole
-    // TVIEW is recomputed.
-    if matches!(op, PgTriggerOperation::Truncate) || key_column.is_empty() {
-        if !queue::is_attached() {
-            refresh_synchronously(tview_oid, None);
-            return Ok(None);
-        }
-        stage([StagedKey {
+    // TRUNCATE, or a change to a source without derived lineage: recompute the whole TVIEW.
+    if matches!(op, PgTriggerOperation::Truncate) || captures.iter().any(|(c, _)| c.is_empty()) {
+        let full = StagedKey {
             tview_oid,
             kind: kind::FULL,
             key: 0,
-        }]);
+        };
+        if queue::is_attached() {
+            stage([full]);
+        } else {
+            refresh_synchronously(&[full]);
+        }
         return Ok(None);
     }
     // SAFETY: tg_relation is valid for the duration of the trigger call.
     let tupdesc = unsafe { (*data.tg_relation).rd_att };
-    let attno = key_attno(tupdesc, key_column)?;
+    let mut columns: SmallVec<[(i32, pg_sys::Oid, u32); 4]> = SmallVec::new();
+    for (column, entry_kind) in &captures {
+        let (attno, typid) = key_attno(tupdesc, column)?;
+        columns.push((attno, typid, *entry_kind));
+    }
     let mut keys = StatementKeys::new();
     for store in [data.tg_oldtable, data.tg_newtable] {
         if !store.is_null() {
             // SAFETY: the tuplestore belongs to the current statement's transition capture and
             // stays valid while AFTER STATEMENT triggers run; the descriptor matches its tuples.
-            unsafe { read_keys(store, tupdesc, attno, &mut keys) };
+            unsafe { read_keys(store, tupdesc, &columns, &mut keys) };
         }
     }
     keys.sort_unstable();
     keys.dedup();
-    if !queue::is_attached() {
-        refresh_synchronously(tview_oid, Some(keys.to_vec()));
-        return Ok(None);
-    }
-    stage(keys.into_iter().map(|key| StagedKey {
+    let staged = keys.into_iter().map(|(entry_kind, key)| StagedKey {
         tview_oid,
-        kind: kind::ROW,
+        kind: entry_kind,
         key,
-    }));
+    });
+    if queue::is_attached() {
+        stage(staged);
+    } else {
+        refresh_synchronously(&staged.collect::<Vec<_>>());
+    }
     Ok(None)
 }
 
 /// Without shared_preload_libraries there is no queue and no worker: refresh inside the
 /// writing statement (the extension warned about this at CREATE EXTENSION).
-fn refresh_synchronously(tview_oid: u32, keys: Option<Vec<i64>>) {
-    if let Err(e) = refresh::refresh_now(pg_sys::Oid::from(tview_oid), keys) {
+fn refresh_synchronously(keys: &[StagedKey]) {
+    let entries: Vec<queue::QueueEntry> = keys
+        .iter()
+        .map(|k| queue::QueueEntry {
+            tview_oid: k.tview_oid,
+            kind: k.kind,
+            key: k.key,
+            committed_at: 0,
+        })
+        .collect();
+    if let Err(e) = refresh::apply_batch(&entries) {
         crate::errors::raise(
             PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
             format!("synchronous TVIEW refresh failed: {e}"),
@@ -134,7 +162,7 @@ fn key_attno(tupdesc: pg_sys::TupleDesc, column: &str) -> Result<(i32, pg_sys::O
 unsafe fn read_keys(
     store: *mut pg_sys::Tuplestorestate,
     tupdesc: pg_sys::TupleDesc,
-    (attno, typid): (i32, pg_sys::Oid),
+    columns: &[(i32, pg_sys::Oid, u32)],
     keys: &mut StatementKeys,
 ) {
     // SAFETY: caller guarantees `store` and `tupdesc` are valid; the slot is created and dropped
@@ -145,17 +173,19 @@ unsafe fn read_keys(
         pg_sys::tuplestore_select_read_pointer(store, reader);
         pg_sys::tuplestore_rescan(store);
         while pg_sys::tuplestore_gettupleslot(store, true, false, slot) {
-            let mut isnull = false;
-            let datum = pg_sys::slot_getattr(slot, attno, &mut isnull);
-            if isnull {
-                continue;
+            for &(attno, typid, entry_kind) in columns {
+                let mut isnull = false;
+                let datum = pg_sys::slot_getattr(slot, attno, &mut isnull);
+                if isnull {
+                    continue;
+                }
+                let key = match typid {
+                    pg_sys::INT2OID => i64::from(datum.value() as i16),
+                    pg_sys::INT4OID => i64::from(datum.value() as i32),
+                    _ => datum.value() as i64,
+                };
+                keys.push((entry_kind, key));
             }
-            let key = match typid {
-                pg_sys::INT2OID => i64::from(datum.value() as i16),
-                pg_sys::INT4OID => i64::from(datum.value() as i32),
-                _ => datum.value() as i64,
-            };
-            keys.push(key);
         }
         pg_sys::ExecDropSingleTupleTableSlot(slot);
     }

@@ -1,6 +1,8 @@
 //! Reads of the `pg_tview_meta` catalog and of PostgreSQL's own catalogs about a TVIEW.
 //! SPI only; runs in user backends (create/drop) and in drainers (inside their transaction).
 
+pub mod lineage;
+
 use crate::refresh::sql::TviewShape;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -68,4 +70,21 @@ pub fn all_tviews(client: &SpiClient<'_>) -> spi::Result<Vec<pg_sys::Oid>> {
         }
     }
     Ok(out)
+}
+
+/// The query that maps captured values of lineage rule `rule` to TVIEW keys (`$1 bigint[]`).
+pub fn resolve_sql(
+    client: &SpiClient<'_>,
+    table_oid: pg_sys::Oid,
+    rule: u32,
+) -> spi::Result<Option<String>> {
+    let rows = client.select(
+        "SELECT resolve_sql FROM pg_tview_lineage WHERE tview_oid = $1 AND rule = $2",
+        None,
+        &[table_oid.into(), (rule as i32).into()],
+    )?;
+    match rows.into_iter().next() {
+        Some(row) => row.get::<String>(1),
+        None => Ok(None),
+    }
 }

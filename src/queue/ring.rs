@@ -11,6 +11,9 @@ pub mod kind {
     pub const ROW: u32 = 0;
     /// Recompute the whole TVIEW (e.g. its root table was truncated).
     pub const FULL: u32 = 1;
+    /// From here on, `kind` names a lineage rule of the TVIEW (`pg_tview_lineage.rule`): `key`
+    /// is a value of a source table that the worker resolves to TVIEW keys.
+    pub const FIRST_RULE: u32 = 2;
 }
 
 /// One queued key, 24 bytes, plain old data (lives in shared memory).

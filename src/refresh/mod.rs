@@ -52,8 +52,7 @@ pub fn apply_batch(entries: &[QueueEntry]) -> spi::Result<Outcome> {
             let rows = if group.iter().any(|e| e.kind == kind::FULL) {
                 run_count(client, &shape.refresh_all_sql(), None)?
             } else {
-                let mut keys: Vec<i64> = group.iter().map(|e| e.key).collect();
-                keys.dedup();
+                let keys = tview_keys(client, pg_sys::Oid::from(oid), group)?;
                 run_count(client, &shape.refresh_keys_sql(), Some(keys))?
             };
             outcome.rows += rows;
@@ -64,6 +63,41 @@ pub fn apply_batch(entries: &[QueueEntry]) -> spi::Result<Outcome> {
         }
         Ok(outcome)
     })
+}
+
+/// TVIEW keys touched by `group` (entries of one TVIEW, sorted by kind): direct keys as they
+/// are, lineage-rule values resolved through the rule's join (one query per rule).
+fn tview_keys(
+    client: &SpiClient<'_>,
+    table_oid: pg_sys::Oid,
+    group: &[QueueEntry],
+) -> spi::Result<Vec<i64>> {
+    let mut keys: Vec<i64> = group
+        .iter()
+        .filter(|e| e.kind == kind::ROW)
+        .map(|e| e.key)
+        .collect();
+    let mut start = keys.len();
+    while start < group.len() {
+        let rule = group[start].kind;
+        let end = start + group[start..].iter().take_while(|e| e.kind == rule).count();
+        let values: Vec<i64> = group[start..end].iter().map(|e| e.key).collect();
+        start = end;
+        let Some(sql) = catalog::resolve_sql(client, table_oid, rule)? else {
+            continue;
+        };
+        let resolved = client.select(
+            &format!("SELECT array_agg(k) FROM ({sql}) AS r(k)"),
+            None,
+            &[values.into()],
+        )?;
+        if let Some(found) = resolved.first().get_one::<Vec<Option<i64>>>()? {
+            keys.extend(found.into_iter().flatten());
+        }
+    }
+    keys.sort_unstable();
+    keys.dedup();
+    Ok(keys)
 }
 
 /// Reconciles every TVIEW of the database with its view.
@@ -81,19 +115,6 @@ pub fn apply_full() -> spi::Result<Outcome> {
             });
         }
         Ok(outcome)
-    })
-}
-
-/// Refreshes one TVIEW's keys (or all of it) right now, in the caller's transaction. Used by the
-/// capture trigger when the library is not preloaded, so TVIEWs stay correct (synchronously)
-/// instead of going stale.
-pub fn refresh_now(table_oid: pg_sys::Oid, keys: Option<Vec<i64>>) -> spi::Result<u64> {
-    Spi::connect_mut(|client| match catalog::load_shape(client, table_oid)? {
-        Some(shape) => match keys {
-            Some(keys) => run_count(client, &shape.refresh_keys_sql(), Some(keys)),
-            None => run_count(client, &shape.refresh_all_sql(), None),
-        },
-        None => Ok(0),
     })
 }
 

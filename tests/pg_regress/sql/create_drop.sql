@@ -114,7 +114,7 @@ SELECT pg_tviews_drop('tv_post');
 SELECT pg_tviews_drop('tv_post', true);
 SELECT pg_tviews_drop('post', if_exists => true);
 
--- A TVIEW that joins another table: changes there fully refresh it (with a WARNING).
+-- A TVIEW that joins a parent table: capture triggers on both tables, lineage from the foreign key.
 CREATE TABLE tb_author (
     pk_author bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     name      text NOT NULL
