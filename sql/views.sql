@@ -43,3 +43,36 @@ SELECT * FROM @extschema@._pg_tviews_counters();
 
 -- Wake the launcher now so this database gets its drainer without waiting for a scan.
 SELECT @extschema@._pg_tviews_attach_database();
+
+-- CREATE TABLE tv_x AS SELECT ... and DROP TABLE tv_x, in every session (event triggers fire
+-- whether or not this session has loaded the library yet).
+CREATE FUNCTION _pg_tviews_on_ctas() RETURNS event_trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    command record;
+BEGIN
+    FOR command IN
+        SELECT objid FROM pg_event_trigger_ddl_commands()
+        WHERE command_tag IN ('CREATE TABLE AS', 'SELECT INTO') AND object_type = 'table'
+    LOOP
+        PERFORM @extschema@._pg_tviews_adopt_ctas(command.objid, current_query());
+    END LOOP;
+END $$;
+CREATE EVENT TRIGGER pg_tviews_bgw_ctas ON ddl_command_end
+    WHEN TAG IN ('CREATE TABLE AS', 'SELECT INTO')
+    EXECUTE FUNCTION _pg_tviews_on_ctas();
+
+CREATE FUNCTION _pg_tviews_on_drop() RETURNS event_trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    dropped record;
+BEGIN
+    FOR dropped IN
+        SELECT objid FROM pg_event_trigger_dropped_objects() WHERE object_type = 'table'
+    LOOP
+        PERFORM @extschema@._pg_tviews_forget(dropped.objid);
+    END LOOP;
+END $$;
+CREATE EVENT TRIGGER pg_tviews_bgw_drop ON sql_drop
+    WHEN TAG IN ('DROP TABLE')
+    EXECUTE FUNCTION _pg_tviews_on_drop();

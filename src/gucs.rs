@@ -3,7 +3,27 @@
 //! Postmaster settings size shared memory, so they are fixed for the life of the server.
 //! Sighup settings are re-read by workers after their own `ProcessConfigFile` call.
 
-use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
+
+/// Where a session's changes to tracked tables are refreshed.
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum RefreshMode {
+    /// Keys are queued at COMMIT and refreshed by the database's worker (the default).
+    #[name = c"async"]
+    Async,
+    /// Rows are refreshed inside the writing statement (read-your-writes, migrations, tests).
+    #[name = c"sync"]
+    Sync,
+}
+
+/// `pg_tviews_health_check()` warns when a database has more keys than this pending.
+pub static HEALTH_QUEUE_DEPTH: GucSetting<i32> = GucSetting::<i32>::new(1_000);
+
+/// `pg_tviews_health_check()` warns when the oldest pending key is older than this (ms).
+pub static HEALTH_LAG_MS: GucSetting<i32> = GucSetting::<i32>::new(5_000);
+
+/// Per-session choice between background and in-statement refresh.
+pub static MODE: GucSetting<RefreshMode> = GucSetting::<RefreshMode>::new(RefreshMode::Async);
 
 /// Master switch for draining. Off: keys keep being captured and queued (nothing is lost),
 /// but workers stop refreshing until it is turned back on.
@@ -26,7 +46,41 @@ pub const QUEUE_SIZE_MIN: i32 = 16;
 pub const QUEUE_SIZE_MAX: i32 = 16 * 1024 * 1024;
 pub const MAX_WORKERS_MAX: i32 = 64;
 
+/// Settings that may be defined after start-up; also defined when the library is loaded without
+/// shared_preload_libraries (where sync is the only mode that works).
+pub fn define_session() {
+    GucRegistry::define_enum_guc(
+        c"pg_tviews_bgw.mode",
+        c"Refresh TVIEWs in the background (async) or inside each writing statement (sync).",
+        c"sync gives read-your-writes at the cost of write latency; without shared_preload_libraries every session behaves as sync.",
+        &MODE,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_tviews_bgw.health_queue_depth",
+        c"Pending keys above which pg_tviews_health_check() reports WARNING.",
+        c"",
+        &HEALTH_QUEUE_DEPTH,
+        0,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_tviews_bgw.health_lag",
+        c"Age of the oldest pending key above which pg_tviews_health_check() reports WARNING.",
+        c"",
+        &HEALTH_LAG_MS,
+        0,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::UNIT_MS,
+    );
+}
+
 pub fn define() {
+    define_session();
     GucRegistry::define_bool_guc(
         c"pg_tviews_bgw.enabled",
         c"Whether background workers refresh TVIEWs.",

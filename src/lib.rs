@@ -24,6 +24,7 @@ pub extern "C-unwind" fn _PG_init() {
     if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         // Loaded by CREATE EXTENSION without preload: no queue and no workers. The extension
         // script warns, and capture publishes nothing (queue::is_attached() is false).
+        gucs::define_session();
         capture::staging::register_callbacks();
         return;
     }

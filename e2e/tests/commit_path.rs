@@ -142,11 +142,21 @@ fn concurrent_writers_converge() {
     assert_eq!(differences(&mut db, "post"), 0);
 }
 
+fn worker_batches(db: &mut postgres::Client) -> i64 {
+    db.query_one(
+        "SELECT batches FROM pg_tviews_worker_status WHERE database = current_database()",
+        &[],
+    )
+    .unwrap()
+    .get(0)
+}
+
 #[test]
 fn queue_depth_returns_to_zero() {
     let cluster = Cluster::start("depth", &["pg_tviews_bgw.batch_size = 50"]);
     let mut db = cluster.database_with_tview("app", 2000);
     wait_drained(&mut db);
+    let (before, batches_before) = (stats(&mut db), worker_batches(&mut db));
     db.batch_execute("UPDATE tb_post SET votes = votes + 1")
         .unwrap();
     eventually("queue depth back to 0", Duration::from_secs(30), || {
@@ -162,13 +172,16 @@ fn queue_depth_returns_to_zero() {
         per_tview == 0 && per_worker == 0 && state == "idle"
     });
     assert_eq!(differences(&mut db, "post"), 0);
-    let batches: i64 = db
-        .query_one(
-            "SELECT batches FROM pg_tviews_worker_status WHERE database = current_database()",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let (after, batches) = (stats(&mut db), worker_batches(&mut db) - batches_before);
+    assert_eq!(
+        after[4], before[4],
+        "no full refresh replaced the keys: {before:?} -> {after:?}"
+    );
+    assert_eq!(
+        after[1] - before[1],
+        2000,
+        "every key applied once: {before:?} -> {after:?}"
+    );
     assert!(
         batches >= 2000 / 50,
         "2000 keys at batch_size 50 need at least 40 batches, saw {batches}"

@@ -33,10 +33,41 @@ fn get_oid(sql: &str, args: &[pgrx::datum::DatumWithOid]) -> Option<pg_sys::Oid>
         .flatten()
 }
 
+thread_local! {
+    /// Set while this backend itself creates or drops TVIEW objects, so the DDL event triggers
+    /// (CREATE TABLE tv_x AS / DROP TABLE tv_x) leave that DDL alone.
+    static BUSY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks this backend busy with TVIEW DDL until dropped (also when an ERROR unwinds).
+pub struct BusyGuard(bool);
+
+impl BusyGuard {
+    pub fn enter() -> BusyGuard {
+        BusyGuard(BUSY.with(|b| b.replace(true)))
+    }
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        BUSY.with(|b| b.set(self.0));
+    }
+}
+
+pub fn busy() -> bool {
+    BUSY.with(|b| b.get())
+}
+
 /// Creates `tv_<entity>` materialized from `query`, with its backing view `v_<entity>`, the
 /// capture triggers on every source table, and its `pg_tview_meta` row.
 #[pg_extern(volatile, parallel_unsafe)]
 fn pg_tviews_create(name: &str, query: &str) -> String {
+    let _busy = BusyGuard::enter();
+    create(name, query)
+}
+
+/// Creates a TVIEW in the caller's transaction (pg_tviews_create and CREATE TABLE tv_x AS).
+pub fn create(name: &str, query: &str) -> String {
     let entity = entity_of(name);
     if !valid_entity(&entity) {
         raise(
@@ -107,6 +138,26 @@ fn pg_tviews_create(name: &str, query: &str) -> String {
             format!("the TVIEW query does not return a column named \"{key}\""),
             Some("Every TVIEW is keyed by pk_<entity>."),
             Some(&format!("Add {key} to the select list, e.g. SELECT tb_{entity}.{key}, ... FROM tb_{entity}.")),
+        ),
+    }
+
+    let data_type = get_oid(
+        "SELECT atttypid FROM pg_attribute WHERE attrelid = $1 AND attname = 'data' AND NOT attisdropped",
+        &[view_oid.into()],
+    );
+    match data_type {
+        Some(t) if t == pg_sys::JSONBOID => {}
+        Some(_) => raise(
+            Code::ERRCODE_INVALID_TABLE_DEFINITION,
+            "column \"data\" of the TVIEW query must be jsonb",
+            None,
+            Some("Build the read model with jsonb_build_object(...) AS data (json has no equality operator)."),
+        ),
+        None => raise(
+            Code::ERRCODE_INVALID_TABLE_DEFINITION,
+            "the TVIEW query does not return a column named \"data\"",
+            Some("A TVIEW holds its read model in a jsonb column named data."),
+            Some("Add e.g. jsonb_build_object('id', id, ...) AS data to the select list."),
         ),
     }
 
@@ -286,7 +337,7 @@ struct SourceTable {
 /// Installs the statement-level triggers that capture `columns` (name, queue entry kind) of
 /// `source` for the TVIEW. A single empty column means any change recomputes the whole TVIEW
 /// (one trigger, no transition tables).
-fn install_capture_triggers(
+pub fn install_capture_triggers(
     entity: &str,
     schema: &str,
     tview_oid: u32,
@@ -455,7 +506,7 @@ fn source_tables(view_oid: pg_sys::Oid) -> Vec<SourceTable> {
     .unwrap_or_else(|e| raise(Code::ERRCODE_INTERNAL_ERROR, format!("could not read view dependencies: {e}"), None, None))
 }
 
-fn extension_schema() -> String {
+pub fn extension_schema() -> String {
     Spi::get_one::<String>(
         "SELECT n.nspname::text FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace \
          WHERE e.extname = 'pg_tviews_bgw'",
@@ -468,6 +519,7 @@ fn extension_schema() -> String {
 /// Drops the TVIEW table, its backing view, its capture triggers and its metadata.
 #[pg_extern(volatile, parallel_unsafe)]
 fn pg_tviews_drop(name: &str, if_exists: default!(bool, false)) -> bool {
+    let _busy = BusyGuard::enter();
     let entity = entity_of(name);
     let row = Spi::get_two_with_args::<pg_sys::Oid, Vec<pg_sys::Oid>>(
         "SELECT table_oid, dependencies FROM pg_tview_meta WHERE entity = $1",
@@ -492,6 +544,13 @@ fn pg_tviews_drop(name: &str, if_exists: default!(bool, false)) -> bool {
             );
         }
     };
+    drop_objects(&entity, dependencies, true);
+    true
+}
+
+/// Removes what a TVIEW owns: capture triggers on its sources, the backing view, optionally the
+/// table (not when DROP TABLE already did), its lineage and metadata.
+pub fn drop_objects(entity: &str, dependencies: Vec<pg_sys::Oid>, drop_table: bool) {
     for dependency in dependencies {
         // A source table dropped meanwhile took its triggers with it.
         let Ok(Some(relation)) = Spi::get_one_with_args::<String>(
@@ -500,7 +559,7 @@ fn pg_tviews_drop(name: &str, if_exists: default!(bool, false)) -> bool {
         ) else {
             continue;
         };
-        for trigger in trigger_names(&entity) {
+        for trigger in trigger_names(entity) {
             let exists = Spi::get_one_with_args::<bool>(
                 "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = $1 AND tgname = $2)",
                 &[dependency.into(), trigger.as_str().into()],
@@ -522,10 +581,17 @@ fn pg_tviews_drop(name: &str, if_exists: default!(bool, false)) -> bool {
             });
         }
     }
+    let table = if drop_table {
+        format!(
+            "DROP TABLE IF EXISTS {}; ",
+            quote_identifier(format!("tv_{entity}"))
+        )
+    } else {
+        String::new()
+    };
     Spi::run(&format!(
-        "DROP TABLE IF EXISTS {t}; DROP VIEW IF EXISTS {v}",
-        t = quote_identifier(format!("tv_{entity}")),
-        v = quote_identifier(format!("v_{entity}"))
+        "{table}DROP VIEW IF EXISTS {}",
+        quote_identifier(format!("v_{entity}"))
     ))
     .unwrap_or_else(|e| {
         raise(
@@ -537,12 +603,12 @@ fn pg_tviews_drop(name: &str, if_exists: default!(bool, false)) -> bool {
     });
     Spi::run_with_args(
         "DELETE FROM pg_tview_lineage WHERE tview_oid = (SELECT table_oid FROM pg_tview_meta WHERE entity = $1)",
-        &[entity.as_str().into()],
+        &[entity.into()],
     )
     .unwrap_or_else(|e| raise(Code::ERRCODE_INTERNAL_ERROR, format!("could not remove TVIEW lineage: {e}"), None, None));
     Spi::run_with_args(
         "DELETE FROM pg_tview_meta WHERE entity = $1",
-        &[entity.as_str().into()],
+        &[entity.into()],
     )
     .unwrap_or_else(|e| {
         raise(
@@ -552,7 +618,6 @@ fn pg_tviews_drop(name: &str, if_exists: default!(bool, false)) -> bool {
             None,
         )
     });
-    true
 }
 
 /// Recomputes a whole TVIEW now, in the caller's transaction; returns the rows written.

@@ -8,8 +8,8 @@
 //! statement share them.
 
 use super::staging::{stage, StagedKey};
-use crate::queue::{self, kind};
-use crate::refresh;
+use super::{refresh_in_background, refresh_synchronously};
+use crate::queue::kind;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use smallvec::SmallVec;
@@ -58,7 +58,7 @@ fn pg_tviews_capture<'a>(
             kind: kind::FULL,
             key: 0,
         };
-        if queue::is_attached() {
+        if refresh_in_background() {
             stage([full]);
         } else {
             refresh_synchronously(&[full]);
@@ -87,36 +87,12 @@ fn pg_tviews_capture<'a>(
         kind: entry_kind,
         key,
     });
-    if queue::is_attached() {
+    if refresh_in_background() {
         stage(staged);
     } else {
         refresh_synchronously(&staged.collect::<Vec<_>>());
     }
     Ok(None)
-}
-
-/// Without shared_preload_libraries there is no queue and no worker: refresh inside the
-/// writing statement (the extension warned about this at CREATE EXTENSION).
-fn refresh_synchronously(keys: &[StagedKey]) {
-    let entries: Vec<queue::QueueEntry> = keys
-        .iter()
-        .map(|k| queue::QueueEntry {
-            tview_oid: k.tview_oid,
-            kind: k.kind,
-            key: k.key,
-            committed_at: 0,
-        })
-        .collect();
-    if let Err(e) = refresh::apply_batch(&entries) {
-        crate::errors::raise(
-            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-            format!("synchronous TVIEW refresh failed: {e}"),
-            None,
-            Some(
-                "Load pg_tviews_bgw through shared_preload_libraries to refresh in the background.",
-            ),
-        );
-    }
 }
 
 #[derive(Debug)]

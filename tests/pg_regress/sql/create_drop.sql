@@ -36,15 +36,23 @@ SELECT pg_tviews_create('tv_post', $$SELECT pk_post::text AS pk_post, id FROM tb
 \echo :LAST_ERROR_SQLSTATE
 SELECT * FROM leftovers;
 -- ... read from a table that has that column.
-SELECT pg_tviews_create('tv_post', $$SELECT 1::bigint AS pk_post, 'x'::text AS data$$);
+SELECT pg_tviews_create('tv_post', $$SELECT 1::bigint AS pk_post, '{}'::jsonb AS data$$);
 \echo :LAST_ERROR_SQLSTATE
 SELECT * FROM leftovers;
 -- An invalid query is reported as such.
 SELECT pg_tviews_create('tv_post', $$SELECT pk_post, nosuchcolumn FROM tb_post$$);
 \echo :LAST_ERROR_SQLSTATE
 SELECT * FROM leftovers;
+-- The read model is a jsonb column named data...
+SELECT pg_tviews_create('tv_post', $$SELECT pk_post, id FROM tb_post$$);
+\echo :LAST_ERROR_SQLSTATE
+SELECT * FROM leftovers;
+-- ... jsonb, not json or text.
+SELECT pg_tviews_create('tv_post', $$SELECT pk_post, json_build_object('t', title) AS data FROM tb_post$$);
+\echo :LAST_ERROR_SQLSTATE
+SELECT * FROM leftovers;
 -- Keys must be unique in the result (they become tv_post's primary key).
-SELECT pg_tviews_create('tv_post', $$SELECT 1::bigint AS pk_post, id FROM tb_post$$);
+SELECT pg_tviews_create('tv_post', $$SELECT 1::bigint AS pk_post, '{}'::jsonb AS data FROM tb_post$$);
 \echo :LAST_ERROR_SQLSTATE
 SELECT * FROM leftovers;
 

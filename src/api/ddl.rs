@@ -1,0 +1,240 @@
+//! DDL spellings of the TVIEW life cycle, run in user backends from event triggers (so they
+//! work in every session, even before the library was loaded there):
+//! `CREATE TABLE tv_x AS SELECT ...` becomes a TVIEW, `DROP TABLE tv_x` drops what it owned.
+
+use super::tview;
+use crate::errors::raise;
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode as Code;
+
+/// Splits SQL text into statements at top-level semicolons, skipping quotes, dollar quotes and
+/// comments.
+fn statements(sql: &str) -> Vec<&str> {
+    let bytes = sql.as_bytes();
+    let mut out = Vec::new();
+    let (mut start, mut i) = (0, 0);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\'' | b'"' => {
+                let quote = bytes[i];
+                i += 1;
+                while i < bytes.len() && bytes[i] != quote {
+                    i += 1;
+                }
+            }
+            b'-' if bytes.get(i + 1) == Some(&b'-') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i + 1 < bytes.len() && !(bytes[i] == b'*' && bytes[i + 1] == b'/') {
+                    i += 1;
+                }
+                i += 1;
+            }
+            b'$' => {
+                // $tag$ ... $tag$ (tag may be empty)
+                let tag_end = bytes[i + 1..]
+                    .iter()
+                    .position(|&c| !(c.is_ascii_alphanumeric() || c == b'_'));
+                if let Some(len) = tag_end {
+                    if bytes.get(i + 1 + len) == Some(&b'$') {
+                        let tag = &sql[i..i + len + 2];
+                        if let Some(close) = sql[i + tag.len()..].find(tag) {
+                            i += tag.len() + close + tag.len() - 1;
+                        }
+                    }
+                }
+            }
+            b';' => {
+                out.push(&sql[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    out.push(&sql[start.min(sql.len())..]);
+    out.into_iter().filter(|s| !s.trim().is_empty()).collect()
+}
+
+/// Next word (identifier, possibly quoted and schema-qualified) and the rest.
+fn next_token(s: &str) -> Option<(String, &str)> {
+    let s = s.trim_start();
+    if s.is_empty() {
+        return None;
+    }
+    let mut end = 0;
+    let bytes = s.as_bytes();
+    if bytes[0] == b'(' {
+        let mut depth = 0;
+        for (i, &c) in bytes.iter().enumerate() {
+            match c {
+                b'(' => depth += 1,
+                b')' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        return Some((s[..=i].to_string(), &s[i + 1..]));
+                    }
+                }
+                _ => {}
+            }
+        }
+        return None;
+    }
+    while end < bytes.len() && !bytes[end].is_ascii_whitespace() && bytes[end] != b'(' {
+        if bytes[end] == b'"' {
+            end += 1;
+            while end < bytes.len() && bytes[end] != b'"' {
+                end += 1;
+            }
+        }
+        end += 1;
+    }
+    let end = end.min(bytes.len());
+    Some((s[..end].to_string(), &s[end..]))
+}
+
+/// Unquoted last component of a possibly qualified, possibly quoted name.
+fn bare_name(token: &str) -> String {
+    let last = token.rsplit('.').next().unwrap_or(token);
+    if last.starts_with('"') && last.ends_with('"') && last.len() >= 2 {
+        last[1..last.len() - 1].replace("\"\"", "\"")
+    } else {
+        last.to_lowercase()
+    }
+}
+
+/// The SELECT of the `CREATE TABLE <table> AS SELECT ...` statement found in `sql`.
+pub fn ctas_query(sql: &str, table: &str) -> Result<String, &'static str> {
+    for statement in statements(sql) {
+        let mut rest = statement;
+        let mut words = Vec::new();
+        // CREATE [UNLOGGED | TEMP | TEMPORARY] TABLE [IF NOT EXISTS] name [(columns)] AS
+        while let Some((token, tail)) = next_token(rest) {
+            rest = tail;
+            let upper = token.to_uppercase();
+            if upper == "AS" {
+                break;
+            }
+            words.push(token);
+            if words.len() > 8 {
+                break;
+            }
+        }
+        let upper: Vec<String> = words.iter().map(|w| w.to_uppercase()).collect();
+        if upper.first().map(String::as_str) != Some("CREATE")
+            || !upper.iter().any(|w| w == "TABLE")
+        {
+            continue;
+        }
+        let Some(name) = words
+            .iter()
+            .skip_while(|w| !w.eq_ignore_ascii_case("TABLE"))
+            .skip(1)
+            .find(|w| !["IF", "NOT", "EXISTS"].contains(&w.to_uppercase().as_str()))
+        else {
+            continue;
+        };
+        if bare_name(name) != table {
+            continue;
+        }
+        if words.last().is_some_and(|w| w.starts_with('(')) {
+            return Err("a column list");
+        }
+        let mut query = rest.trim().to_string();
+        for suffix in ["WITH NO DATA", "WITH DATA"] {
+            let upper = query.to_uppercase();
+            let normalized: String = upper.split_whitespace().collect::<Vec<_>>().join(" ");
+            if normalized.ends_with(suffix) {
+                let cut = upper.rfind("WITH").unwrap_or(query.len());
+                query.truncate(cut);
+                query = query.trim().to_string();
+            }
+        }
+        if query.is_empty() {
+            return Err("an empty query");
+        }
+        return Ok(query);
+    }
+    Err("no matching CREATE TABLE ... AS statement")
+}
+
+/// Event trigger body for `CREATE TABLE tv_x AS ...`: turns the plain table into a TVIEW.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _pg_tviews_adopt_ctas(table_oid: pg_sys::Oid, current_query: &str) {
+    if tview::busy() {
+        return;
+    }
+    let Ok(Some(name)) = Spi::get_one_with_args::<String>(
+        "SELECT relname::text FROM pg_class WHERE oid = $1 AND relkind = 'r' AND relname LIKE 'tv\\_%'",
+        &[table_oid.into()],
+    ) else {
+        return;
+    };
+    let query = ctas_query(current_query, &name).unwrap_or_else(|why| {
+        raise(
+            Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("cannot turn CREATE TABLE {name} AS into a TVIEW: it has {why}"),
+            Some("Tables named tv_* are TVIEWs; pg_tviews_bgw never leaves a plain table under such a name."),
+            Some(&format!("Use SELECT pg_tviews_create('{name}', $$<query>$$);")),
+        )
+    });
+    let _busy = tview::BusyGuard::enter();
+    Spi::run(&format!(
+        "DROP TABLE {}",
+        pgrx::spi::quote_identifier(&name)
+    ))
+    .unwrap_or_else(|e| raise(Code::ERRCODE_INTERNAL_ERROR, format!("{e}"), None, None));
+    tview::create(&name, &query);
+}
+
+/// Event trigger body for `DROP TABLE`: if a TVIEW table went, drop its view, triggers, metadata.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _pg_tviews_forget(table_oid: pg_sys::Oid) {
+    if tview::busy() {
+        return;
+    }
+    let Ok((Some(entity), dependencies)) = Spi::get_two_with_args::<String, Vec<pg_sys::Oid>>(
+        "SELECT entity, dependencies FROM pg_tview_meta WHERE table_oid = $1",
+        &[table_oid.into()],
+    ) else {
+        return;
+    };
+    let _busy = tview::BusyGuard::enter();
+    tview::drop_objects(&entity, dependencies.unwrap_or_default(), false);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_query_of_a_ctas() {
+        let sql = "CREATE TABLE tv_post AS SELECT pk_post, jsonb_build_object('a', 1) AS data FROM tb_post;";
+        assert_eq!(
+            ctas_query(sql, "tv_post").unwrap(),
+            "SELECT pk_post, jsonb_build_object('a', 1) AS data FROM tb_post"
+        );
+    }
+
+    #[test]
+    fn handles_multiple_statements_quotes_and_with_data() {
+        let sql = "SELECT 'CREATE TABLE tv_post AS nope;'; create table if not exists public.\"tv_post\"\n  as\n select 1 as pk_post, $x$;$x$ as data from t WITH NO DATA; SELECT 2";
+        assert_eq!(
+            ctas_query(sql, "tv_post").unwrap(),
+            "select 1 as pk_post, $x$;$x$ as data from t"
+        );
+    }
+
+    #[test]
+    fn rejects_column_lists_and_unknown_tables() {
+        assert_eq!(
+            ctas_query("CREATE TABLE tv_a (x, y) AS SELECT 1, 2", "tv_a"),
+            Err("a column list")
+        );
+        assert!(ctas_query("CREATE TABLE tv_b AS SELECT 1", "tv_a").is_err());
+    }
+}

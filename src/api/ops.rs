@@ -1,0 +1,416 @@
+//! Manual operations from the runbook: verify, cascade, reinstall triggers, health check.
+//! Run in user backends, in the caller's transaction.
+
+use super::tview;
+use crate::capture::staging::{stage, StagedKey};
+use crate::capture::{refresh_in_background, refresh_synchronously};
+use crate::errors::raise;
+use crate::queue::{self, kind};
+use crate::{catalog, gucs};
+use pgrx::prelude::*;
+use pgrx::spi::quote_identifier;
+use pgrx::PgSqlErrorCode as Code;
+
+fn tview_oid(name: &str) -> pg_sys::Oid {
+    let entity = tview::entity_of(name);
+    Spi::get_one_with_args::<pg_sys::Oid>(
+        "SELECT table_oid FROM pg_tview_meta WHERE entity = $1",
+        &[entity.as_str().into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_else(|| {
+        raise(
+            Code::ERRCODE_UNDEFINED_TABLE,
+            format!("TVIEW \"tv_{entity}\" does not exist"),
+            None,
+            Some("List TVIEWs with: SELECT entity FROM pg_tview_meta;"),
+        )
+    })
+}
+
+/// Keys whose TVIEW row differs from the defining query: `missing`, `extra` or `stale`.
+/// An empty result means the TVIEW is exactly its query.
+#[pg_extern(volatile, parallel_unsafe)]
+fn pg_tviews_verify(
+    name: &str,
+) -> TableIterator<'static, (name!(key, i64), name!(problem, String))> {
+    let oid = tview_oid(name);
+    let rows = Spi::connect(|client| {
+        let Some(shape) = catalog::load_shape(client, oid)? else {
+            return Ok(Vec::new());
+        };
+        let cols = |alias: &str| {
+            std::iter::once(shape.key.as_str())
+                .chain(shape.values.iter().map(String::as_str))
+                .map(|c| format!("{alias}.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let sql = format!(
+            "SELECT coalesce(v.{k}, t.{k})::bigint, \
+                    CASE WHEN t.{k} IS NULL THEN 'missing' WHEN v.{k} IS NULL THEN 'extra' ELSE 'stale' END \
+             FROM {view} v FULL JOIN {table} t ON t.{k} = v.{k} \
+             WHERE v.{k} IS NULL OR t.{k} IS NULL OR ROW({vc}) IS DISTINCT FROM ROW({tc}) \
+             ORDER BY 1",
+            k = shape.key,
+            view = shape.view,
+            table = shape.table,
+            vc = cols("v"),
+            tc = cols("t")
+        );
+        let mut out = Vec::new();
+        for row in client.select(&sql, None, &[])? {
+            out.push((row.get::<i64>(1)?.unwrap_or(0), row.get::<String>(2)?.unwrap_or_default()));
+        }
+        Ok::<_, spi::Error>(out)
+    })
+    .unwrap_or_else(|e| raise(Code::ERRCODE_INTERNAL_ERROR, format!("verify failed: {e}"), None, None));
+    TableIterator::new(rows)
+}
+
+/// Queues (or, in sync mode, applies) the refresh of every TVIEW row that the row `pk` of
+/// `source_oid` feeds, as if that row had just changed. Returns the number of keys staged.
+#[pg_extern(volatile, parallel_unsafe)]
+fn pg_tviews_cascade(source_oid: pg_sys::Oid, pk: i64) -> i64 {
+    let keys = Spi::connect(|client| {
+        let pk_column = client
+            .select(
+                "SELECT a.attname::text FROM pg_index i \
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] \
+                 WHERE i.indrelid = $1 AND i.indisprimary AND i.indnkeyatts = 1",
+                None,
+                &[source_oid.into()],
+            )?
+            .next()
+            .and_then(|r| r.get::<String>(1).ok().flatten());
+        let Some(pk_column) = pk_column else {
+            return Ok(None);
+        };
+        let rules = client.select(
+            "SELECT tview_oid, rule, capture_column, source_oid::regclass::text FROM pg_tview_lineage \
+             WHERE source_oid = $1 ORDER BY tview_oid, rule",
+            None,
+            &[source_oid.into()],
+        )?;
+        let mut keys = Vec::new();
+        for row in rules {
+            let tview: pg_sys::Oid = row.get(1)?.unwrap_or(pg_sys::InvalidOid);
+            let rule = row.get::<i32>(2)?.unwrap_or(0) as u32;
+            let column: String = row.get(3)?.unwrap_or_default();
+            let relation: String = row.get(4)?.unwrap_or_default();
+            if rule == kind::FULL || column.is_empty() {
+                keys.push(StagedKey { tview_oid: tview.to_u32(), kind: kind::FULL, key: 0 });
+                continue;
+            }
+            let value = client
+                .select(
+                    &format!(
+                        "SELECT {}::bigint FROM {relation} WHERE {} = $1",
+                        quote_identifier(&column),
+                        quote_identifier(&pk_column)
+                    ),
+                    None,
+                    &[pk.into()],
+                )?
+                .next()
+                .and_then(|r| r.get::<i64>(1).ok().flatten());
+            // A deleted row feeds nothing any more, except through its own key.
+            let value = value.or((column == pk_column).then_some(pk));
+            if let Some(key) = value {
+                keys.push(StagedKey { tview_oid: tview.to_u32(), kind: rule, key });
+            }
+        }
+        Ok::<_, spi::Error>(Some(keys))
+    })
+    .unwrap_or_else(|e| raise(Code::ERRCODE_INTERNAL_ERROR, format!("cascade failed: {e}"), None, None));
+    let Some(keys) = keys else {
+        raise(
+            Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!(
+                "relation \"{}\" has no single-column primary key",
+                Spi::get_one_with_args::<String>("SELECT $1::regclass::text", &[source_oid.into()])
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| source_oid.to_u32().to_string())
+            ),
+            None,
+            Some("Pass a tb_* table, e.g. pg_tviews_cascade('tb_post'::regclass::oid, 42)."),
+        );
+    };
+    let count = keys.len() as i64;
+    if refresh_in_background() {
+        stage(keys);
+    } else {
+        refresh_synchronously(&keys);
+    }
+    count
+}
+
+/// Drops and recreates every TVIEW's statement-level capture triggers from `pg_tview_lineage`
+/// (e.g. after someone dropped them). Returns the number of TVIEWs whose triggers were installed.
+#[pg_extern(volatile, parallel_unsafe)]
+fn pg_tviews_install_stmt_triggers() -> i64 {
+    let _busy = tview::BusyGuard::enter();
+    let schema = quote_identifier(tview::extension_schema());
+    let plan = Spi::connect(|client| {
+        let rows = client.select(
+            "SELECT m.entity, m.table_oid, l.source_oid, l.source_oid::regclass::text, \
+                    array_agg(l.capture_column ORDER BY l.capture_column), array_agg(l.rule ORDER BY l.capture_column) \
+             FROM pg_tview_meta m JOIN pg_tview_lineage l ON l.tview_oid = m.table_oid \
+             JOIN pg_class c ON c.oid = l.source_oid \
+             GROUP BY 1, 2, 3, 4 ORDER BY 1, 4",
+            None,
+            &[],
+        )?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push((
+                row.get::<String>(1)?.unwrap_or_default(),
+                row.get::<pg_sys::Oid>(2)?.unwrap_or(pg_sys::InvalidOid),
+                row.get::<pg_sys::Oid>(3)?.unwrap_or(pg_sys::InvalidOid),
+                row.get::<String>(4)?.unwrap_or_default(),
+                row.get::<Vec<String>>(5)?.unwrap_or_default(),
+                row.get::<Vec<i32>>(6)?.unwrap_or_default(),
+            ));
+        }
+        Ok::<_, spi::Error>(out)
+    })
+    .unwrap_or_else(|e| raise(Code::ERRCODE_INTERNAL_ERROR, format!("could not read lineage: {e}"), None, None));
+    let mut tviews = std::collections::BTreeSet::new();
+    for (entity, table_oid, source_oid, relation, columns, rules) in plan {
+        for trigger in tview::trigger_names(&entity) {
+            let exists = Spi::get_one_with_args::<bool>(
+                "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = $1 AND tgname = $2)",
+                &[source_oid.into(), trigger.as_str().into()],
+            );
+            if matches!(exists, Ok(Some(true))) {
+                Spi::run(&format!(
+                    "DROP TRIGGER {} ON {relation}",
+                    quote_identifier(&trigger)
+                ))
+                .unwrap_or_else(|e| {
+                    raise(Code::ERRCODE_INTERNAL_ERROR, format!("{e}"), None, None)
+                });
+            }
+        }
+        let captures: Vec<(String, u32)> = columns
+            .into_iter()
+            .zip(rules.into_iter().map(|r| r as u32))
+            .collect();
+        tview::install_capture_triggers(&entity, &schema, table_oid.to_u32(), &relation, &captures);
+        tviews.insert(entity);
+    }
+    tviews.len() as i64
+}
+
+/// Compatibility with the pg_tviews runbook: reports whether the jsonb_ivm extension is
+/// installed. pg_tviews_bgw does not need it (rows are recomputed set-based in the worker).
+#[pg_extern(volatile, parallel_safe)]
+fn pg_tviews_check_jsonb_ivm() -> bool {
+    let installed = Spi::get_one::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'jsonb_ivm')",
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false);
+    pgrx::ereport!(
+        NOTICE,
+        Code::ERRCODE_SUCCESSFUL_COMPLETION,
+        "pg_tviews_bgw does not use jsonb_ivm: TVIEW rows are recomputed set-based by background workers"
+    );
+    installed
+}
+
+type Check = (String, String, String);
+
+fn check(name: &str, status: &str, detail: impl Into<String>) -> Check {
+    (name.to_string(), status.to_string(), detail.into())
+}
+
+/// One row per check: `OK`, `WARNING` or `CRITICAL`, with a detail saying why and what to do.
+#[pg_extern(volatile, parallel_unsafe)]
+fn pg_tviews_health_check() -> TableIterator<
+    'static,
+    (
+        name!(check_name, String),
+        name!(status, String),
+        name!(detail, String),
+    ),
+> {
+    let mut out: Vec<Check> = Vec::new();
+    let tview_count = Spi::get_one::<i64>("SELECT count(*) FROM pg_tview_meta")
+        .ok()
+        .flatten()
+        .unwrap_or(0);
+    // SAFETY: reading the current database id.
+    let dboid = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    if !queue::is_attached() {
+        out.push(check(
+            "shared_preload_libraries",
+            "WARNING",
+            "pg_tviews_bgw is not preloaded: TVIEWs are refreshed synchronously inside each write. \
+             Add it to shared_preload_libraries and restart for background refresh.",
+        ));
+    } else {
+        out.push(check(
+            "shared_preload_libraries",
+            "OK",
+            "library preloaded, shared memory attached",
+        ));
+        let launcher = Spi::get_one::<i64>(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_tviews_bgw launcher'",
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(0);
+        let in_recovery = Spi::get_one::<bool>("SELECT pg_is_in_recovery()")
+            .ok()
+            .flatten()
+            .unwrap_or(false);
+        out.push(match (launcher, in_recovery) {
+            (_, true) => check(
+                "launcher",
+                "OK",
+                "standby: no launcher or workers run during recovery",
+            ),
+            (0, false) => check(
+                "launcher",
+                "CRITICAL",
+                "launcher not running; check the server log",
+            ),
+            _ => check("launcher", "OK", "running"),
+        });
+        let slot = queue::slots().into_iter().find(|s| s.dboid == dboid);
+        match (&slot, tview_count, in_recovery) {
+            (_, _, true) => {}
+            (Some(s), _, _) if s.pid != 0 => out.push(check(
+                "worker",
+                "OK",
+                format!("pid {} {} ({} batches, {} rows)", s.pid, s.state.label(), s.batches, s.rows),
+            )),
+            (_, 0, _) => out.push(check("worker", "OK", "no TVIEWs in this database yet")),
+            _ => out.push(check(
+                "worker",
+                "CRITICAL",
+                "no worker is running for this database; check max_worker_processes and pg_tviews_bgw.max_workers",
+            )),
+        }
+        if !gucs::ENABLED.get() {
+            out.push(check(
+                "enabled",
+                "WARNING",
+                "pg_tviews_bgw.enabled is off: changes are queued but not applied",
+            ));
+        }
+        let stats = queue::tview_stats(dboid);
+        let pending: u64 = stats.iter().map(|s| s.pending).sum();
+        let threshold = gucs::HEALTH_QUEUE_DEPTH.get().max(0) as u64;
+        out.push(if pending > threshold {
+            check(
+                "queue_depth",
+                "WARNING",
+                format!("{pending} keys pending (threshold {threshold})"),
+            )
+        } else {
+            check("queue_depth", "OK", format!("{pending} keys pending"))
+        });
+        // SAFETY: reading the clock.
+        let now = unsafe { pg_sys::GetCurrentTimestamp() };
+        let oldest = stats.iter().filter_map(|s| s.oldest_committed_at).min();
+        let lag_ms = oldest.map_or(0, |t| (now - t).max(0) / 1000);
+        let limit = gucs::HEALTH_LAG_MS.get().max(0) as i64;
+        out.push(if lag_ms > limit {
+            check(
+                "lag",
+                "WARNING",
+                format!("oldest pending key is {lag_ms} ms old (threshold {limit} ms)"),
+            )
+        } else {
+            check(
+                "lag",
+                "OK",
+                format!("oldest pending key is {lag_ms} ms old"),
+            )
+        });
+        if let Some(c) = queue::counters() {
+            out.push(if c.overflowed > 0 {
+                check(
+                    "overflow",
+                    "WARNING",
+                    format!(
+                        "{} keys overflowed since start-up and were replaced by full refreshes; raise pg_tviews_bgw.queue_size",
+                        c.overflowed
+                    ),
+                )
+            } else {
+                check("overflow", "OK", "no overflow since start-up")
+            });
+        }
+        if let Some(s) = slot {
+            if let Some(error) = s.last_error {
+                let age_s = (now - s.last_error_at) / 1_000_000;
+                if age_s < 300 {
+                    out.push(check(
+                        "refresh_errors",
+                        "WARNING",
+                        format!("{age_s} s ago: {error}"),
+                    ));
+                }
+            }
+        }
+    }
+    // Each source needs its four transition-table triggers, or the single full-refresh one.
+    let missing = Spi::get_one::<String>(
+        "SELECT string_agg(format('%s on %s', m.entity, l.source_oid::regclass), ', ') \
+         FROM pg_tview_meta m \
+         JOIN (SELECT tview_oid, source_oid, bool_and(capture_column = '') AS full_only \
+               FROM pg_tview_lineage GROUP BY 1, 2) l ON l.tview_oid = m.table_oid \
+         WHERE (SELECT count(*) FROM pg_trigger t WHERE t.tgrelid = l.source_oid AND t.tgname = ANY ( \
+                  CASE WHEN l.full_only THEN ARRAY['tview_' || m.entity || '_full'] \
+                  ELSE ARRAY['tview_' || m.entity || '_ins', 'tview_' || m.entity || '_upd', \
+                             'tview_' || m.entity || '_del', 'tview_' || m.entity || '_trunc'] END)) \
+               < CASE WHEN l.full_only THEN 1 ELSE 4 END",
+    )
+    .ok()
+    .flatten();
+    out.push(match missing {
+        Some(m) => check(
+            "triggers",
+            "CRITICAL",
+            format!("capture triggers missing for {m}: those TVIEWs go stale; run SELECT pg_tviews_install_stmt_triggers();"),
+        ),
+        None => check("triggers", "OK", "every source table has its capture triggers"),
+    });
+    let orphaned = Spi::get_one::<String>(
+        "SELECT string_agg(format('%s on %s', t.tgname, t.tgrelid::regclass), ', ') FROM pg_trigger t \
+         WHERE t.tgname LIKE 'tview\\_%' AND NOT EXISTS (SELECT 1 FROM pg_tview_meta m \
+               WHERE t.tgname LIKE 'tview\\_' || m.entity || '\\_%' AND t.tgrelid = ANY (m.dependencies))",
+    )
+    .ok()
+    .flatten();
+    out.push(match orphaned {
+        Some(o) => check(
+            "orphaned_triggers",
+            "WARNING",
+            format!("triggers of no TVIEW: {o}"),
+        ),
+        None => check("orphaned_triggers", "OK", "none"),
+    });
+    let broken = Spi::get_one::<String>(
+        "SELECT string_agg(entity, ', ') FROM pg_tview_meta m \
+         WHERE NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = m.table_oid) \
+            OR NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = m.view_oid)",
+    )
+    .ok()
+    .flatten();
+    out.push(match broken {
+        Some(b) => check(
+            "metadata",
+            "CRITICAL",
+            format!("pg_tview_meta rows whose table or view is gone: {b}; pg_tviews_drop() them and recreate"),
+        ),
+        None => check("metadata", "OK", format!("{tview_count} TVIEWs")),
+    });
+    TableIterator::new(out)
+}
