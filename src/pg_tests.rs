@@ -151,7 +151,8 @@ mod tests {
     #[pg_test(error = "TVIEW \"tv_post\" already exists")]
     fn creating_a_tview_twice_is_an_error() {
         make_post_tview(1);
-        Spi::run("SELECT pg_tviews_create('post', 'SELECT pk_post, title FROM tb_post')").unwrap();
+        Spi::run("SELECT pg_tviews_create('tv_post', 'SELECT pk_post, title FROM tb_post')")
+            .unwrap();
     }
 
     #[pg_test(error = "the TVIEW query does not return a column named \"pk_item\"")]

@@ -69,11 +69,11 @@ fn pg_tviews_create(name: &str, query: &str) -> String {
 /// Creates a TVIEW in the caller's transaction (pg_tviews_create and CREATE TABLE tv_x AS).
 pub fn create(name: &str, query: &str) -> String {
     let entity = entity_of(name);
-    if !valid_entity(&entity) {
+    if !name.trim().starts_with("tv_") || !valid_entity(&entity) {
         raise(
             Code::ERRCODE_INVALID_NAME,
             format!("invalid TVIEW name \"{name}\""),
-            Some("The name must be tv_<entity> (or <entity>) with a lower-case identifier of at most 51 characters."),
+            Some("The name must be tv_<entity>, with a lower-case identifier of at most 51 characters as <entity>."),
             Some("Example: SELECT pg_tviews_create('tv_post', 'SELECT pk_post, id, jsonb_build_object(...) AS data FROM tb_post');"),
         );
     }

@@ -4,6 +4,7 @@
 //! Refresh is idempotent (invariant 3): it reads the source of truth, so replaying a key that
 //! was already applied is harmless and at-least-once delivery is enough.
 
+pub mod plans;
 pub mod sql;
 
 use crate::catalog;
@@ -46,14 +47,21 @@ pub fn apply_batch(entries: &[QueueEntry]) -> spi::Result<Outcome> {
             let group = &sorted[start..end];
             let queued = group.len() as u64;
             start = end;
-            let Some(shape) = catalog::load_shape(client, pg_sys::Oid::from(oid))? else {
-                continue;
-            };
-            let rows = if group.iter().any(|e| e.kind == kind::FULL) {
-                run_count(client, &shape.refresh_all_sql(), None)?
+            let table_oid = pg_sys::Oid::from(oid);
+            let refreshed = if group.iter().any(|e| e.kind == kind::FULL) {
+                match catalog::load_shape(client, table_oid)? {
+                    Some(shape) => Some(run_count(client, &shape.refresh_all_sql(), None)?),
+                    None => None,
+                }
             } else {
-                let keys = tview_keys(client, pg_sys::Oid::from(oid), group)?;
-                run_count(client, &shape.refresh_keys_sql(), Some(keys))?
+                plans::with_plans(client, table_oid, |client, plans| {
+                    let keys = tview_keys(client, plans, table_oid, group)?;
+                    let table = client.update(&plans.keyed, None, &[keys.into()])?;
+                    Ok(table.first().get_one::<i64>()?.unwrap_or(0).max(0) as u64)
+                })?
+            };
+            let Some(rows) = refreshed else {
+                continue;
             };
             outcome.rows += rows;
             outcome.per_tview.push(Applied {
@@ -68,7 +76,8 @@ pub fn apply_batch(entries: &[QueueEntry]) -> spi::Result<Outcome> {
 /// TVIEW keys touched by `group` (entries of one TVIEW, sorted by kind): direct keys as they
 /// are, lineage-rule values resolved through the rule's join (one query per rule).
 fn tview_keys(
-    client: &SpiClient<'_>,
+    client: &mut SpiClient<'_>,
+    plans: &mut plans::Plans,
     table_oid: pg_sys::Oid,
     group: &[QueueEntry],
 ) -> spi::Result<Vec<i64>> {
@@ -83,17 +92,7 @@ fn tview_keys(
         let end = start + group[start..].iter().take_while(|e| e.kind == rule).count();
         let values: Vec<i64> = group[start..end].iter().map(|e| e.key).collect();
         start = end;
-        let Some(sql) = catalog::resolve_sql(client, table_oid, rule)? else {
-            continue;
-        };
-        let resolved = client.select(
-            &format!("SELECT array_agg(k) FROM ({sql}) AS r(k)"),
-            None,
-            &[values.into()],
-        )?;
-        if let Some(found) = resolved.first().get_one::<Vec<Option<i64>>>()? {
-            keys.extend(found.into_iter().flatten());
-        }
+        keys.extend(plans.resolve(client, table_oid, rule, values)?);
     }
     keys.sort_unstable();
     keys.dedup();

@@ -92,7 +92,7 @@ FROM pg_trigger t, pg_tview_meta m
 WHERE t.tgrelid = 'tb_post'::regclass AND NOT t.tgisinternal
 ORDER BY tgname;
 
--- A second create of the same TVIEW, with or without the tv_ prefix.
+-- A second create of the same TVIEW; and names must start with tv_.
 SELECT pg_tviews_create('tv_post', $$SELECT pk_post, id FROM tb_post$$);
 \echo :LAST_ERROR_SQLSTATE
 SELECT pg_tviews_create('post', $$SELECT pk_post, id FROM tb_post$$);
@@ -130,7 +130,7 @@ CREATE TABLE tb_author (
 INSERT INTO tb_author (name) VALUES ('ada'), ('grace');
 ALTER TABLE tb_post ADD COLUMN fk_author bigint REFERENCES tb_author;
 UPDATE tb_post SET fk_author = 1 + pk_post % 2;
-SELECT pg_tviews_create('post', $$
+SELECT pg_tviews_create('tv_post', $$
     SELECT p.pk_post, p.id, p.fk_author,
            jsonb_build_object('title', p.title, 'author', a.name) AS data
     FROM tb_post p JOIN tb_author a ON a.pk_author = p.fk_author

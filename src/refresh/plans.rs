@@ -1,0 +1,143 @@
+//! Per-process cache of the prepared refresh statements of each TVIEW (drainers run the same
+//! few statements for every batch). Entries are dropped when PostgreSQL invalidates the TVIEW
+//! table or its backing view (ALTER, CREATE OR REPLACE VIEW, DROP), and rebuilt on next use;
+//! the plans themselves are re-planned by the plan cache when anything they read changes.
+
+use crate::catalog;
+use pgrx::prelude::*;
+use pgrx::spi::{OwnedPreparedStatement, SpiClient};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+
+pub struct Plans {
+    view_oid: u32,
+    /// `refresh_keys_sql`, argument `$1 bigint[]`.
+    pub keyed: OwnedPreparedStatement,
+    /// Lineage rule -> `SELECT array_agg(k) FROM (resolve_sql)`, argument `$1 bigint[]`.
+    resolvers: HashMap<u32, Option<OwnedPreparedStatement>>,
+}
+
+thread_local! {
+    static CACHE: RefCell<HashMap<u32, Plans>> = RefCell::new(HashMap::new());
+    /// Relations invalidated since the last use (filled by the callback, which must not free
+    /// plans itself); `None` means "everything".
+    static STALE: RefCell<Option<Vec<u32>>> = const { RefCell::new(Some(Vec::new())) };
+    static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    STALE.with(|s| {
+        let Ok(mut stale) = s.try_borrow_mut() else {
+            return;
+        };
+        match (stale.as_mut(), relid == pg_sys::InvalidOid) {
+            (Some(list), false) if list.len() < 1024 => list.push(relid.to_u32()),
+            _ => *stale = None,
+        }
+    });
+}
+
+fn forget_stale() {
+    let stale = STALE.with(|s| s.replace(Some(Vec::new())));
+    CACHE.with(|c| {
+        let mut cache = c.borrow_mut();
+        match stale {
+            None => cache.clear(),
+            Some(list) if !list.is_empty() => {
+                cache.retain(|&tview, p| !list.contains(&tview) && !list.contains(&p.view_oid));
+            }
+            Some(_) => {}
+        }
+    });
+}
+
+fn build(client: &SpiClient<'_>, table_oid: pg_sys::Oid) -> spi::Result<Option<Plans>> {
+    if !CALLBACK_REGISTERED.with(|r| r.replace(true)) {
+        // SAFETY: registers a static function once per process, as PostgreSQL requires.
+        unsafe {
+            pg_sys::CacheRegisterRelcacheCallback(
+                Some(on_relcache_invalidation),
+                pg_sys::Datum::from(0),
+            )
+        };
+    }
+    let Some(shape) = catalog::load_shape(client, table_oid)? else {
+        return Ok(None);
+    };
+    let view_oid = client
+        .select(
+            "SELECT view_oid FROM pg_tview_meta WHERE table_oid = $1",
+            None,
+            &[table_oid.into()],
+        )?
+        .first()
+        .get_one::<pg_sys::Oid>()?
+        .unwrap_or(pg_sys::InvalidOid);
+    let keyed = client
+        .prepare_mut(
+            shape.refresh_keys_sql().as_str(),
+            &[PgBuiltInOids::INT8ARRAYOID.into()],
+        )?
+        .keep();
+    Ok(Some(Plans {
+        view_oid: view_oid.to_u32(),
+        keyed,
+        resolvers: HashMap::new(),
+    }))
+}
+
+/// Runs `f` with the cached plans of `table_oid` (building them on first use); `Ok(None)` when
+/// the table is not, or no longer, a TVIEW.
+pub fn with_plans<R>(
+    client: &mut SpiClient<'_>,
+    table_oid: pg_sys::Oid,
+    f: impl FnOnce(&mut SpiClient<'_>, &mut Plans) -> spi::Result<R>,
+) -> spi::Result<Option<R>> {
+    forget_stale();
+    let cached = CACHE.with(|c| c.borrow_mut().remove(&table_oid.to_u32()));
+    let mut plans = match cached {
+        Some(p) => p,
+        None => match build(client, table_oid)? {
+            Some(p) => p,
+            None => return Ok(None),
+        },
+    };
+    let result = f(client, &mut plans)?;
+    CACHE.with(|c| c.borrow_mut().insert(table_oid.to_u32(), plans));
+    Ok(Some(result))
+}
+
+impl Plans {
+    /// TVIEW keys for captured `values` of lineage `rule`.
+    pub fn resolve(
+        &mut self,
+        client: &mut SpiClient<'_>,
+        table_oid: pg_sys::Oid,
+        rule: u32,
+        values: Vec<i64>,
+    ) -> spi::Result<Vec<i64>> {
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.resolvers.entry(rule) {
+            let plan = match catalog::resolve_sql(client, table_oid, rule)? {
+                Some(sql) => Some(
+                    client
+                        .prepare(
+                            format!("SELECT array_agg(k) FROM ({sql}) AS r(k)").as_str(),
+                            &[PgBuiltInOids::INT8ARRAYOID.into()],
+                        )?
+                        .keep(),
+                ),
+                None => None,
+            };
+            slot.insert(plan);
+        }
+        let Some(plan) = self.resolvers.get(&rule).and_then(Option::as_ref) else {
+            return Ok(Vec::new());
+        };
+        let found = client
+            .select(plan, None, &[values.into()])?
+            .first()
+            .get_one::<Vec<Option<i64>>>()?;
+        Ok(found.unwrap_or_default().into_iter().flatten().collect())
+    }
+}
