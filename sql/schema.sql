@@ -33,6 +33,24 @@ CREATE TABLE pg_tview_lineage (
     PRIMARY KEY (tview_oid, source_oid, capture_column)
 );
 
+-- Keys taken out of the shared-memory queue without being applied, kept durably:
+--   paused: the TVIEW is paused (pg_tviews_pause); applied after pg_tviews_resume;
+--   failed: the refresh raised an error; retried with backoff by the worker;
+--   dead:   failed pg_tviews_bgw.max_retries times; kept until pg_tviews_retry_failed().
+-- kind: 0 = key of the TVIEW, 1 = full refresh, >= 2 = value of lineage rule `kind`.
+CREATE TABLE pg_tview_deferred (
+    tview_oid       oid         NOT NULL,
+    kind            integer     NOT NULL,
+    key             bigint      NOT NULL,
+    reason          text        NOT NULL CHECK (reason IN ('paused', 'failed', 'dead')),
+    attempts        integer     NOT NULL DEFAULT 0,
+    last_error      text,
+    first_deferred_at timestamptz NOT NULL DEFAULT now(),
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tview_oid, kind, key)
+);
+CREATE INDEX ON pg_tview_deferred (reason, next_attempt_at);
+
 SELECT pg_catalog.pg_extension_config_dump('pg_tview_meta', '');
 SELECT pg_catalog.pg_extension_config_dump('pg_tview_lineage', '');
 SELECT pg_catalog.pg_extension_config_dump('pg_tview_helpers', '');

@@ -15,10 +15,26 @@ SELECT m.entity,
        s.oldest_pending_at,
        clock_timestamp() - s.oldest_pending_at         AS oldest_pending_age,
        coalesce(s.applied, 0)                          AS applied,
+       coalesce(s.failed, 0)                           AS failed,
+       coalesce(d.retrying, 0)                         AS retrying,
+       coalesce(d.dead, 0)                             AS dead_letters,
+       coalesce(d.parked, 0)                           AS parked,
        s.last_applied_at,
        m.paused
 FROM pg_tview_meta m
-LEFT JOIN @extschema@._pg_tviews_queue_stats() s ON s.table_oid = m.table_oid;
+LEFT JOIN @extschema@._pg_tviews_queue_stats() s ON s.table_oid = m.table_oid
+LEFT JOIN (SELECT tview_oid,
+                  count(*) FILTER (WHERE reason = 'failed') AS retrying,
+                  count(*) FILTER (WHERE reason = 'dead')   AS dead,
+                  count(*) FILTER (WHERE reason = 'paused') AS parked
+           FROM pg_tview_deferred GROUP BY tview_oid) d ON d.tview_oid = m.table_oid;
+
+-- Keys whose refresh failed pg_tviews_bgw.max_retries times; pg_tviews_retry_failed() revives them.
+CREATE VIEW pg_tviews_dead_letters AS
+SELECT m.entity, d.kind, d.key, d.attempts, d.last_error, d.first_deferred_at
+FROM pg_tview_deferred d
+LEFT JOIN pg_tview_meta m ON m.table_oid = d.tview_oid
+WHERE d.reason = 'dead';
 
 CREATE VIEW pg_tviews_worker_status AS
 SELECT w.pid,

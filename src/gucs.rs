@@ -42,6 +42,9 @@ pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1_000);
 /// How long an idle drainer sleeps before re-checking on its own (publishes wake it at once).
 pub static NAPTIME_MS: GucSetting<i32> = GucSetting::<i32>::new(1_000);
 
+/// Failed refresh attempts of a key before it becomes a dead letter.
+pub static MAX_RETRIES: GucSetting<i32> = GucSetting::<i32>::new(5);
+
 pub const QUEUE_SIZE_MIN: i32 = 16;
 pub const QUEUE_SIZE_MAX: i32 = 16 * 1024 * 1024;
 pub const MAX_WORKERS_MAX: i32 = 64;
@@ -116,6 +119,16 @@ pub fn define() {
         &BATCH_SIZE,
         1,
         1_000_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_tviews_bgw.max_retries",
+        c"Failed refresh attempts of a key before it is parked as a dead letter.",
+        c"Retries back off exponentially (1 s, 2 s, 4 s, ... up to 5 min); pg_tviews_retry_failed() revives dead letters.",
+        &MAX_RETRIES,
+        1,
+        1_000,
         GucContext::Sighup,
         GucFlags::default(),
     );

@@ -414,3 +414,47 @@ fn pg_tviews_health_check() -> TableIterator<
     });
     TableIterator::new(out)
 }
+
+fn set_paused(name: &str, paused: bool) -> bool {
+    let oid = tview_oid(name);
+    let changed = Spi::get_one_with_args::<bool>(
+        "UPDATE pg_tview_meta SET paused = $2 WHERE table_oid = $1 RETURNING paused IS DISTINCT FROM NOT $2",
+        &[oid.into(), paused.into()],
+    );
+    changed.ok().flatten().unwrap_or(false)
+}
+
+/// Stops refreshing one TVIEW: its changed keys keep being captured and are parked durably
+/// in `pg_tview_deferred` until `pg_tviews_resume`. Returns true.
+#[pg_extern(volatile, parallel_unsafe)]
+fn pg_tviews_pause(name: &str) -> bool {
+    set_paused(name, true)
+}
+
+/// Resumes a paused TVIEW; the worker applies the parked keys within a second. Returns how
+/// many keys were parked.
+#[pg_extern(volatile, parallel_unsafe)]
+fn pg_tviews_resume(name: &str) -> i64 {
+    let oid = tview_oid(name);
+    set_paused(name, false);
+    Spi::get_one_with_args::<i64>(
+        "SELECT count(*) FROM pg_tview_deferred WHERE tview_oid = $1 AND reason = 'paused'",
+        &[oid.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(0)
+}
+
+/// Gives every failed and dead-lettered key a fresh set of attempts, due now. Returns how many.
+#[pg_extern(volatile, parallel_unsafe)]
+fn pg_tviews_retry_failed() -> i64 {
+    Spi::get_one::<i64>(
+        "WITH revived AS (UPDATE pg_tview_deferred SET reason = 'failed', attempts = 0, next_attempt_at = now() \
+                          WHERE reason IN ('failed', 'dead') RETURNING 1) \
+         SELECT count(*) FROM revived",
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(0)
+}

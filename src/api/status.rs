@@ -28,6 +28,7 @@ fn _pg_tviews_queue_stats() -> TableIterator<
         name!(pending, i64),
         name!(oldest_pending_at, Option<TimestampWithTimeZone>),
         name!(applied, i64),
+        name!(failed, i64),
         name!(last_applied_at, Option<TimestampWithTimeZone>),
     ),
 > {
@@ -39,6 +40,7 @@ fn _pg_tviews_queue_stats() -> TableIterator<
                 s.pending as i64,
                 s.oldest_committed_at.and_then(timestamp),
                 s.applied as i64,
+                s.failed as i64,
                 s.last_applied_at.and_then(timestamp),
             )
         })

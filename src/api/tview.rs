@@ -602,10 +602,19 @@ pub fn drop_objects(entity: &str, dependencies: Vec<pg_sys::Oid>, drop_table: bo
         )
     });
     Spi::run_with_args(
-        "DELETE FROM pg_tview_lineage WHERE tview_oid = (SELECT table_oid FROM pg_tview_meta WHERE entity = $1)",
+        "WITH gone AS (SELECT table_oid FROM pg_tview_meta WHERE entity = $1), \
+              l AS (DELETE FROM pg_tview_lineage WHERE tview_oid IN (SELECT table_oid FROM gone)) \
+         DELETE FROM pg_tview_deferred WHERE tview_oid IN (SELECT table_oid FROM gone)",
         &[entity.into()],
     )
-    .unwrap_or_else(|e| raise(Code::ERRCODE_INTERNAL_ERROR, format!("could not remove TVIEW lineage: {e}"), None, None));
+    .unwrap_or_else(|e| {
+        raise(
+            Code::ERRCODE_INTERNAL_ERROR,
+            format!("could not remove TVIEW lineage: {e}"),
+            None,
+            None,
+        )
+    });
     Spi::run_with_args(
         "DELETE FROM pg_tview_meta WHERE entity = $1",
         &[entity.into()],
@@ -647,7 +656,9 @@ fn pg_tviews_refresh(name: &str) -> i64 {
     }
 }
 
-/// Gives this database a worker slot now and wakes the launcher (run by CREATE EXTENSION).
+/// Gives this database a worker slot when the current transaction commits and wakes the
+/// launcher (run by CREATE EXTENSION and pg_tviews_create). At commit, not now: a worker that
+/// started before the extension's creation committed would find no extension and leave.
 pub fn attach_current_database() -> bool {
     if !queue::is_attached() {
         return false;
@@ -659,8 +670,8 @@ pub fn attach_current_database() -> bool {
     if is_template || !catalog::extension_installed() {
         return false;
     }
-    // SAFETY: reading the current database id.
-    queue::ensure_slot(unsafe { pg_sys::MyDatabaseId }.to_u32())
+    crate::capture::staging::attach_at_commit();
+    true
 }
 
 #[pg_extern(volatile)]

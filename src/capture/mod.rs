@@ -26,7 +26,7 @@ pub fn refresh_synchronously(keys: &[StagedKey]) {
             committed_at: 0,
         })
         .collect();
-    if let Err(e) = refresh::apply_batch(&entries) {
+    if let Err(e) = refresh::apply_batch(&entries, refresh::OnError::Raise) {
         crate::errors::raise(
             PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
             format!("synchronous TVIEW refresh failed: {e}"),

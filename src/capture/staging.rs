@@ -26,6 +26,8 @@ struct Staging {
     compact_at: usize,
     /// Built at PRE_COMMIT (where allocating and raising are still allowed), sent at COMMIT.
     ready: Vec<QueueEntry>,
+    /// Claim a worker slot for this database at COMMIT (CREATE EXTENSION, pg_tviews_create).
+    attach: bool,
 }
 
 const FIRST_COMPACTION: usize = 8192;
@@ -60,6 +62,11 @@ pub fn stage(keys: impl IntoIterator<Item = StagedKey>) {
     });
 }
 
+/// Asks for this database to get a worker slot when the transaction commits.
+pub fn attach_at_commit() {
+    STAGING.with(|s| s.borrow_mut().attach = true);
+}
+
 /// Keys staged so far in this transaction, de-duplicated (diagnostics and tests).
 pub fn staged_keys() -> Vec<StagedKey> {
     STAGING.with(|s| {
@@ -84,6 +91,7 @@ fn clear(s: &mut Staging) {
     s.subxacts.clear();
     s.ready.clear();
     s.compact_at = 0;
+    s.attach = false;
     // Give memory back after an unusually large transaction.
     if s.keys.capacity() > 1 << 20 {
         s.keys.shrink_to(FIRST_COMPACTION);
@@ -141,6 +149,10 @@ fn commit() {
         let Ok(mut s) = s.try_borrow_mut() else {
             return;
         };
+        if s.attach {
+            // SAFETY: reading the current database id cannot raise.
+            queue::ensure_slot(unsafe { pg_sys::MyDatabaseId }.to_u32());
+        }
         if !s.ready.is_empty() {
             // SAFETY: reading the clock and the current database id cannot raise.
             let (at, dboid) = unsafe { (pg_sys::GetCurrentTimestamp(), pg_sys::MyDatabaseId) };

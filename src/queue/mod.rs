@@ -258,6 +258,24 @@ pub fn drainer_attach(slot: usize, dboid: u32, pid: i32, latch: *mut pg_sys::Lat
     Attach::Attached { probing: s.probing }
 }
 
+/// The drainer found no extension: frees the slot only if it is still a probe. `false` when
+/// someone claimed it for real meanwhile (CREATE EXTENSION committed), so the worker stays.
+pub fn release_if_probing(slot: usize, dboid: u32) -> bool {
+    let Some(mut q) = shmem::lock_exclusive() else {
+        return true;
+    };
+    let s = q.slot(slot);
+    if s.dboid != dboid {
+        return true;
+    }
+    if !s.probing {
+        return false;
+    }
+    drop(q);
+    free_slot(slot, dboid);
+    true
+}
+
 /// The drainer found the extension installed: the slot is a real one now.
 pub fn drainer_confirm(slot: usize, dboid: u32) {
     if let Some(mut q) = shmem::lock_exclusive() {
@@ -353,6 +371,7 @@ pub fn complete_batch(
     consumed: u64,
     rows: u64,
     applied: &[Applied],
+    failed: &[Applied],
     full_refresh: bool,
 ) {
     let Some(mut q) = shmem::lock_exclusive() else {
@@ -367,7 +386,11 @@ pub fn complete_batch(
             c.full_refreshes += 1;
         }
     }
-    for a in applied {
+    let outcomes = applied
+        .iter()
+        .map(|a| (a, true))
+        .chain(failed.iter().map(|f| (f, false)));
+    for (a, ok) in outcomes {
         let stats = &mut q.header().tview_stats;
         let pos = stats
             .iter()
@@ -385,11 +408,16 @@ pub fn complete_batch(
                 dboid,
                 tview_oid: a.tview_oid,
                 applied: 0,
+                failed: 0,
                 last_applied_at: 0,
             };
         }
-        t.applied += a.keys;
-        t.last_applied_at = at;
+        if ok {
+            t.applied += a.keys;
+            t.last_applied_at = at;
+        } else {
+            t.failed += a.keys;
+        }
     }
     let s = q.slot(slot);
     if full_refresh {
@@ -398,6 +426,14 @@ pub fn complete_batch(
     s.batches += 1;
     s.rows += rows;
     s.last_activity = at;
+}
+
+/// Remembers an error that did not stop the batch (one TVIEW failed and was deferred).
+pub fn note_error(slot: usize, message: &str) {
+    if let Some(mut q) = shmem::lock_exclusive() {
+        let at = now();
+        q.slot(slot).set_last_error(message, at);
+    }
 }
 
 pub fn record_error(slot: usize, message: &str) {
@@ -464,6 +500,7 @@ pub struct TviewQueueStat {
     pub pending: u64,
     pub oldest_committed_at: Option<i64>,
     pub applied: u64,
+    pub failed: u64,
     pub last_applied_at: Option<i64>,
 }
 
@@ -500,7 +537,8 @@ pub fn tview_stats(dboid: u32) -> Vec<TviewQueueStat> {
     for s in stats.iter().filter(|s| s.dboid == dboid && s.dboid != 0) {
         let t = entry(&mut out, s.tview_oid);
         t.applied = s.applied;
-        t.last_applied_at = Some(s.last_applied_at);
+        t.failed = s.failed;
+        t.last_applied_at = (s.last_applied_at != 0).then_some(s.last_applied_at);
     }
     out
 }

@@ -80,6 +80,8 @@ pub struct TviewStat {
     pub dboid: u32,
     pub tview_oid: u32,
     pub applied: u64,
+    /// Keys whose refresh raised (each attempt counts).
+    pub failed: u64,
     pub last_applied_at: i64,
 }
 

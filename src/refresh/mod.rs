@@ -4,6 +4,7 @@
 //! Refresh is idempotent (invariant 3): it reads the source of truth, so replaying a key that
 //! was already applied is harmless and at-least-once delivery is enough.
 
+pub mod isolate;
 pub mod plans;
 pub mod sql;
 
@@ -18,6 +19,9 @@ pub struct Outcome {
     /// Rows written (inserted, updated or deleted) in TVIEW tables.
     pub rows: u64,
     pub per_tview: Vec<Applied>,
+    /// Per TVIEW, entries whose refresh raised: moved to `pg_tview_deferred` for retry.
+    pub failed: Vec<Applied>,
+    pub last_error: Option<String>,
 }
 
 fn run_count(client: &mut SpiClient<'_>, sql: &str, keys: Option<Vec<i64>>) -> spi::Result<u64> {
@@ -29,48 +33,255 @@ fn run_count(client: &mut SpiClient<'_>, sql: &str, keys: Option<Vec<i64>>) -> s
     Ok(rows.max(0) as u64)
 }
 
+/// Whether errors abort the caller (a writing statement in sync mode) or are isolated per
+/// TVIEW and deferred for retry (a drainer).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    Raise,
+    Defer,
+}
+
+fn is_paused(table_oid: pg_sys::Oid) -> spi::Result<bool> {
+    Ok(Spi::get_one_with_args::<bool>(
+        "SELECT paused FROM pg_tview_meta WHERE table_oid = $1",
+        &[table_oid.into()],
+    )?
+    .unwrap_or(false))
+}
+
+/// Moves entries into `pg_tview_deferred` (in the current transaction, so they leave the ring
+/// and enter the table atomically).
+pub fn defer(
+    table_oid: pg_sys::Oid,
+    group: &[QueueEntry],
+    reason: &str,
+    error: Option<&str>,
+) -> spi::Result<()> {
+    let kinds: Vec<i32> = group.iter().map(|e| e.kind as i32).collect();
+    let keys: Vec<i64> = group.iter().map(|e| e.key).collect();
+    let backoff_ms = 1000i64;
+    Spi::run_with_args(
+        "INSERT INTO pg_tview_deferred AS d (tview_oid, kind, key, reason, attempts, last_error, next_attempt_at) \
+         SELECT $1, k.kind, k.key, $2, CASE WHEN $2 = 'failed' THEN 1 ELSE 0 END, $3, \
+                now() + make_interval(secs => $4::float8 / 1000) \
+         FROM unnest($5::int[], $6::bigint[]) AS k(kind, key) \
+         ON CONFLICT (tview_oid, kind, key) DO UPDATE \
+         SET reason = EXCLUDED.reason, attempts = d.attempts + EXCLUDED.attempts, \
+             last_error = coalesce(EXCLUDED.last_error, d.last_error), next_attempt_at = EXCLUDED.next_attempt_at",
+        &[
+            table_oid.into(),
+            reason.into(),
+            error.into(),
+            backoff_ms.into(),
+            kinds.into(),
+            keys.into(),
+        ],
+    )
+}
+
+/// Recomputes one TVIEW's rows for `group` (entries of that TVIEW, sorted by kind); `None`
+/// when it is not a TVIEW any more.
+fn refresh_group(table_oid: pg_sys::Oid, group: &[QueueEntry]) -> spi::Result<Option<u64>> {
+    Spi::connect_mut(|client| {
+        if group.iter().any(|e| e.kind == kind::FULL) {
+            return match catalog::load_shape(client, table_oid)? {
+                Some(shape) => Ok(Some(run_count(client, &shape.refresh_all_sql(), None)?)),
+                None => Ok(None),
+            };
+        }
+        plans::with_plans(client, table_oid, |client, plans| {
+            let keys = tview_keys(client, plans, table_oid, group)?;
+            let table = client.update(&plans.keyed, None, &[keys.into()])?;
+            Ok(table.first().get_one::<i64>()?.unwrap_or(0).max(0) as u64)
+        })
+    })
+}
+
+/// What isolating one TVIEW's refresh produced.
+#[derive(Default)]
+struct Isolated {
+    rows: u64,
+    /// False when the table is no longer a TVIEW.
+    exists: bool,
+    applied: Vec<QueueEntry>,
+    failed: Vec<(QueueEntry, String)>,
+}
+
+/// Refreshes `group` in a subtransaction; if it raises, splits it in halves and retries each,
+/// down to single entries, so one poison key holds back only itself (O(k log n) subtransactions
+/// for k failing keys among n).
+fn refresh_bisect(
+    table_oid: pg_sys::Oid,
+    group: &[QueueEntry],
+    out: &mut Isolated,
+) -> spi::Result<()> {
+    match isolate::in_subtransaction(|| refresh_group(table_oid, group)) {
+        Ok(result) => {
+            if let Some(rows) = result? {
+                out.exists = true;
+                out.rows += rows;
+                out.applied.extend_from_slice(group);
+            }
+        }
+        Err(message) if group.len() == 1 => {
+            out.exists = true;
+            out.failed.push((group[0], message));
+        }
+        Err(_) => {
+            let (left, right) = group.split_at(group.len() / 2);
+            refresh_bisect(table_oid, left, out)?;
+            refresh_bisect(table_oid, right, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// Defers each failed entry with its own error message.
+fn defer_failures(table_oid: pg_sys::Oid, failed: &[(QueueEntry, String)]) -> spi::Result<()> {
+    for (entry, message) in failed {
+        defer(
+            table_oid,
+            std::slice::from_ref(entry),
+            "failed",
+            Some(message),
+        )?;
+    }
+    Ok(())
+}
+
 /// Refreshes the keys of one batch. Entries may span transactions and TVIEWs; keys of TVIEWs
-/// that no longer exist are skipped (dropped TVIEWs leave their queued keys behind).
-pub fn apply_batch(entries: &[QueueEntry]) -> spi::Result<Outcome> {
+/// that no longer exist are skipped (dropped TVIEWs leave their queued keys behind); keys of
+/// paused TVIEWs are parked in `pg_tview_deferred`.
+pub fn apply_batch(entries: &[QueueEntry], on_error: OnError) -> spi::Result<Outcome> {
     let mut sorted: Vec<QueueEntry> = entries.to_vec();
     sorted.sort_unstable_by_key(|e| (e.tview_oid, e.kind, e.key));
+    sorted.dedup_by_key(|e| (e.tview_oid, e.kind, e.key));
     let mut outcome = Outcome::default();
-    Spi::connect_mut(|client| {
-        let mut start = 0;
-        while start < sorted.len() {
-            let oid = sorted[start].tview_oid;
-            let end = start
-                + sorted[start..]
-                    .iter()
-                    .take_while(|e| e.tview_oid == oid)
-                    .count();
-            let group = &sorted[start..end];
-            let queued = group.len() as u64;
-            start = end;
-            let table_oid = pg_sys::Oid::from(oid);
-            let refreshed = if group.iter().any(|e| e.kind == kind::FULL) {
-                match catalog::load_shape(client, table_oid)? {
-                    Some(shape) => Some(run_count(client, &shape.refresh_all_sql(), None)?),
-                    None => None,
-                }
-            } else {
-                plans::with_plans(client, table_oid, |client, plans| {
-                    let keys = tview_keys(client, plans, table_oid, group)?;
-                    let table = client.update(&plans.keyed, None, &[keys.into()])?;
-                    Ok(table.first().get_one::<i64>()?.unwrap_or(0).max(0) as u64)
-                })?
-            };
-            let Some(rows) = refreshed else {
-                continue;
-            };
-            outcome.rows += rows;
-            outcome.per_tview.push(Applied {
+    let mut start = 0;
+    while start < sorted.len() {
+        let oid = sorted[start].tview_oid;
+        let end = start
+            + sorted[start..]
+                .iter()
+                .take_while(|e| e.tview_oid == oid)
+                .count();
+        let group = &sorted[start..end];
+        start = end;
+        let table_oid = pg_sys::Oid::from(oid);
+        if is_paused(table_oid)? {
+            defer(table_oid, group, "paused", None)?;
+            continue;
+        }
+        if on_error == OnError::Raise {
+            if let Some(rows) = refresh_group(table_oid, group)? {
+                outcome.rows += rows;
+                outcome.per_tview.push(Applied {
+                    tview_oid: oid,
+                    keys: group.len() as u64,
+                });
+            }
+            continue;
+        }
+        let mut isolated = Isolated::default();
+        refresh_bisect(table_oid, group, &mut isolated)?;
+        if !isolated.exists {
+            continue;
+        }
+        defer_failures(table_oid, &isolated.failed)?;
+        outcome.rows += isolated.rows;
+        outcome.per_tview.push(Applied {
+            tview_oid: oid,
+            keys: isolated.applied.len() as u64,
+        });
+        if let Some((_, message)) = isolated.failed.first() {
+            outcome.failed.push(Applied {
                 tview_oid: oid,
-                keys: queued,
+                keys: isolated.failed.len() as u64,
+            });
+            outcome.last_error = Some(format!("tv oid {oid}: {message}"));
+        }
+    }
+    Ok(outcome)
+}
+
+/// Retries deferred keys that are due: failed ones whose backoff expired, and parked ones whose
+/// TVIEW was resumed. Success deletes them; failure backs off (1 s, 2 s, 4 s, ... 5 min) and
+/// after `max_retries` attempts turns them into dead letters.
+pub fn retry_deferred(limit: usize, max_retries: i32) -> spi::Result<Outcome> {
+    let due: Vec<QueueEntry> = Spi::connect_mut(|client| {
+        let rows = client.update(
+            "SELECT d.tview_oid, d.kind, d.key FROM pg_tview_deferred d \
+             JOIN pg_tview_meta m ON m.table_oid = d.tview_oid \
+             WHERE NOT m.paused AND ((d.reason = 'failed' AND d.next_attempt_at <= now()) OR d.reason = 'paused') \
+             ORDER BY d.next_attempt_at LIMIT $1 FOR UPDATE OF d SKIP LOCKED",
+            None,
+            &[(limit as i64).into()],
+        )?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(QueueEntry {
+                tview_oid: row
+                    .get::<pg_sys::Oid>(1)?
+                    .unwrap_or(pg_sys::InvalidOid)
+                    .to_u32(),
+                kind: row.get::<i32>(2)?.unwrap_or(0) as u32,
+                key: row.get::<i64>(3)?.unwrap_or(0),
+                committed_at: 0,
             });
         }
-        Ok(outcome)
-    })
+        Ok::<_, spi::Error>(out)
+    })?;
+    let mut outcome = Outcome::default();
+    let mut start = 0;
+    while start < due.len() {
+        let oid = due[start].tview_oid;
+        let end = start
+            + due[start..]
+                .iter()
+                .take_while(|e| e.tview_oid == oid)
+                .count();
+        let mut group = due[start..end].to_vec();
+        group.sort_unstable_by_key(|e| (e.kind, e.key));
+        start = end;
+        let table_oid = pg_sys::Oid::from(oid);
+        let mut isolated = Isolated::default();
+        refresh_bisect(table_oid, &group, &mut isolated)?;
+        let kinds: Vec<i32> = isolated.applied.iter().map(|e| e.kind as i32).collect();
+        let keys: Vec<i64> = isolated.applied.iter().map(|e| e.key).collect();
+        Spi::run_with_args(
+            "DELETE FROM pg_tview_deferred d USING unnest($2::int[], $3::bigint[]) AS k(kind, key) \
+             WHERE d.tview_oid = $1 AND d.kind = k.kind AND d.key = k.key",
+            &[table_oid.into(), kinds.into(), keys.into()],
+        )?;
+        outcome.rows += isolated.rows;
+        outcome.per_tview.push(Applied {
+            tview_oid: oid,
+            keys: isolated.applied.len() as u64,
+        });
+        for (entry, message) in &isolated.failed {
+            Spi::run_with_args(
+                "UPDATE pg_tview_deferred d SET attempts = d.attempts + 1, last_error = $4, \
+                     reason = CASE WHEN d.attempts + 1 >= $5 THEN 'dead' ELSE 'failed' END, \
+                     next_attempt_at = now() + least(interval '5 minutes', interval '1 second' * power(2, d.attempts)) \
+                 WHERE d.tview_oid = $1 AND d.kind = $2 AND d.key = $3",
+                &[
+                    table_oid.into(),
+                    (entry.kind as i32).into(),
+                    entry.key.into(),
+                    message.as_str().into(),
+                    max_retries.into(),
+                ],
+            )?;
+        }
+        if let Some((_, message)) = isolated.failed.first() {
+            outcome.failed.push(Applied {
+                tview_oid: oid,
+                keys: isolated.failed.len() as u64,
+            });
+            outcome.last_error = Some(format!("tv oid {oid}: {message}"));
+        }
+    }
+    Ok(outcome)
 }
 
 /// TVIEW keys touched by `group` (entries of one TVIEW, sorted by kind): direct keys as they
@@ -99,22 +310,24 @@ fn tview_keys(
     Ok(keys)
 }
 
-/// Reconciles every TVIEW of the database with its view.
+/// Reconciles every TVIEW of the database with its view, each in its own subtransaction: a
+/// failing TVIEW is deferred (as a full-refresh entry) and the others still complete.
 pub fn apply_full() -> spi::Result<Outcome> {
-    let mut outcome = Outcome::default();
-    Spi::connect_mut(|client| {
-        for oid in catalog::all_tviews(client)? {
-            let Some(shape) = catalog::load_shape(client, oid)? else {
-                continue;
-            };
-            outcome.rows += run_count(client, &shape.refresh_all_sql(), None)?;
-            outcome.per_tview.push(Applied {
-                tview_oid: oid.to_u32(),
-                keys: 0,
-            });
-        }
-        Ok(outcome)
-    })
+    let tviews = Spi::connect(catalog::all_tviews)?;
+    let entries: Vec<QueueEntry> = tviews
+        .into_iter()
+        .map(|oid| QueueEntry {
+            tview_oid: oid.to_u32(),
+            kind: kind::FULL,
+            key: 0,
+            committed_at: 0,
+        })
+        .collect();
+    let mut outcome = apply_batch(&entries, OnError::Defer)?;
+    for applied in &mut outcome.per_tview {
+        applied.keys = 0;
+    }
+    Ok(outcome)
 }
 
 /// Fully refreshes one TVIEW now, in the caller's transaction (pg_tviews_refresh()).

@@ -34,7 +34,14 @@ pub extern "C-unwind" fn pg_tviews_bgw_drainer_main(arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(dboid), None);
     let installed = run_in_transaction(catalog::extension_installed).unwrap_or(false);
     if !installed {
-        leave_for_good(slot, dboid.to_u32());
+        if probing && queue::release_if_probing(slot, dboid.to_u32()) {
+            DETACH.with(|d| d.set(None));
+            exit(0);
+        }
+        if !probing {
+            leave_for_good(slot, dboid.to_u32());
+        }
+        // Claimed for real while we looked (CREATE EXTENSION just committed): stay.
     }
     if probing {
         queue::drainer_confirm(slot, dboid.to_u32());
@@ -75,7 +82,11 @@ struct Drainer {
     slot: usize,
     dboid: u32,
     failures: u32,
+    next_retry: Option<Instant>,
 }
+
+/// How often deferred keys (failed, or parked by a paused TVIEW) are checked.
+const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Drainer {
     fn new(slot: usize, dboid: u32) -> Drainer {
@@ -83,6 +94,7 @@ impl Drainer {
             slot,
             dboid,
             failures: 0,
+            next_retry: None,
         }
     }
 
@@ -110,15 +122,7 @@ impl Drainer {
                 queue::set_state(self.slot, WorkerState::FullRefresh);
                 match run_in_transaction(refresh::apply_full) {
                     Ok(Ok(outcome)) => {
-                        queue::complete_batch(
-                            self.slot,
-                            self.dboid,
-                            batch.covers,
-                            outcome.rows,
-                            &outcome.per_tview,
-                            true,
-                        );
-                        self.failures = 0;
+                        self.completed(batch.covers, &outcome, true);
                     }
                     failure => {
                         queue::requeue_full_refresh(self.slot);
@@ -126,6 +130,10 @@ impl Drainer {
                     }
                 }
                 continue;
+            }
+            if self.next_retry.is_none_or(|t| Instant::now() >= t) {
+                self.next_retry = Some(Instant::now() + RETRY_INTERVAL);
+                self.retry_deferred();
             }
             if batch.entries.is_empty() {
                 queue::set_state(self.slot, WorkerState::Idle);
@@ -142,19 +150,46 @@ impl Drainer {
             }
             queue::set_state(self.slot, WorkerState::Draining);
             let entries = batch.entries;
-            match run_in_transaction(|| refresh::apply_batch(&entries)) {
-                Ok(Ok(outcome)) => {
-                    queue::complete_batch(
-                        self.slot,
-                        self.dboid,
-                        entries.len() as u64,
-                        outcome.rows,
-                        &outcome.per_tview,
-                        false,
-                    );
-                    self.failures = 0;
-                }
+            match run_in_transaction(|| refresh::apply_batch(&entries, refresh::OnError::Defer)) {
+                Ok(Ok(outcome)) => self.completed(entries.len() as u64, &outcome, false),
                 failure => self.failed(describe(failure)),
+            }
+        }
+    }
+
+    /// The refresh transaction committed: consume its entries. TVIEWs that failed inside it
+    /// were deferred to pg_tview_deferred; their error is shown but nothing is retried here.
+    fn completed(&mut self, consumed: u64, outcome: &refresh::Outcome, full_refresh: bool) {
+        queue::complete_batch(
+            self.slot,
+            self.dboid,
+            consumed,
+            outcome.rows,
+            &outcome.per_tview,
+            &outcome.failed,
+            full_refresh,
+        );
+        self.failures = 0;
+        if let Some(error) = &outcome.last_error {
+            queue::note_error(self.slot, error);
+            warning!("pg_tviews_bgw worker for database {}: refresh failed, keys deferred for retry: {error}", self.dboid);
+        }
+    }
+
+    /// Retries deferred keys that are due (own transaction; failures stay in the table).
+    fn retry_deferred(&mut self) {
+        let limit = gucs::batch_size();
+        let max_retries = gucs::MAX_RETRIES.get();
+        match run_in_transaction(|| refresh::retry_deferred(limit, max_retries)) {
+            Ok(Ok(outcome)) => {
+                if !outcome.per_tview.is_empty() || !outcome.failed.is_empty() {
+                    self.completed(0, &outcome, false);
+                }
+            }
+            failure => {
+                let message = describe(failure);
+                queue::note_error(self.slot, &message);
+                warning!("pg_tviews_bgw worker for database {}: retry of deferred keys failed: {message}", self.dboid);
             }
         }
     }

@@ -1,0 +1,157 @@
+//! Invariant 5: a failing refresh never stops the pipeline. The failing TVIEW's keys are
+//! retried with backoff, then dead-lettered; other keys and TVIEWs keep flowing; the worker
+//! never exits. Pause/resume parks keys durably.
+
+use pg_tviews_bgw_e2e::*;
+use postgres::Client;
+use std::time::Duration;
+
+fn setup(cluster: &Cluster) -> Client {
+    cluster
+        .connect("postgres")
+        .batch_execute("CREATE DATABASE app")
+        .unwrap();
+    let mut db = cluster.connect("app");
+    db.batch_execute(
+        "CREATE EXTENSION pg_tviews_bgw;
+         CREATE TABLE tb_post (pk_post int PRIMARY KEY, votes int NOT NULL, title text NOT NULL);
+         CREATE TABLE tb_tag (pk_tag int PRIMARY KEY, name text NOT NULL);
+         INSERT INTO tb_post SELECT g, g, 'post ' || g FROM generate_series(1, 20) g WHERE g <> 13;
+         INSERT INTO tb_tag SELECT g, 'tag ' || g FROM generate_series(1, 5) g;
+         -- Fails for any post with 13 votes (division by zero): a poison row.
+         SELECT pg_tviews_create('tv_post', $$SELECT pk_post,
+             jsonb_build_object('title', title, 'ratio', 100 / (votes - 13)) AS data FROM tb_post$$);
+         SELECT pg_tviews_create('tv_tag', $$SELECT pk_tag, jsonb_build_object('name', name) AS data FROM tb_tag$$);",
+    )
+    .unwrap();
+    wait_drained(&mut db);
+    db
+}
+
+fn dump(db: &mut Client) -> String {
+    db.query("SELECT format('%s %s %s %s %s', tview_oid::regclass, kind, key, reason, attempts) FROM pg_tview_deferred", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn deferred(db: &mut Client, reason: &str) -> i64 {
+    db.query_one(
+        "SELECT count(*) FROM pg_tview_deferred WHERE reason = $1",
+        &[&reason],
+    )
+    .unwrap()
+    .get(0)
+}
+
+#[test]
+fn a_failing_refresh_is_retried_then_dead_lettered_while_others_flow() {
+    let cluster = Cluster::start("poison", &["pg_tviews_bgw.max_retries = 2"]);
+    let mut db = setup(&cluster);
+    let pid = worker_pid(&mut db, "app").unwrap();
+
+    // One transaction: a poison key for tv_post, good keys for tv_post and tv_tag.
+    db.batch_execute(
+        "BEGIN; UPDATE tb_post SET votes = 13 WHERE pk_post = 5;
+                UPDATE tb_post SET title = 'fine' WHERE pk_post = 6;
+                UPDATE tb_tag SET name = 'renamed' WHERE pk_tag = 1; COMMIT;",
+    )
+    .unwrap();
+    wait_drained(&mut db);
+    assert_eq!(
+        differences(&mut db, "tag"),
+        0,
+        "the other TVIEW was refreshed"
+    );
+    eventually(
+        "the poison key reaches the dead letters",
+        Duration::from_secs(30),
+        || deferred(&mut db, "dead") == 1,
+    );
+    let (entity, key, attempts, error): (String, i64, i32, String) = {
+        let r = db
+            .query_one(
+                "SELECT entity, key, attempts, last_error FROM pg_tviews_dead_letters",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2), r.get(3))
+    };
+    assert_eq!((entity.as_str(), key, attempts), ("post", 5, 2));
+    assert!(error.contains("division by zero"), "{error}");
+    let failed: i64 = db
+        .query_one(
+            "SELECT failed FROM pg_tviews_queue_status WHERE entity = 'post'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(failed >= 2, "each attempt counts as failed, saw {failed}");
+    // The good key of the same TVIEW in the same transaction is not held back: the TVIEW
+    // differs from its query only where the query itself cannot be computed.
+    let title: String = db
+        .query_one("SELECT data->>'title' FROM tv_post WHERE pk_post = 6", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(title, "fine");
+    assert_eq!(
+        worker_pid(&mut db, "app"),
+        Some(pid),
+        "the worker never exits on an SQL error"
+    );
+
+    // Fixing the data and reviving the dead letter converges everything.
+    db.batch_execute("UPDATE tb_post SET votes = 14 WHERE pk_post = 5")
+        .unwrap();
+    let revived: i64 = db
+        .query_one("SELECT pg_tviews_retry_failed()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(revived, 1);
+    wait_drained(&mut db);
+    eventually("dead letters cleared", Duration::from_secs(15), || {
+        deferred(&mut db, "dead") + deferred(&mut db, "failed") == 0
+    });
+    assert_eq!(differences(&mut db, "post"), 0);
+}
+
+#[test]
+fn pause_parks_keys_durably_and_resume_applies_them() {
+    let cluster = Cluster::start("pause", &[]);
+    let mut db = setup(&cluster);
+    db.batch_execute("SELECT pg_tviews_pause('tv_tag')")
+        .unwrap();
+    db.batch_execute("UPDATE tb_tag SET name = name || '!'; UPDATE tb_post SET title = 'moving' WHERE pk_post = 1")
+        .unwrap();
+    wait_drained(&mut db);
+    assert_eq!(differences(&mut db, "post"), 0, "other TVIEWs keep flowing");
+    assert_eq!(
+        differences(&mut db, "tag"),
+        10,
+        "a paused TVIEW is not refreshed"
+    );
+    let parked: i64 = db
+        .query_one(
+            "SELECT parked FROM pg_tviews_queue_status WHERE entity = 'tag'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(parked, 5, "{}", dump(&mut db));
+    // Parked keys are in a table: they survive a restart.
+    drop(db);
+    cluster.restart();
+    let mut db = cluster.connect("app");
+    let resumed: i64 = db
+        .query_one("SELECT pg_tviews_resume('tv_tag')", &[])
+        .unwrap()
+        .get(0);
+    // The 5 keys, plus the full refresh that every worker start performs (shared memory is
+    // fresh after a restart), parked too because the TVIEW is still paused.
+    assert_eq!(resumed, 6, "{}", dump(&mut db));
+    eventually("resumed TVIEW converges", Duration::from_secs(15), || {
+        differences(&mut db, "tag") == 0 && deferred(&mut db, "paused") == 0
+    });
+}
