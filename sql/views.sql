@@ -57,6 +57,32 @@ LEFT JOIN pg_catalog.pg_database d ON d.oid = w.datid;
 CREATE VIEW pg_tviews_stats AS
 SELECT * FROM @extschema@._pg_tviews_counters();
 
+-- The per-TVIEW queue as pg_tviews' runbook names it.
+CREATE VIEW pg_tviews_queue_realtime AS
+SELECT entity, pending, oldest_pending_age, applied, failed, last_applied_at, paused
+FROM pg_tviews_queue_status;
+
+-- Every number above as (name, value, labels), for postgres_exporter custom queries / Prometheus.
+CREATE VIEW pg_tviews_metrics AS
+SELECT 'pg_tviews_enqueued_total'::text AS name, enqueued::float8 AS value, '{}'::jsonb AS labels FROM pg_tviews_stats
+UNION ALL SELECT 'pg_tviews_applied_total', applied, '{}' FROM pg_tviews_stats
+UNION ALL SELECT 'pg_tviews_overflowed_total', overflowed, '{}' FROM pg_tviews_stats
+UNION ALL SELECT 'pg_tviews_published_transactions_total', published_txns, '{}' FROM pg_tviews_stats
+UNION ALL SELECT 'pg_tviews_full_refreshes_total', full_refreshes, '{}' FROM pg_tviews_stats
+UNION ALL SELECT 'pg_tviews_pending_keys', pending, jsonb_build_object('tview', entity) FROM pg_tviews_queue_status
+UNION ALL SELECT 'pg_tviews_lag_seconds', coalesce(extract(epoch FROM oldest_pending_age), 0),
+                 jsonb_build_object('tview', entity) FROM pg_tviews_queue_status
+UNION ALL SELECT 'pg_tviews_tview_applied_total', applied, jsonb_build_object('tview', entity) FROM pg_tviews_queue_status
+UNION ALL SELECT 'pg_tviews_tview_failed_total', failed, jsonb_build_object('tview', entity) FROM pg_tviews_queue_status
+UNION ALL SELECT 'pg_tviews_dead_letters', dead_letters, jsonb_build_object('tview', entity) FROM pg_tviews_queue_status
+UNION ALL SELECT 'pg_tviews_parked_keys', parked, jsonb_build_object('tview', entity) FROM pg_tviews_queue_status
+UNION ALL SELECT 'pg_tviews_worker_batches_total', batches,
+                 jsonb_build_object('database', database, 'state', state) FROM pg_tviews_worker_status
+UNION ALL SELECT 'pg_tviews_worker_rows_total', rows,
+                 jsonb_build_object('database', database, 'state', state) FROM pg_tviews_worker_status
+UNION ALL SELECT 'pg_tviews_worker_queue_keys', pending,
+                 jsonb_build_object('database', database, 'capacity', capacity) FROM pg_tviews_worker_status;
+
 -- Wake the launcher now so this database gets its drainer without waiting for a scan.
 SELECT @extschema@._pg_tviews_attach_database();
 

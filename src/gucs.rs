@@ -42,6 +42,9 @@ pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1_000);
 /// How long an idle drainer sleeps before re-checking on its own (publishes wake it at once).
 pub static NAPTIME_MS: GucSetting<i32> = GucSetting::<i32>::new(1_000);
 
+/// Keys a database's worker may refresh per second (token bucket; 0 = unlimited).
+pub static MAX_ROWS_PER_SECOND: GucSetting<i32> = GucSetting::<i32>::new(0);
+
 /// Failed refresh attempts of a key before it becomes a dead letter.
 pub static MAX_RETRIES: GucSetting<i32> = GucSetting::<i32>::new(5);
 
@@ -119,6 +122,16 @@ pub fn define() {
         &BATCH_SIZE,
         1,
         1_000_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_tviews_bgw.max_rows_per_second",
+        c"Maximum TVIEW keys a database's worker refreshes per second (0 = unlimited).",
+        c"A token bucket with a one-second burst; lowers the refresh load on a busy primary at the cost of lag.",
+        &MAX_ROWS_PER_SECOND,
+        0,
+        100_000_000,
         GucContext::Sighup,
         GucFlags::default(),
     );

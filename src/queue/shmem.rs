@@ -31,6 +31,7 @@ pub enum WorkerState {
     FullRefresh = 4,
     Backoff = 5,
     Disabled = 6,
+    RateLimited = 7,
 }
 
 impl WorkerState {
@@ -42,6 +43,7 @@ impl WorkerState {
             4 => WorkerState::FullRefresh,
             5 => WorkerState::Backoff,
             6 => WorkerState::Disabled,
+            7 => WorkerState::RateLimited,
             _ => WorkerState::Free,
         }
     }
@@ -52,9 +54,10 @@ impl WorkerState {
             WorkerState::Starting => "starting",
             WorkerState::Idle => "idle",
             WorkerState::Draining => "draining",
-            WorkerState::FullRefresh => "full_refresh",
-            WorkerState::Backoff => "error_backoff",
+            WorkerState::FullRefresh => "full refresh",
+            WorkerState::Backoff => "backing off",
             WorkerState::Disabled => "disabled",
+            WorkerState::RateLimited => "rate limited",
         }
     }
 }

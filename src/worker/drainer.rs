@@ -2,7 +2,7 @@
 //! ring, refreshes TVIEW rows in batches, and consumes keys only after their refresh commits.
 //! State machine: ARCHITECTURE.md "Drainer state machine".
 
-use super::{exit_requested, reload_config_if_asked, run_in_transaction};
+use super::{exit_requested, rate, reload_config_if_asked, run_in_transaction};
 use crate::queue::{self, Attach, WorkerState};
 use crate::{catalog, gucs, refresh};
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
@@ -83,6 +83,8 @@ struct Drainer {
     dboid: u32,
     failures: u32,
     next_retry: Option<Instant>,
+    bucket: rate::TokenBucket,
+    started: Instant,
 }
 
 /// How often deferred keys (failed, or parked by a paused TVIEW) are checked.
@@ -95,7 +97,14 @@ impl Drainer {
             dboid,
             failures: 0,
             next_retry: None,
+            bucket: rate::TokenBucket::new(gucs::MAX_ROWS_PER_SECOND.get().max(0) as u64, 0),
+            started: Instant::now(),
         }
+    }
+
+    /// The token bucket's clock: microseconds since this worker started.
+    fn now_us(&self) -> u64 {
+        self.started.elapsed().as_micros() as u64
     }
 
     fn run(mut self) -> ! {
@@ -117,7 +126,17 @@ impl Drainer {
                 self.sleep(gucs::naptime());
                 continue;
             }
-            let batch = queue::next_batch(self.slot, gucs::batch_size());
+            let now = self.now_us();
+            self.bucket
+                .set_rate(gucs::MAX_ROWS_PER_SECOND.get().max(0) as u64, now);
+            let allowed = self.bucket.grant(gucs::batch_size() as u64, now) as usize;
+            if allowed == 0 {
+                queue::set_state(self.slot, WorkerState::RateLimited);
+                let wait = Duration::from_micros(self.bucket.wait_us(now).max(1_000));
+                self.sleep(wait.min(gucs::naptime()));
+                continue;
+            }
+            let batch = queue::next_batch(self.slot, allowed);
             if batch.full_refresh {
                 queue::set_state(self.slot, WorkerState::FullRefresh);
                 match run_in_transaction(refresh::apply_full) {
@@ -151,7 +170,11 @@ impl Drainer {
             queue::set_state(self.slot, WorkerState::Draining);
             let entries = batch.entries;
             match run_in_transaction(|| refresh::apply_batch(&entries, refresh::OnError::Defer)) {
-                Ok(Ok(outcome)) => self.completed(entries.len() as u64, &outcome, false),
+                Ok(Ok(outcome)) => {
+                    let now = self.now_us();
+                    self.bucket.spend(entries.len() as u64, now);
+                    self.completed(entries.len() as u64, &outcome, false)
+                }
                 failure => self.failed(describe(failure)),
             }
         }

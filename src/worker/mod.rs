@@ -3,6 +3,7 @@
 
 pub mod drainer;
 pub mod launcher;
+pub mod rate;
 
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::pg_sys;

@@ -54,6 +54,11 @@ WHERE tgname LIKE 'tview\_post\_%' GROUP BY 1 ORDER BY tgrelid::regclass::text;
 SELECT check_name FROM pg_tviews_health_check() ORDER BY 1;
 SELECT pg_tviews_check_jsonb_ivm();
 
+-- Metrics for scrapers: stable names, labels identify the TVIEW or database.
+SELECT name, labels ? 'tview' AS per_tview FROM pg_tviews_metrics GROUP BY 1, 2 ORDER BY 1;
+SELECT value FROM pg_tviews_metrics WHERE name = 'pg_tviews_pending_keys' AND labels->>'tview' = 'post';
+SELECT entity, pending, applied > 0 AS applied FROM pg_tviews_queue_realtime;
+
 -- Errors.
 SELECT * FROM pg_tviews_verify('tv_nothing');
 \echo :LAST_ERROR_SQLSTATE
