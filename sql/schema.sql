@@ -36,13 +36,14 @@ CREATE TABLE pg_tview_lineage (
 -- Keys taken out of the shared-memory queue without being applied, kept durably:
 --   paused: the TVIEW is paused (pg_tviews_pause); applied after pg_tviews_resume;
 --   failed: the refresh raised an error; retried with backoff by the worker;
---   dead:   failed pg_tviews_bgw.max_retries times; kept until pg_tviews_retry_failed().
+--   dead:   failed pg_tviews_bgw.max_retries times; kept until pg_tviews_retry_failed();
+--   prepared: written by PREPARE TRANSACTION; visible (and applied) once COMMIT PREPARED runs.
 -- kind: 0 = key of the TVIEW, 1 = full refresh, >= 2 = value of lineage rule `kind`.
 CREATE TABLE pg_tview_deferred (
     tview_oid       oid         NOT NULL,
     kind            integer     NOT NULL,
     key             bigint      NOT NULL,
-    reason          text        NOT NULL CHECK (reason IN ('paused', 'failed', 'dead')),
+    reason          text        NOT NULL CHECK (reason IN ('paused', 'failed', 'dead', 'prepared')),
     attempts        integer     NOT NULL DEFAULT 0,
     last_error      text,
     first_deferred_at timestamptz NOT NULL DEFAULT now(),

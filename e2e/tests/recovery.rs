@@ -108,3 +108,43 @@ fn without_preload_tviews_refresh_synchronously() {
         .get(0);
     assert!(!shared);
 }
+
+#[test]
+fn prepared_transactions_survive_a_restart_and_publish_on_commit_prepared() {
+    let cluster = Cluster::start("twophase", &["max_prepared_transactions = 4"]);
+    let mut db = cluster.database_with_tview("app", 30);
+    wait_drained(&mut db);
+    db.batch_execute(
+        "BEGIN; UPDATE tb_post SET title = 'two-phase' WHERE pk_post <= 10; PREPARE TRANSACTION 'p1';
+         BEGIN; DELETE FROM tb_post WHERE pk_post > 25; PREPARE TRANSACTION 'p2';",
+    )
+    .unwrap();
+    assert_eq!(
+        differences(&mut db, "post"),
+        0,
+        "prepared changes are not visible yet"
+    );
+    drop(db);
+    cluster.restart();
+    let mut db = cluster.connect("app");
+    db.batch_execute("COMMIT PREPARED 'p1'").unwrap();
+    db.batch_execute("ROLLBACK PREPARED 'p2'").unwrap();
+    eventually(
+        "committed prepared changes applied",
+        Duration::from_secs(15),
+        || differences(&mut db, "post") == 0,
+    );
+    let titles: i64 = db
+        .query_one(
+            "SELECT count(*) FROM tv_post WHERE data->>'title' = 'two-phase'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(titles, 10);
+    let rows: i64 = db
+        .query_one("SELECT count(*) FROM tv_post", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 30, "the rolled-back deletes never reach the TVIEW");
+}

@@ -116,6 +116,13 @@ unsafe extern "C-unwind" fn on_xact_event(
             });
         }
         XACT_EVENT_PRE_PREPARE => pre_prepare(),
+        XACT_EVENT_PREPARE => {
+            STAGING.with(|s| {
+                if let Ok(mut s) = s.try_borrow_mut() {
+                    clear(&mut s);
+                }
+            });
+        }
         _ => {}
     }
 }
@@ -165,14 +172,41 @@ fn commit() {
     });
 }
 
+/// Two-phase commit: the keys cannot wait in backend memory for COMMIT PREPARED (which may run
+/// in another session, or after a restart). They are written into `pg_tview_deferred` as part of
+/// the prepared transaction itself, so they become visible exactly when it commits and vanish
+/// with ROLLBACK PREPARED; the worker applies them within a second of the commit.
 fn pre_prepare() {
-    let has_keys = STAGING.with(|s| !s.borrow().keys.is_empty());
-    if has_keys {
+    let mut keys = STAGING.with(|s| std::mem::take(&mut s.borrow_mut().keys));
+    if keys.is_empty() {
+        return;
+    }
+    keys.sort_unstable();
+    keys.dedup();
+    let tviews: Vec<pg_sys::Oid> = keys
+        .iter()
+        .map(|k| pg_sys::Oid::from(k.tview_oid))
+        .collect();
+    let kinds: Vec<i32> = keys.iter().map(|k| k.kind as i32).collect();
+    let values: Vec<i64> = keys.iter().map(|k| k.key).collect();
+    // SAFETY: PRE_PREPARE runs inside the still-open transaction with no active snapshot; SPI
+    // needs one. It is popped below; an ERROR in between is cleaned up by the abort.
+    unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
+    let inserted = pgrx::Spi::run_with_args(
+        "INSERT INTO pg_tview_deferred AS d (tview_oid, kind, key, reason) \
+         SELECT t, k, v, 'prepared' FROM unnest($1::oid[], $2::int[], $3::bigint[]) AS x(t, k, v) \
+         ON CONFLICT (tview_oid, kind, key) DO UPDATE \
+         SET reason = 'prepared', attempts = 0, next_attempt_at = now()",
+        &[tviews.into(), kinds.into(), values.into()],
+    );
+    // SAFETY: pops the snapshot pushed above.
+    unsafe { pg_sys::PopActiveSnapshot() };
+    if let Err(e) = inserted {
         crate::errors::raise(
-            pgrx::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-            "cannot PREPARE a transaction that changed tables tracked by pg_tviews_bgw",
-            Some("The changed keys live in backend memory until COMMIT and would be lost by a two-phase commit."),
-            Some("Commit such transactions directly (two-phase commit support is planned)."),
+            pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("could not record TVIEW keys of the prepared transaction: {e}"),
+            None,
+            None,
         );
     }
 }

@@ -212,7 +212,7 @@ pub fn retry_deferred(limit: usize, max_retries: i32) -> spi::Result<Outcome> {
         let rows = client.update(
             "SELECT d.tview_oid, d.kind, d.key FROM pg_tview_deferred d \
              JOIN pg_tview_meta m ON m.table_oid = d.tview_oid \
-             WHERE NOT m.paused AND ((d.reason = 'failed' AND d.next_attempt_at <= now()) OR d.reason = 'paused') \
+             WHERE NOT m.paused AND ((d.reason = 'failed' AND d.next_attempt_at <= now()) OR d.reason IN ('paused', 'prepared')) \
              ORDER BY d.next_attempt_at LIMIT $1 FOR UPDATE OF d SKIP LOCKED",
             None,
             &[(limit as i64).into()],

@@ -113,21 +113,41 @@ SELECT * FROM staged;
 COMMIT;
 SELECT * FROM staged;
 
--- Two-phase commit cannot carry staged keys: PREPARE TRANSACTION is refused...
+-- Two-phase commit: PREPARE TRANSACTION writes the staged keys into pg_tview_deferred as part
+-- of the prepared transaction; they appear only when it commits.
 BEGIN;
 UPDATE tb_post SET title = 'prepared' WHERE pk_post = 1;
 PREPARE TRANSACTION 'tview_2pc';
-\echo :LAST_ERROR_SQLSTATE
 SELECT count(*) AS prepared FROM pg_prepared_xacts WHERE gid = 'tview_2pc';
-SELECT title FROM tb_post WHERE pk_post = 1;
+SELECT count(*) AS visible_keys FROM pg_tview_deferred;
+SELECT * FROM staged;
+COMMIT PREPARED 'tview_2pc';
+-- The worker applies them within a second.
+DO $$
+BEGIN
+    FOR i IN 1..100 LOOP
+        EXIT WHEN (SELECT data->>'title' FROM tv_post WHERE pk_post = 1) = 'prepared'
+              AND NOT EXISTS (SELECT 1 FROM pg_tview_deferred);
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+END $$;
+SELECT data->>'title' AS title, (SELECT count(*) FROM pg_tview_deferred) AS left_deferred
+FROM tv_post WHERE pk_post = 1;
+-- ROLLBACK PREPARED takes its keys with it.
+BEGIN;
+UPDATE tb_post SET title = 'never' WHERE pk_post = 2;
+PREPARE TRANSACTION 'tview_2pc_rollback';
+ROLLBACK PREPARED 'tview_2pc_rollback';
+SELECT count(*) AS left_deferred FROM pg_tview_deferred;
 CREATE TABLE untracked (x int);
--- ... but allowed when nothing tracked changed (here: only in a rolled-back savepoint).
+-- A prepared transaction that changed nothing tracked writes nothing.
 BEGIN;
 SAVEPOINT a;
 UPDATE tb_post SET title = 'rolled back' WHERE pk_post = 1;
 ROLLBACK TO SAVEPOINT a;
 INSERT INTO untracked VALUES (1);
 PREPARE TRANSACTION 'tview_2pc_ok';
+SELECT count(*) AS visible_keys FROM pg_tview_deferred;
 COMMIT PREPARED 'tview_2pc_ok';
 SELECT * FROM untracked;
 
