@@ -20,6 +20,9 @@ SELECT m.entity,
        coalesce(d.dead, 0)                             AS dead_letters,
        coalesce(d.parked, 0)                           AS parked,
        s.last_applied_at,
+       s.lag_p50_ms,
+       s.lag_p95_ms,
+       s.lag_p99_ms,
        m.paused
 FROM pg_tview_meta m
 LEFT JOIN @extschema@._pg_tviews_queue_stats() s ON s.table_oid = m.table_oid
@@ -72,6 +75,8 @@ UNION ALL SELECT 'pg_tviews_full_refreshes_total', full_refreshes, '{}' FROM pg_
 UNION ALL SELECT 'pg_tviews_pending_keys', pending, jsonb_build_object('tview', entity) FROM pg_tviews_queue_status
 UNION ALL SELECT 'pg_tviews_lag_seconds', coalesce(extract(epoch FROM oldest_pending_age), 0),
                  jsonb_build_object('tview', entity) FROM pg_tviews_queue_status
+UNION ALL SELECT 'pg_tviews_lag_p99_ms', lag_p99_ms, jsonb_build_object('tview', entity)
+          FROM pg_tviews_queue_status WHERE lag_p99_ms IS NOT NULL
 UNION ALL SELECT 'pg_tviews_tview_applied_total', applied, jsonb_build_object('tview', entity) FROM pg_tviews_queue_status
 UNION ALL SELECT 'pg_tviews_tview_failed_total', failed, jsonb_build_object('tview', entity) FROM pg_tviews_queue_status
 UNION ALL SELECT 'pg_tviews_dead_letters', dead_letters, jsonb_build_object('tview', entity) FROM pg_tviews_queue_status

@@ -182,6 +182,17 @@ fn queue_depth_returns_to_zero() {
         2000,
         "every key applied once: {before:?} -> {after:?}"
     );
+    let percentiles_ordered: bool = db
+        .query_one(
+            "SELECT lag_p50_ms > 0 AND lag_p50_ms <= lag_p95_ms AND lag_p95_ms <= lag_p99_ms FROM pg_tviews_queue_status",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(
+        percentiles_ordered,
+        "lag percentiles are reported once keys were applied"
+    );
     assert!(
         batches >= 2000 / 50,
         "2000 keys at batch_size 50 need at least 40 batches, saw {batches}"

@@ -30,6 +30,9 @@ fn _pg_tviews_queue_stats() -> TableIterator<
         name!(applied, i64),
         name!(failed, i64),
         name!(last_applied_at, Option<TimestampWithTimeZone>),
+        name!(lag_p50_ms, Option<f64>),
+        name!(lag_p95_ms, Option<f64>),
+        name!(lag_p99_ms, Option<f64>),
     ),
 > {
     let rows: Vec<_> = queue::tview_stats(current_dboid())
@@ -42,6 +45,9 @@ fn _pg_tviews_queue_stats() -> TableIterator<
                 s.applied as i64,
                 s.failed as i64,
                 s.last_applied_at.and_then(timestamp),
+                s.lag_ms[0],
+                s.lag_ms[1],
+                s.lag_ms[2],
             )
         })
         .collect();

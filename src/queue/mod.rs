@@ -2,6 +2,7 @@
 //! No SPI, no catalog access and nothing that raises: the commit callback calls into here.
 //! See ARCHITECTURE.md for the slot life cycle this module enforces.
 
+pub mod histogram;
 pub mod ring;
 pub mod shmem;
 
@@ -364,16 +365,29 @@ pub struct Applied {
     pub keys: u64,
 }
 
-/// Consumes `consumed` entries after the refresh that used them committed.
-pub fn complete_batch(
-    slot: usize,
-    dboid: u32,
-    consumed: u64,
-    rows: u64,
-    applied: &[Applied],
-    failed: &[Applied],
-    full_refresh: bool,
-) {
+/// What a committed refresh transaction did, for `complete_batch`.
+pub struct Completed<'a> {
+    /// `(tview, committed_at)` of each applied ring entry, for the lag histograms.
+    pub lags: &'a [(u32, i64)],
+    /// Ring entries to consume.
+    pub consumed: u64,
+    /// TVIEW rows written.
+    pub rows: u64,
+    pub applied: &'a [Applied],
+    pub failed: &'a [Applied],
+    pub full_refresh: bool,
+}
+
+/// Consumes the batch's entries after the refresh that used them committed, and counts.
+pub fn complete_batch(slot: usize, dboid: u32, done: Completed<'_>) {
+    let Completed {
+        lags,
+        consumed,
+        rows,
+        applied,
+        failed,
+        full_refresh,
+    } = done;
     let Some(mut q) = shmem::lock_exclusive() else {
         return;
     };
@@ -410,6 +424,7 @@ pub fn complete_batch(
                 applied: 0,
                 failed: 0,
                 last_applied_at: 0,
+                lag: Default::default(),
             };
         }
         if ok {
@@ -417,6 +432,22 @@ pub fn complete_batch(
             t.last_applied_at = at;
         } else {
             t.failed += a.keys;
+        }
+    }
+    // Entries of one TVIEW are adjacent in a batch far more often than not; look its
+    // counters up once per run.
+    let mut current: Option<(u32, usize)> = None;
+    for &(tview_oid, committed_at) in lags.iter().filter(|l| l.1 != 0) {
+        let stats = &mut q.header().tview_stats;
+        let index = match current {
+            Some((oid, i)) if oid == tview_oid => Some(i),
+            _ => stats
+                .iter()
+                .position(|t| t.dboid == dboid && t.tview_oid == tview_oid),
+        };
+        if let Some(i) = index {
+            current = Some((tview_oid, i));
+            stats[i].lag.record(at - committed_at, 1, at);
         }
     }
     let s = q.slot(slot);
@@ -502,6 +533,8 @@ pub struct TviewQueueStat {
     pub applied: u64,
     pub failed: u64,
     pub last_applied_at: Option<i64>,
+    /// Commit-to-applied latency percentiles (ms) over the last one to two minutes.
+    pub lag_ms: [Option<f64>; 3],
 }
 
 /// Per-TVIEW pending counts (scanning the database's ring) and applied counters.
@@ -538,6 +571,9 @@ pub fn tview_stats(dboid: u32) -> Vec<TviewQueueStat> {
         let t = entry(&mut out, s.tview_oid);
         t.applied = s.applied;
         t.failed = s.failed;
+        // SAFETY: reading the clock cannot raise.
+        let now = unsafe { pg_sys::GetCurrentTimestamp() };
+        t.lag_ms = [0.5, 0.95, 0.99].map(|p| s.lag.percentile(p, now));
         t.last_applied_at = (s.last_applied_at != 0).then_some(s.last_applied_at);
     }
     out

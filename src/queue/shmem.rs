@@ -86,6 +86,7 @@ pub struct TviewStat {
     /// Keys whose refresh raised (each attempt counts).
     pub failed: u64,
     pub last_applied_at: i64,
+    pub lag: super::histogram::LagHistogram,
 }
 
 #[repr(C)]

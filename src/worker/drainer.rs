@@ -141,7 +141,7 @@ impl Drainer {
                 queue::set_state(self.slot, WorkerState::FullRefresh);
                 match run_in_transaction(refresh::apply_full) {
                     Ok(Ok(outcome)) => {
-                        self.completed(batch.covers, &outcome, true);
+                        self.completed(&[], batch.covers, &outcome, true);
                     }
                     failure => {
                         queue::requeue_full_refresh(self.slot);
@@ -173,7 +173,11 @@ impl Drainer {
                 Ok(Ok(outcome)) => {
                     let now = self.now_us();
                     self.bucket.spend(entries.len() as u64, now);
-                    self.completed(entries.len() as u64, &outcome, false)
+                    let lags: Vec<(u32, i64)> = entries
+                        .iter()
+                        .map(|e| (e.tview_oid, e.committed_at))
+                        .collect();
+                    self.completed(&lags, entries.len() as u64, &outcome, false)
                 }
                 failure => self.failed(describe(failure)),
             }
@@ -182,15 +186,24 @@ impl Drainer {
 
     /// The refresh transaction committed: consume its entries. TVIEWs that failed inside it
     /// were deferred to pg_tview_deferred; their error is shown but nothing is retried here.
-    fn completed(&mut self, consumed: u64, outcome: &refresh::Outcome, full_refresh: bool) {
+    fn completed(
+        &mut self,
+        lags: &[(u32, i64)],
+        consumed: u64,
+        outcome: &refresh::Outcome,
+        full_refresh: bool,
+    ) {
         queue::complete_batch(
             self.slot,
             self.dboid,
-            consumed,
-            outcome.rows,
-            &outcome.per_tview,
-            &outcome.failed,
-            full_refresh,
+            queue::Completed {
+                lags,
+                consumed,
+                rows: outcome.rows,
+                applied: &outcome.per_tview,
+                failed: &outcome.failed,
+                full_refresh,
+            },
         );
         self.failures = 0;
         if let Some(error) = &outcome.last_error {
@@ -206,7 +219,7 @@ impl Drainer {
         match run_in_transaction(|| refresh::retry_deferred(limit, max_retries)) {
             Ok(Ok(outcome)) => {
                 if !outcome.per_tview.is_empty() || !outcome.failed.is_empty() {
-                    self.completed(0, &outcome, false);
+                    self.completed(&[], 0, &outcome, false);
                 }
             }
             failure => {
