@@ -45,6 +45,14 @@ pub static NAPTIME_MS: GucSetting<i32> = GucSetting::<i32>::new(1_000);
 /// Keys a database's worker may refresh per second (token bucket; 0 = unlimited).
 pub static MAX_ROWS_PER_SECOND: GucSetting<i32> = GucSetting::<i32>::new(0);
 
+/// When the queue holds less than a batch, wait up to this long (ms) after the oldest key's
+/// commit for more keys (0 = take them at once).
+pub static COALESCE_MS: GucSetting<i32> = GucSetting::<i32>::new(0);
+
+/// Time budget of one refresh transaction (ms): slower batches halve the next batch's size,
+/// quick ones double it back up to batch_size (0 = off).
+pub static MAX_BATCH_MS: GucSetting<i32> = GucSetting::<i32>::new(0);
+
 /// Failed refresh attempts of a key before it becomes a dead letter.
 pub static MAX_RETRIES: GucSetting<i32> = GucSetting::<i32>::new(5);
 
@@ -134,6 +142,26 @@ pub fn define() {
         100_000_000,
         GucContext::Sighup,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_tviews_bgw.coalesce_ms",
+        c"Wait up to this long after a key's commit for a fuller batch when the queue is shallow.",
+        c"Trades a little lag for fewer, larger refresh transactions under a steady trickle of writes.",
+        &COALESCE_MS,
+        0,
+        60_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"pg_tviews_bgw.max_batch_ms",
+        c"Time budget of one refresh transaction; slower batches are split.",
+        c"Keeps row locks on TVIEW rows short; 0 disables the budget.",
+        &MAX_BATCH_MS,
+        0,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
     );
     GucRegistry::define_int_guc(
         c"pg_tviews_bgw.max_retries",

@@ -81,3 +81,23 @@ fn max_rows_per_second_limits_draining_and_reloads_without_restart() {
     );
     assert_eq!(differences(&mut db, "post"), 0);
 }
+
+#[test]
+fn coalesce_ms_holds_a_shallow_queue_until_its_oldest_key_is_that_old() {
+    let cluster = Cluster::start("coalesce", &["pg_tviews_bgw.coalesce_ms = 400"]);
+    let mut db = cluster.database_with_tview("app", 10);
+    wait_drained(&mut db);
+    let before = applied(&mut db);
+    let committed = Instant::now();
+    db.batch_execute("UPDATE tb_post SET votes = 7 WHERE pk_post = 1")
+        .unwrap();
+    eventually("applied", Duration::from_secs(10), || {
+        applied(&mut db) > before
+    });
+    let waited = committed.elapsed();
+    assert!(
+        waited >= Duration::from_millis(350),
+        "applied after {waited:?}, before coalesce_ms elapsed"
+    );
+    assert_eq!(differences(&mut db, "post"), 0);
+}

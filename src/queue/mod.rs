@@ -325,6 +325,8 @@ pub struct Batch {
     pub covers: u64,
     /// Entries copied from the head of the ring (not yet consumed).
     pub entries: Vec<QueueEntry>,
+    /// Keys in the ring when the batch was taken.
+    pub queued: usize,
 }
 
 /// Copies the next batch out of the ring; the lock is released before any refresh runs.
@@ -333,6 +335,7 @@ pub fn next_batch(slot: usize, max: usize) -> Batch {
         full_refresh: false,
         covers: 0,
         entries: Vec::new(),
+        queued: 0,
     };
     let Some(mut q) = shmem::lock_exclusive() else {
         return batch;
@@ -348,6 +351,7 @@ pub fn next_batch(slot: usize, max: usize) -> Batch {
         batch.covers = s.ring.len() as u64;
         return batch;
     }
+    batch.queued = q.slot(slot).ring.len();
     q.ring(slot).peek_into(max, &mut batch.entries);
     batch
 }

@@ -2,7 +2,7 @@
 //! ring, refreshes TVIEW rows in batches, and consumes keys only after their refresh commits.
 //! State machine: ARCHITECTURE.md "Drainer state machine".
 
-use super::{exit_requested, rate, reload_config_if_asked, run_in_transaction};
+use super::{exit_requested, planner, rate, reload_config_if_asked, run_in_transaction};
 use crate::queue::{self, Attach, WorkerState};
 use crate::{catalog, gucs, refresh};
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
@@ -84,6 +84,7 @@ struct Drainer {
     failures: u32,
     next_retry: Option<Instant>,
     bucket: rate::TokenBucket,
+    planner: planner::BatchPlanner,
     started: Instant,
 }
 
@@ -98,6 +99,7 @@ impl Drainer {
             failures: 0,
             next_retry: None,
             bucket: rate::TokenBucket::new(gucs::MAX_ROWS_PER_SECOND.get().max(0) as u64, 0),
+            planner: planner::BatchPlanner::new(gucs::batch_size()),
             started: Instant::now(),
         }
     }
@@ -129,7 +131,8 @@ impl Drainer {
             let now = self.now_us();
             self.bucket
                 .set_rate(gucs::MAX_ROWS_PER_SECOND.get().max(0) as u64, now);
-            let allowed = self.bucket.grant(gucs::batch_size() as u64, now) as usize;
+            let limit = self.planner.limit(gucs::batch_size());
+            let allowed = self.bucket.grant(limit as u64, now) as usize;
             if allowed == 0 {
                 queue::set_state(self.slot, WorkerState::RateLimited);
                 let wait = Duration::from_micros(self.bucket.wait_us(now).max(1_000));
@@ -167,12 +170,29 @@ impl Drainer {
                 }
                 continue;
             }
+            // SAFETY: reading the clock cannot raise.
+            let now_ts = unsafe { pg_sys::GetCurrentTimestamp() };
+            let oldest_age = now_ts - batch.entries[0].committed_at;
+            let coalesce_us = i64::from(gucs::COALESCE_MS.get()) * 1000;
+            if let Some(wait) =
+                planner::coalesce_wait_us(batch.queued, gucs::batch_size(), oldest_age, coalesce_us)
+            {
+                self.sleep(Duration::from_micros(wait.max(100) as u64));
+                continue;
+            }
             queue::set_state(self.slot, WorkerState::Draining);
             let entries = batch.entries;
+            let batch_started = Instant::now();
             match run_in_transaction(|| refresh::apply_batch(&entries, refresh::OnError::Defer)) {
                 Ok(Ok(outcome)) => {
                     let now = self.now_us();
                     self.bucket.spend(entries.len() as u64, now);
+                    self.planner.observe(
+                        entries.len(),
+                        batch_started.elapsed().as_millis() as u64,
+                        gucs::MAX_BATCH_MS.get().max(0) as u64,
+                        gucs::batch_size(),
+                    );
                     let lags: Vec<(u32, i64)> = entries
                         .iter()
                         .map(|e| (e.tview_oid, e.committed_at))

@@ -3,6 +3,7 @@
 
 pub mod drainer;
 pub mod launcher;
+pub mod planner;
 pub mod rate;
 
 use pgrx::bgworkers::BackgroundWorker;
