@@ -55,3 +55,7 @@ CREATE INDEX ON pg_tview_deferred (reason, next_attempt_at);
 SELECT pg_catalog.pg_extension_config_dump('pg_tview_meta', '');
 SELECT pg_catalog.pg_extension_config_dump('pg_tview_lineage', '');
 SELECT pg_catalog.pg_extension_config_dump('pg_tview_helpers', '');
+
+-- Metadata is readable by everyone (the runbook queries it, and refreshes run as each TVIEW's
+-- owner, who must be able to read its own lineage); only superusers change it directly.
+GRANT SELECT ON pg_tview_meta, pg_tview_lineage, pg_tview_helpers TO PUBLIC;

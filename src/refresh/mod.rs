@@ -82,6 +82,14 @@ pub fn defer(
 /// Recomputes one TVIEW's rows for `group` (entries of that TVIEW, sorted by kind); `None`
 /// when it is not a TVIEW any more.
 fn refresh_group(table_oid: pg_sys::Oid, group: &[QueueEntry]) -> spi::Result<Option<u64>> {
+    let owner = Spi::get_one_with_args::<pg_sys::Oid>(
+        "SELECT relowner FROM pg_class WHERE oid = $1",
+        &[table_oid.into()],
+    )?;
+    let Some(owner) = owner else {
+        return Ok(None);
+    };
+    let _as_owner = AsOwner::switch_to(owner);
     Spi::connect_mut(|client| {
         if group.iter().any(|e| e.kind == kind::FULL) {
             return match catalog::load_shape(client, table_oid)? {
@@ -95,6 +103,40 @@ fn refresh_group(table_oid: pg_sys::Oid, group: &[QueueEntry]) -> spi::Result<Op
             Ok(table.first().get_one::<i64>()?.unwrap_or(0).max(0) as u64)
         })
     })
+}
+
+/// Runs the refresh with the privileges of the TVIEW's owner, never as the worker's superuser:
+/// functions in a definition see `current_user` = the owner, and permissions are the owner's.
+/// Restored on drop (also when an ERROR unwinds; a subtransaction abort restores it as well).
+struct AsOwner {
+    user: pg_sys::Oid,
+    context: i32,
+}
+
+impl AsOwner {
+    fn switch_to(owner: pg_sys::Oid) -> AsOwner {
+        let mut user = pg_sys::InvalidOid;
+        let mut context = 0;
+        // SAFETY: plain reads and writes of the backend's current user id, as PostgreSQL does
+        // around maintenance commands (e.g. REFRESH MATERIALIZED VIEW runs as the view's owner).
+        unsafe {
+            pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
+            pg_sys::SetUserIdAndSecContext(
+                owner,
+                context
+                    | (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION)
+                        as i32,
+            );
+        }
+        AsOwner { user, context }
+    }
+}
+
+impl Drop for AsOwner {
+    fn drop(&mut self) {
+        // SAFETY: restores the values saved in switch_to.
+        unsafe { pg_sys::SetUserIdAndSecContext(self.user, self.context) };
+    }
 }
 
 /// What isolating one TVIEW's refresh produced.
