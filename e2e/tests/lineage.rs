@@ -63,6 +63,17 @@ fn converge(db: &mut Client, step: &str) {
             0,
             "tv_{entity} differs from its query after: {step}"
         );
+        let verify: i64 = db
+            .query_one(
+                &format!("SELECT count(*) FROM pg_tviews_verify('tv_{entity}')"),
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            verify, 0,
+            "pg_tviews_verify('tv_{entity}') not empty after: {step}"
+        );
     }
 }
 
