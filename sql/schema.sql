@@ -46,6 +46,7 @@ CREATE TABLE pg_tview_deferred (
     reason          text        NOT NULL CHECK (reason IN ('paused', 'failed', 'dead', 'prepared')),
     attempts        integer     NOT NULL DEFAULT 0,
     last_error      text,
+    sqlstate        text,
     first_deferred_at timestamptz NOT NULL DEFAULT now(),
     next_attempt_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tview_oid, kind, key)

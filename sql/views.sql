@@ -34,7 +34,8 @@ LEFT JOIN (SELECT tview_oid,
 
 -- Keys whose refresh failed pg_tviews_bgw.max_retries times; pg_tviews_retry_failed() revives them.
 CREATE VIEW pg_tviews_dead_letters AS
-SELECT m.entity, d.kind, d.key, d.attempts, d.last_error, d.first_deferred_at
+SELECT m.entity, d.kind, d.key, d.attempts, d.last_error, d.sqlstate, d.first_deferred_at,
+       d.next_attempt_at AS last_attempt_after
 FROM pg_tview_deferred d
 LEFT JOIN pg_tview_meta m ON m.table_oid = d.tview_oid
 WHERE d.reason = 'dead';

@@ -73,14 +73,14 @@ fn a_failing_refresh_is_retried_then_dead_lettered_while_others_flow() {
     let (entity, key, attempts, error): (String, i64, i32, String) = {
         let r = db
             .query_one(
-                "SELECT entity, key, attempts, last_error FROM pg_tviews_dead_letters",
+                "SELECT entity, key, attempts, last_error || ' (' || sqlstate || ')' FROM pg_tviews_dead_letters",
                 &[],
             )
             .unwrap();
         (r.get(0), r.get(1), r.get(2), r.get(3))
     };
     assert_eq!((entity.as_str(), key, attempts), ("post", 5, 2));
-    assert!(error.contains("division by zero"), "{error}");
+    assert!(error.contains("division by zero (22012)"), "{error}");
     let failed: i64 = db
         .query_one(
             "SELECT failed FROM pg_tviews_queue_status WHERE entity = 'post'",
@@ -106,7 +106,7 @@ fn a_failing_refresh_is_retried_then_dead_lettered_while_others_flow() {
     db.batch_execute("UPDATE tb_post SET votes = 14 WHERE pk_post = 5")
         .unwrap();
     let revived: i64 = db
-        .query_one("SELECT pg_tviews_retry_failed()", &[])
+        .query_one("SELECT pg_tviews_retry_failed('tv_post')", &[])
         .unwrap()
         .get(0);
     assert_eq!(revived, 1);

@@ -446,13 +446,16 @@ fn pg_tviews_resume(name: &str) -> i64 {
     .unwrap_or(0)
 }
 
-/// Gives every failed and dead-lettered key a fresh set of attempts, due now. Returns how many.
+/// Gives the failed and dead-lettered keys of one TVIEW (or of all, without a name) a fresh
+/// set of attempts, due now. Returns how many.
 #[pg_extern(volatile, parallel_unsafe)]
-fn pg_tviews_retry_failed() -> i64 {
-    Spi::get_one::<i64>(
+fn pg_tviews_retry_failed(name: default!(Option<&str>, "NULL")) -> i64 {
+    let only = name.map(tview_oid);
+    Spi::get_one_with_args::<i64>(
         "WITH revived AS (UPDATE pg_tview_deferred SET reason = 'failed', attempts = 0, next_attempt_at = now() \
-                          WHERE reason IN ('failed', 'dead') RETURNING 1) \
+                          WHERE reason IN ('failed', 'dead') AND ($1::oid IS NULL OR tview_oid = $1) RETURNING 1) \
          SELECT count(*) FROM revived",
+        &[only.into()],
     )
     .ok()
     .flatten()

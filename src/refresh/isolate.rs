@@ -7,9 +7,24 @@ use pgrx::pg_sys::panic::CaughtError;
 use pgrx::PgTryBuilder;
 use std::panic::{AssertUnwindSafe, UnwindSafe};
 
+/// Why a subtransaction failed: the error message and its SQLSTATE (e.g. `22012`).
+#[derive(Clone, Debug)]
+pub struct Failure {
+    pub message: String,
+    pub sqlstate: String,
+}
+
+/// The five-character SQLSTATE of an error code (PostgreSQL packs it six bits per character).
+pub fn sqlstate_text(code: pgrx::PgSqlErrorCode) -> String {
+    let packed = code as i32;
+    (0..5)
+        .map(|i| (((packed >> (6 * i)) & 0x3F) as u8 + b'0') as char)
+        .collect()
+}
+
 /// `Ok(result)` when `body` finished (its subtransaction is committed into the parent), or the
-/// error message when it raised (its subtransaction is rolled back; the parent stays usable).
-pub fn in_subtransaction<R>(body: impl FnOnce() -> R + UnwindSafe) -> Result<R, String> {
+/// error when it raised (its subtransaction is rolled back; the parent stays usable).
+pub fn in_subtransaction<R>(body: impl FnOnce() -> R + UnwindSafe) -> Result<R, Failure> {
     // SAFETY: called inside a transaction; we save the memory context and resource owner and
     // restore them after the subtransaction ends either way, as PL/pgSQL's exception blocks do.
     unsafe {
@@ -30,13 +45,36 @@ pub fn in_subtransaction<R>(body: impl FnOnce() -> R + UnwindSafe) -> Result<R, 
         .catch_others(|error: CaughtError| {
             pg_sys::RollbackAndReleaseCurrentSubTransaction();
             restore();
-            Err(match &error {
-                CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => {
-                    r.message().to_string()
-                }
-                CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
+            let report = match &error {
+                CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r,
+                CaughtError::RustPanic { ereport, .. } => ereport,
+            };
+            Err(Failure {
+                message: report.message().to_string(),
+                sqlstate: sqlstate_text(report.sql_error_code()),
             })
         })
         .execute()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstates_unpack_to_their_five_characters() {
+        assert_eq!(
+            sqlstate_text(pgrx::PgSqlErrorCode::ERRCODE_DIVISION_BY_ZERO),
+            "22012"
+        );
+        assert_eq!(
+            sqlstate_text(pgrx::PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE),
+            "42501"
+        );
+        assert_eq!(
+            sqlstate_text(pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR),
+            "XX000"
+        );
     }
 }

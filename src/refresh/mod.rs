@@ -55,26 +55,28 @@ pub fn defer(
     table_oid: pg_sys::Oid,
     group: &[QueueEntry],
     reason: &str,
-    error: Option<&str>,
+    error: Option<&isolate::Failure>,
 ) -> spi::Result<()> {
     let kinds: Vec<i32> = group.iter().map(|e| e.kind as i32).collect();
     let keys: Vec<i64> = group.iter().map(|e| e.key).collect();
     let backoff_ms = 1000i64;
     Spi::run_with_args(
-        "INSERT INTO pg_tview_deferred AS d (tview_oid, kind, key, reason, attempts, last_error, next_attempt_at) \
-         SELECT $1, k.kind, k.key, $2, CASE WHEN $2 = 'failed' THEN 1 ELSE 0 END, $3, \
+        "INSERT INTO pg_tview_deferred AS d (tview_oid, kind, key, reason, attempts, last_error, sqlstate, next_attempt_at) \
+         SELECT $1, k.kind, k.key, $2, CASE WHEN $2 = 'failed' THEN 1 ELSE 0 END, $3, $7, \
                 now() + make_interval(secs => $4::float8 / 1000) \
          FROM unnest($5::int[], $6::bigint[]) AS k(kind, key) \
          ON CONFLICT (tview_oid, kind, key) DO UPDATE \
          SET reason = EXCLUDED.reason, attempts = d.attempts + EXCLUDED.attempts, \
-             last_error = coalesce(EXCLUDED.last_error, d.last_error), next_attempt_at = EXCLUDED.next_attempt_at",
+             last_error = coalesce(EXCLUDED.last_error, d.last_error), \
+             sqlstate = coalesce(EXCLUDED.sqlstate, d.sqlstate), next_attempt_at = EXCLUDED.next_attempt_at",
         &[
             table_oid.into(),
             reason.into(),
-            error.into(),
+            error.map(|f| f.message.as_str()).into(),
             backoff_ms.into(),
             kinds.into(),
             keys.into(),
+            error.map(|f| f.sqlstate.as_str()).into(),
         ],
     )
 }
@@ -146,7 +148,7 @@ struct Isolated {
     /// False when the table is no longer a TVIEW.
     exists: bool,
     applied: Vec<QueueEntry>,
-    failed: Vec<(QueueEntry, String)>,
+    failed: Vec<(QueueEntry, isolate::Failure)>,
 }
 
 /// Refreshes `group` in a subtransaction; if it raises, splits it in halves and retries each,
@@ -165,9 +167,9 @@ fn refresh_bisect(
                 out.applied.extend_from_slice(group);
             }
         }
-        Err(message) if group.len() == 1 => {
+        Err(failure) if group.len() == 1 => {
             out.exists = true;
-            out.failed.push((group[0], message));
+            out.failed.push((group[0], failure));
         }
         Err(_) => {
             let (left, right) = group.split_at(group.len() / 2);
@@ -179,13 +181,16 @@ fn refresh_bisect(
 }
 
 /// Defers each failed entry with its own error message.
-fn defer_failures(table_oid: pg_sys::Oid, failed: &[(QueueEntry, String)]) -> spi::Result<()> {
-    for (entry, message) in failed {
+fn defer_failures(
+    table_oid: pg_sys::Oid,
+    failed: &[(QueueEntry, isolate::Failure)],
+) -> spi::Result<()> {
+    for (entry, failure) in failed {
         defer(
             table_oid,
             std::slice::from_ref(entry),
             "failed",
-            Some(message),
+            Some(failure),
         )?;
     }
     Ok(())
@@ -235,12 +240,12 @@ pub fn apply_batch(entries: &[QueueEntry], on_error: OnError) -> spi::Result<Out
             tview_oid: oid,
             keys: isolated.applied.len() as u64,
         });
-        if let Some((_, message)) = isolated.failed.first() {
+        if let Some((_, failure)) = isolated.failed.first() {
             outcome.failed.push(Applied {
                 tview_oid: oid,
                 keys: isolated.failed.len() as u64,
             });
-            outcome.last_error = Some(format!("tv oid {oid}: {message}"));
+            outcome.last_error = Some(format!("tv oid {oid}: {}", failure.message));
         }
     }
     Ok(outcome)
@@ -300,9 +305,9 @@ pub fn retry_deferred(limit: usize, max_retries: i32) -> spi::Result<Outcome> {
             tview_oid: oid,
             keys: isolated.applied.len() as u64,
         });
-        for (entry, message) in &isolated.failed {
+        for (entry, failure) in &isolated.failed {
             Spi::run_with_args(
-                "UPDATE pg_tview_deferred d SET attempts = d.attempts + 1, last_error = $4, \
+                "UPDATE pg_tview_deferred d SET attempts = d.attempts + 1, last_error = $4, sqlstate = $6, \
                      reason = CASE WHEN d.attempts + 1 >= $5 THEN 'dead' ELSE 'failed' END, \
                      next_attempt_at = now() + least(interval '5 minutes', interval '1 second' * power(2, d.attempts)) \
                  WHERE d.tview_oid = $1 AND d.kind = $2 AND d.key = $3",
@@ -310,17 +315,18 @@ pub fn retry_deferred(limit: usize, max_retries: i32) -> spi::Result<Outcome> {
                     table_oid.into(),
                     (entry.kind as i32).into(),
                     entry.key.into(),
-                    message.as_str().into(),
+                    failure.message.as_str().into(),
                     max_retries.into(),
+                    failure.sqlstate.as_str().into(),
                 ],
             )?;
         }
-        if let Some((_, message)) = isolated.failed.first() {
+        if let Some((_, failure)) = isolated.failed.first() {
             outcome.failed.push(Applied {
                 tview_oid: oid,
                 keys: isolated.failed.len() as u64,
             });
-            outcome.last_error = Some(format!("tv oid {oid}: {message}"));
+            outcome.last_error = Some(format!("tv oid {oid}: {}", failure.message));
         }
     }
     Ok(outcome)
