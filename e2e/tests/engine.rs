@@ -160,11 +160,11 @@ fn sync_mode_refreshes_inside_the_writing_statement() {
         .get(0);
     assert_eq!(author, 5);
     tx.commit().unwrap();
-    assert_eq!(
-        stats(&mut db)[0],
-        before[0],
-        "nothing was queued in sync mode"
+    assert!(
+        stats(&mut db)[0] > before[0],
+        "sync mode still queues the keys, so the worker's refresh after commit is the last one"
     );
+    wait_drained(&mut db);
     assert_eq!(differences(&mut db, "post"), 0);
 }
 

@@ -2,8 +2,8 @@
 //! Run in user backends, in the caller's transaction.
 
 use super::tview;
-use crate::capture::staging::{stage, StagedKey};
-use crate::capture::{refresh_in_background, refresh_synchronously};
+use crate::capture::dispatch;
+use crate::capture::staging::StagedKey;
 use crate::errors::raise;
 use crate::queue::{self, kind};
 use crate::{catalog, gucs};
@@ -139,11 +139,7 @@ fn pg_tviews_cascade(source_oid: pg_sys::Oid, pk: i64) -> i64 {
         );
     };
     let count = keys.len() as i64;
-    if refresh_in_background() {
-        stage(keys);
-    } else {
-        refresh_synchronously(&keys);
-    }
+    dispatch(keys);
     count
 }
 

@@ -644,6 +644,15 @@ fn pg_tviews_refresh(name: &str) -> i64 {
             Some("List TVIEWs with: SELECT entity FROM pg_tview_meta;"),
         );
     };
+    // A worker batch running concurrently could write rows from an older snapshot after this
+    // refresh; queueing a full refresh makes the worker's, which runs after our commit, last.
+    if queue::is_attached() {
+        crate::capture::staging::stage([crate::capture::staging::StagedKey {
+            tview_oid: table_oid.to_u32(),
+            kind: kind::FULL,
+            key: 0,
+        }]);
+    }
     match refresh::refresh_one(table_oid) {
         Ok(Some(rows)) => rows as i64,
         Ok(None) => 0,

@@ -8,10 +8,18 @@ use crate::{gucs, queue, refresh};
 use pgrx::PgSqlErrorCode;
 use staging::StagedKey;
 
-/// Background refresh needs the shared-memory queue (shared_preload_libraries) and a session
-/// that did not ask for `pg_tviews_bgw.mode = sync`.
-pub fn refresh_in_background() -> bool {
-    queue::is_attached() && gucs::MODE.get() == gucs::RefreshMode::Async
+/// Routes changed keys. With the queue (shared_preload_libraries) they are always staged for
+/// the worker, whose refresh runs after this transaction commits and is therefore the last one
+/// for each key, even next to sync-mode sessions (invariant 4). In sync mode, or without the
+/// queue, the rows are also refreshed right now, inside the writing statement.
+pub fn dispatch(keys: Vec<StagedKey>) {
+    let queued = queue::is_attached();
+    if !queued || gucs::MODE.get() == gucs::RefreshMode::Sync {
+        refresh_synchronously(&keys);
+    }
+    if queued {
+        staging::stage(keys);
+    }
 }
 
 /// Sync mode, or no queue at all (the extension warned about that at CREATE EXTENSION):

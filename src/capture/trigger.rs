@@ -7,8 +7,8 @@
 //! directly (no SPI) with a read pointer of our own, because other AFTER triggers of the same
 //! statement share them.
 
-use super::staging::{stage, StagedKey};
-use super::{refresh_in_background, refresh_synchronously};
+use super::dispatch;
+use super::staging::StagedKey;
 use crate::queue::kind;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
@@ -58,11 +58,7 @@ fn pg_tviews_capture<'a>(
             kind: kind::FULL,
             key: 0,
         };
-        if refresh_in_background() {
-            stage([full]);
-        } else {
-            refresh_synchronously(&[full]);
-        }
+        dispatch(vec![full]);
         return Ok(None);
     }
     // SAFETY: tg_relation is valid for the duration of the trigger call.
@@ -87,11 +83,7 @@ fn pg_tviews_capture<'a>(
         kind: entry_kind,
         key,
     });
-    if refresh_in_background() {
-        stage(staged);
-    } else {
-        refresh_synchronously(&staged.collect::<Vec<_>>());
-    }
+    dispatch(staged.collect());
     Ok(None)
 }
 
