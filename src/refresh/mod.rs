@@ -43,7 +43,7 @@ pub enum OnError {
 
 fn is_paused(table_oid: pg_sys::Oid) -> spi::Result<bool> {
     Ok(Spi::get_one_with_args::<bool>(
-        "SELECT paused FROM pg_tview_meta WHERE table_oid = $1",
+        "SELECT (SELECT paused FROM pg_tview_meta WHERE table_oid = $1)",
         &[table_oid.into()],
     )?
     .unwrap_or(false))
@@ -85,7 +85,7 @@ pub fn defer(
 /// when it is not a TVIEW any more.
 fn refresh_group(table_oid: pg_sys::Oid, group: &[QueueEntry]) -> spi::Result<Option<u64>> {
     let owner = Spi::get_one_with_args::<pg_sys::Oid>(
-        "SELECT relowner FROM pg_class WHERE oid = $1",
+        "SELECT (SELECT relowner FROM pg_class WHERE oid = $1)",
         &[table_oid.into()],
     )?;
     let Some(owner) = owner else {
@@ -167,6 +167,9 @@ fn refresh_bisect(
                 out.applied.extend_from_slice(group);
             }
         }
+        // Dropped while we refreshed it (pg_tviews_drop / DROP TABLE committed meanwhile): its
+        // keys have nothing left to refresh.
+        Err(_) if !tview_exists(table_oid)? => {}
         Err(failure) if group.len() == 1 => {
             out.exists = true;
             out.failed.push((group[0], failure));
@@ -178,6 +181,14 @@ fn refresh_bisect(
         }
     }
     Ok(())
+}
+
+fn tview_exists(table_oid: pg_sys::Oid) -> spi::Result<bool> {
+    Ok(Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_tview_meta m JOIN pg_class c ON c.oid = m.table_oid WHERE m.table_oid = $1)",
+        &[table_oid.into()],
+    )?
+    .unwrap_or(false))
 }
 
 /// Defers each failed entry with its own error message.
@@ -255,6 +266,11 @@ pub fn apply_batch(entries: &[QueueEntry], on_error: OnError) -> spi::Result<Out
 /// TVIEW was resumed. Success deletes them; failure backs off (1 s, 2 s, 4 s, ... 5 min) and
 /// after `max_retries` attempts turns them into dead letters.
 pub fn retry_deferred(limit: usize, max_retries: i32) -> spi::Result<Outcome> {
+    // Keys of TVIEWs dropped while their keys were deferred have nothing left to refresh.
+    Spi::run(
+        "DELETE FROM pg_tview_deferred d \
+         WHERE NOT EXISTS (SELECT 1 FROM pg_tview_meta m WHERE m.table_oid = d.tview_oid)",
+    )?;
     let due: Vec<QueueEntry> = Spi::connect_mut(|client| {
         let rows = client.update(
             "SELECT d.tview_oid, d.kind, d.key FROM pg_tview_deferred d \
