@@ -7,7 +7,7 @@ DEMO_DIR := $(CURDIR)/.demo
 # One visible line per tier of `make test`.
 banner = @printf '\n==== %s ====\n' "$(1)"
 
-.PHONY: deps install demo demo-stop test fmt clippy unit regress e2e bench-smoke
+.PHONY: deps install install-release demo demo-stop test fmt clippy unit regress e2e bench-smoke
 
 deps:
 	@scripts/deps.sh
@@ -44,9 +44,24 @@ regress: install
 e2e: install
 	cd e2e && cargo test --release -- --test-threads=2
 
+# Full benchmark (< 15 min on 2 cores): its own cluster, every comparison in one run, results in
+# bench/results/latest.md + PNGs. Sizes are environment variables, see bench/run.sh.
+.PHONY: bench
+bench: install-release
+	@python3 -c 'import matplotlib' 2>/dev/null || pip install --quiet matplotlib
+	@bash bench/run.sh
+
+# Benchmarks measure the optimized build (tests use the faster-to-compile debug build).
+install-release: deps
+	@mkdir -p target
+	@echo "install: cargo pgrx install --release --pg-config $(PG_CONFIG)"
+	@cargo pgrx install --release --pg-config $(PG_CONFIG) >target/install.log 2>&1 \
+		|| { cat target/install.log; exit 1; }
+
+# The same driver with tiny sizes (under a minute); fails only if the harness breaks, never on
+# a timing. Uses the installed extension (make test reinstalls it first). Output: target/bench-smoke/.
 bench-smoke:
-	@if [ -f bench/smoke.sh ]; then bash bench/smoke.sh; \
-	else echo "bench-smoke: bench/smoke.sh not present, skipped"; fi
+	@bash bench/smoke.sh
 
 # Tiers in order, stopping at the first failure. `cargo pgrx test` installs a pg_test build
 # over the system one, hence the reinstall before the tiers that use the installed extension.

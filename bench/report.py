@@ -1,0 +1,503 @@
+#!/usr/bin/env python3
+"""Turns the raw numbers of one bench/run.sh run into RESULTS_DIR/latest.md and PNG plots.
+
+usage: report.py RAW_DIR RESULTS_DIR
+
+Only the standard library is needed for the Markdown; plots need matplotlib and are skipped
+(with a note in the report) when it is missing, so the smoke test never depends on it.
+Percentiles are nearest-rank, medians are statistics.median.
+"""
+
+import csv
+import math
+import os
+import statistics
+import sys
+
+
+def read_tsv_pairs(path):
+    out = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                line = line.rstrip("\n")
+                if "\t" in line:
+                    k, v = line.split("\t", 1)
+                    out[k] = v
+    return out
+
+
+def read_csv(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def fnum(v, default=None):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return default
+
+
+def pct(sorted_vals, p):
+    if not sorted_vals:
+        return float("nan")
+    rank = max(1, math.ceil(p / 100.0 * len(sorted_vals)))
+    return sorted_vals[min(rank, len(sorted_vals)) - 1]
+
+
+def fmt(v, digits=1):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if isinstance(v, float) and abs(v) >= 100:
+        return f"{v:,.0f}"
+    return f"{v:,.{digits}f}"
+
+
+def ratio(a, b):
+    if a is None or b in (None, 0) or (isinstance(b, float) and math.isnan(b)):
+        return None
+    return a / b
+
+
+def lags_ms(path):
+    return sorted(fnum(r["lag_us"]) / 1000.0 for r in read_csv(path))
+
+
+def sample_rows(path):
+    """Rows of a queue sample file (epoch, pending, oldest pending commit epoch, converged)."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [row for row in csv.reader(f)][1:]
+
+
+def drain_curve(path):
+    """(seconds since the first sample, pending) points and the drain's duration in seconds."""
+    rows = sample_rows(path)
+    if not rows:
+        return [], None
+    t0 = fnum(rows[0][0])
+    pts = [(fnum(r[0]) - t0, int(float(r[1]))) for r in rows]
+    return pts, pts[-1][0]
+
+
+VARIANT_LABEL = {
+    "base": "baseline (no trigger)",
+    "tview": "pg_tviews_bgw async (TVIEW)",
+    "paused": "pg_tviews_bgw async, worker paused during the round",
+    "cap": "capture floor: no-op PL/pgSQL statement trigger",
+    "syncpl": "synchronous PL/pgSQL refresh trigger",
+    "sync": "pg_tviews_bgw mode = sync",
+}
+
+
+def main():
+    raw, results = sys.argv[1], sys.argv[2]
+    os.makedirs(results, exist_ok=True)
+    meta = read_tsv_pairs(os.path.join(raw, "meta.tsv"))
+    m = read_tsv_pairs(os.path.join(raw, "metrics.tsv"))
+    settings = []
+    sp = os.path.join(raw, "settings.tsv")
+    if os.path.exists(sp):
+        with open(sp) as f:
+            settings = [line.rstrip("\n").split("\t") for line in f if line.strip()]
+
+    # ---- A: writer overhead --------------------------------------------------------------
+    with open(os.path.join(raw, "writer.tsv")) as f:
+        writer = list(csv.DictReader(f, delimiter="\t"))
+    variants = []
+    for r in writer:
+        if r["variant"] not in variants:
+            variants.append(r["variant"])
+    by_round = {}
+    for r in writer:
+        by_round.setdefault(r["round"], {})[r["variant"]] = r
+    wstats = {}
+    for v in variants:
+        rows = [r for r in writer if r["variant"] == v]
+        tps = [fnum(r["tps"]) for r in rows]
+        lat = [fnum(r["latency_ms"]) for r in rows]
+        paired = [
+            fnum(rr[v]["tps"]) / fnum(rr["base"]["tps"])
+            for rr in by_round.values()
+            if v in rr and "base" in rr and fnum(rr["base"]["tps"])
+        ]
+        wstats[v] = {
+            "tps": statistics.median(tps),
+            "tps_all": tps,
+            "lat": statistics.median(lat),
+            "paired": statistics.median(paired) if paired else None,
+            "backlog": statistics.median([fnum(r["backlog_keys"]) for r in rows]),
+            "catchup": statistics.median([fnum(r["catchup_ms"]) for r in rows]),
+            "stale": sum(int(fnum(r.get("stale_rows"), 0)) for r in rows),
+        }
+
+    # ---- B: lag --------------------------------------------------------------------------
+    lag_idle = lags_ms(os.path.join(raw, "lag_idle.csv"))
+    lag_load = lags_ms(os.path.join(raw, "lag_load.csv"))
+    lag_paced = lags_ms(os.path.join(raw, "lag_paced.csv"))
+
+    # ---- C: bulk -------------------------------------------------------------------------
+    bulk = sample_rows(os.path.join(raw, "bulk_samples.csv"))
+    base_write = fnum(m.get("bulk.base_write_ms"))
+    tview_write = fnum(m.get("bulk.tview_write_ms"))
+    mv_ms = (fnum(m.get("bulk.mv_post_ms"), 0) + fnum(m.get("bulk.mv_user_ms"), 0)) or None
+    upsert_ms = (fnum(m.get("bulk.upsert_post_ms"), 0) + fnum(m.get("bulk.upsert_user_ms"), 0)) or None
+    bulk_curve = []
+    catchup_ms = None
+    if bulk:
+        # Start of the catch-up = the bulk transaction's commit: the queue's oldest pending
+        # commit time at the first sample (falls back to when the UPDATE returned to psql).
+        commit_at = fnum(bulk[0][2]) or fnum(m.get("bulk.tview_write_end"))
+        end_at = fnum(bulk[-1][0])
+        catchup_ms = (end_at - commit_at) * 1000.0
+        bulk_curve = [(fnum(r[0]) - commit_at, int(float(r[1]))) for r in bulk]
+        bulk_curve.insert(0, (0.0, bulk_curve[0][1]))
+
+    # ---- D: drain per batch size ---------------------------------------------------------
+    batch_sizes = [int(b) for b in meta.get("param.BATCH_SIZES", "").split()]
+    drains = {}
+    for bs in batch_sizes:
+        pts, secs = drain_curve(os.path.join(raw, f"drain_{bs}.csv"))
+        keys = fnum(m.get(f"drain.{bs}.keys"))
+        lag = lags_ms(os.path.join(raw, f"lag_bs_{bs}.csv"))
+        drains[bs] = {
+            "pts": pts,
+            "secs": secs,
+            "keys": keys,
+            "rate": keys / secs if keys and secs else None,
+            "rows": fnum(m.get(f"drain.{bs}.rows")),
+            "batches": fnum(m.get(f"drain.{bs}.batches")),
+            "lag": lag,
+            "load_tps": fnum(m.get(f"load.bs_{bs}.tps")),
+            "backlog": fnum(m.get(f"load.bs_{bs}.backlog_keys")),
+        }
+
+    # ---- E: overflow ---------------------------------------------------------------------
+    ov_pts, ov_secs = drain_curve(os.path.join(raw, "overflow_samples.csv"))
+
+    # ---- F: memory -----------------------------------------------------------------------
+    shm = []
+    sp = os.path.join(raw, "shmem.csv")
+    if os.path.exists(sp):
+        with open(sp) as f:
+            shm = [row for row in csv.reader(f) if row]
+    shm_total = sum(int(r[2]) for r in shm) if shm else None
+    slots_keys = (fnum(m.get("max_workers"), 0) or 0) * (fnum(m.get("queue_size"), 0) or 0)
+    per_key = shm_total / slots_keys if shm_total and slots_keys else None
+    rss_peaks = {}
+    for name in ["bulk"] + [f"drain_{bs}" for bs in batch_sizes] + ["overflow"]:
+        rows = read_csv(os.path.join(raw, f"rss_{name}.csv"))
+        if rows:
+            rss_peaks[name] = (
+                max(fnum(r["vmrss_kb"], 0) for r in rows),
+                max(fnum(r["rssanon_kb"], 0) for r in rows),
+            )
+
+    # ---- plots ---------------------------------------------------------------------------
+    plots, plot_note = make_plots(results, lag_idle, lag_paced, lag_load, drains, bulk_curve, ov_pts,
+                                  wstats, variants, m)
+
+    # ---- Markdown ------------------------------------------------------------------------
+    L = []
+    add = L.append
+    add(f"# pg_tviews_bgw benchmark — {meta.get('label', '')} run")
+    add("")
+    add(f"- date: {meta.get('date', '?')}; commit `{meta.get('commit', '?')}`; "
+        f"extension {meta.get('version', '?')} (.so built {meta.get('so_mtime', '?')})")
+    add(f"- extension build measured: **{meta.get('build', '?')}**")
+    add(f"- hardware: {meta.get('cpu', '?')}, nproc {meta.get('nproc', '?')}, "
+        f"{meta.get('memory', '?')}; kernel {meta.get('kernel', '?')}; {meta.get('postgres', '?')}")
+    params = ", ".join(f"{k[6:]}={v}" for k, v in meta.items() if k.startswith("param."))
+    add(f"- parameters: {params}")
+    add(f"- total run time: {m.get('total.seconds', '?')} s (workload setup {m.get('setup.seconds', '?')} s)")
+    add(f"- load average (1/5/15 min) at start {meta.get('loadavg_start', '?')}, at end "
+        f"{m.get('loadavg_end', '?')}")
+    add("- shared machine: only ratios measured side by side in this run are meaningful; "
+        "absolute numbers move from run to run.")
+    add("")
+    add("## Summary")
+    add("")
+    add("| Comparison | Result |")
+    add("|---|---|")
+    b = wstats.get("base", {}).get("tps")
+    for v in variants:
+        if v == "base":
+            continue
+        s = wstats[v]
+        stale = (f"; **{s['stale']} rows left stale** by concurrent writers"
+                 if v in ("sync", "syncpl") and s["stale"] else "")
+        add(f"| writer tps, {VARIANT_LABEL.get(v, v)} / baseline | "
+            f"{fmt(ratio(s['tps'], b), 3)} (medians {fmt(s['tps'])} / {fmt(b)} tps; "
+            f"median of per-round ratios {fmt(s['paired'], 3)}{stale}) |")
+    if m.get("feature.sync_mode") == "0":
+        add("| writer tps, pg_tviews_bgw mode = sync / baseline | not available in this version "
+            "(no pg_tviews_bgw.mode setting) |")
+    add(f"| freshness lag idle, p50 / p95 / p99 | {fmt(pct(lag_idle, 50), 2)} / "
+        f"{fmt(pct(lag_idle, 95), 2)} / {fmt(pct(lag_idle, 99), 2)} ms (n={len(lag_idle)}) |")
+    add(f"| freshness lag under {meta.get('param.LAG_LOAD_CLIENTS', '?')} writers paced at "
+        f"{meta.get('param.LAG_LOAD_RATE', '?')} tps, p50 / p95 / p99 | {fmt(pct(lag_paced, 50), 2)} / "
+        f"{fmt(pct(lag_paced, 95), 2)} / {fmt(pct(lag_paced, 99), 2)} ms (n={len(lag_paced)}) |")
+    add(f"| freshness lag under {meta.get('param.LAG_LOAD_CLIENTS', '?')} saturating writers "
+        f"({fmt(fnum(m.get('load.lag.tps')))} tps, worker falls behind), p50 / p95 / p99 | "
+        f"{fmt(pct(lag_load, 50), 2)} / {fmt(pct(lag_load, 95), 2)} / {fmt(pct(lag_load, 99), 2)} ms "
+        f"(n={len(lag_load)}) |")
+    add(f"| bulk UPDATE of every post: writer time TVIEW / baseline | {fmt(ratio(tview_write, base_write), 2)} "
+        f"({fmt(tview_write)} / {fmt(base_write)} ms) |")
+    add(f"| bulk: TVIEW catch-up after commit | {fmt(catchup_ms)} ms |")
+    add(f"| bulk: REFRESH MATERIALIZED VIEW CONCURRENTLY (post + user) | {fmt(mv_ms)} ms "
+        f"(TVIEW catch-up / MV refresh = {fmt(ratio(catchup_ms, mv_ms), 2)}) |")
+    add(f"| bulk: bare set-based upsert of all rows (post + user) | {fmt(upsert_ms)} ms "
+        f"(TVIEW catch-up / upsert = {fmt(ratio(catchup_ms, upsert_ms), 2)}) |")
+    for bs in batch_sizes:
+        d = drains[bs]
+        add(f"| drain at batch_size {bs} | {fmt(d['rate'])} keys/s ({fmt(d['keys'], 0)} keys in "
+            f"{fmt(d['secs'], 2)} s); paced lag p50/p95 {fmt(pct(d['lag'], 50), 2)} / "
+            f"{fmt(pct(d['lag'], 95), 2)} ms |")
+    if ov_secs is not None:
+        add(f"| overflow → full refresh of both TVIEWs | {fmt(ov_secs * 1000)} ms |")
+    add(f"| shared memory per queued key | {fmt(per_key, 1)} bytes "
+        f"({fmt(shm_total / 1048576 if shm_total else None, 1)} MiB for "
+        f"{m.get('max_workers', '?')} × {m.get('queue_size', '?')} keys) |")
+    peak_anon = max((p[1] for p in rss_peaks.values()), default=None)
+    peak_rss = max((p[0] for p in rss_peaks.values()), default=None)
+    add(f"| worker memory: idle RssAnon → peak RssAnon with a backlog | "
+        f"{fmt(fnum(m.get('worker.idle_rssanon_kb')) / 1024 if m.get('worker.idle_rssanon_kb') else None)} → "
+        f"{fmt(peak_anon / 1024 if peak_anon else None)} MiB (VmRSS peak {fmt(peak_rss / 1024 if peak_rss else None)} MiB, "
+        f"includes touched shared buffers) |")
+    add("| durability modes (journal / none) | not available in this version |")
+    add("| workers_per_database | not available in this version |")
+    add("")
+
+    add("## A. Writer overhead")
+    add("")
+    add(f"pgbench, `UPDATE <copy>.tb_post SET votes = votes + 1 WHERE pk_post = :id` (random id), "
+        f"{meta.get('param.CLIENTS', '?')} clients, -M prepared, {meta.get('param.ROUND_S', '?')} s per round, "
+        f"{meta.get('param.ROUNDS', '?')} round(s) per variant, variants alternated and rotated each round.")
+    add("")
+    add("| Variant | median tps | tps / baseline | median per-round ratio | median latency ms | rounds (tps) |")
+    add("|---|---|---|---|---|---|")
+    for v in variants:
+        s = wstats[v]
+        add(f"| {VARIANT_LABEL.get(v, v)} | {fmt(s['tps'])} | {fmt(ratio(s['tps'], b), 3)} | "
+            f"{fmt(s['paired'], 3)} | {fmt(s['lat'], 3)} | {', '.join(fmt(t) for t in s['tps_all'])} |")
+    if "tview" in wstats:
+        add("")
+        add(f"Async variant: the worker shares the {meta.get('nproc', '?')} cores with the writers. "
+            f"Median backlog left at the end of a round: {fmt(wstats['tview']['backlog'], 0)} keys, "
+            f"drained {fmt(wstats['tview']['catchup'], 0)} ms later (median).")
+    if "paused" in wstats:
+        add(f"Paused variant (the writers' own cost: capture triggers + publish at COMMIT, no worker "
+            f"running): median backlog {fmt(wstats['paused']['backlog'], 0)} keys, drained "
+            f"{fmt(wstats['paused']['catchup'], 0)} ms after the worker was re-enabled "
+            f"(keys overflowed during phase A: {m.get('writer.overflowed_keys', '?')}; non-zero means "
+            f"a paused round did not fit the ring and was caught up by a full refresh).")
+    for v in ("sync", "syncpl"):
+        if v in wstats:
+            add(f"Rows of `tv_post`/`tv_user` left stale after the {VARIANT_LABEL[v]} rounds (summed "
+                f"over rounds, repaired after each): **{wstats[v]['stale']}**. Under READ COMMITTED "
+                "two writers changing posts of the same user each recompute that user's row from a "
+                "snapshot that misses the other's change, and the later upsert wins.")
+    add("")
+
+    add("## B. Freshness lag (commit → visible in tv_post)")
+    add("")
+    add("| Condition | n | p50 ms | p95 ms | p99 ms | max ms |")
+    add("|---|---|---|---|---|---|")
+    clients = meta.get('param.LAG_LOAD_CLIENTS', '?')
+    for name, xs in [("idle", lag_idle),
+                     (f"{clients} writers paced at {meta.get('param.LAG_LOAD_RATE', '?')} tps "
+                      f"(achieved {fmt(fnum(m.get('load.paced.tps')))}), backlog at end "
+                      f"{m.get('load.paced.backlog_keys', '?')} keys", lag_paced),
+                     (f"{clients} saturating writers, {fmt(fnum(m.get('load.lag.tps')))} tps, "
+                      f"backlog at end {m.get('load.lag.backlog_keys', '?')} keys", lag_load)]:
+        add(f"| {name} | {len(xs)} | {fmt(pct(xs, 50), 2)} | {fmt(pct(xs, 95), 2)} | "
+            f"{fmt(pct(xs, 99), 2)} | {fmt(xs[-1] if xs else None, 2)} |")
+    add("")
+    add("Probes touch posts 1..LAG_PROBE_IDS, the load writers the other posts. Under saturating "
+        "writers the single worker falls behind, the backlog grows for as long as they run and the "
+        "few probes that complete each wait for it: that row measures the backlog, not a steady state.")
+    add("")
+
+    add("## C. Bulk catch-up (one UPDATE of every post)")
+    add("")
+    add("| Step | ms | rows |")
+    add("|---|---|---|")
+    add(f"| baseline UPDATE (base.tb_post, no trigger) | {fmt(base_write)} | {meta.get('param.POSTS', '?')} |")
+    add(f"| REFRESH MATERIALIZED VIEW CONCURRENTLY mv_post | {fmt(fnum(m.get('bulk.mv_post_ms')))} | {meta.get('param.POSTS', '?')} |")
+    add(f"| REFRESH MATERIALIZED VIEW CONCURRENTLY mv_user | {fmt(fnum(m.get('bulk.mv_user_ms')))} | {meta.get('param.USERS', '?')} |")
+    add(f"| set-based upsert, all posts | {fmt(fnum(m.get('bulk.upsert_post_ms')))} | {m.get('bulk.upsert_post_rows', '?')} |")
+    add(f"| set-based upsert, all users | {fmt(fnum(m.get('bulk.upsert_user_ms')))} | {m.get('bulk.upsert_user_rows', '?')} |")
+    add(f"| TVIEW UPDATE (public.tb_post: capture + publish at COMMIT) | {fmt(tview_write)} | {meta.get('param.POSTS', '?')} |")
+    add(f"| TVIEW catch-up: commit → queue empty and pg_tviews_wait true | {fmt(catchup_ms)} | {m.get('bulk.worker_rows', '?')} written by the worker |")
+    add("")
+
+    add("## D. Drain throughput and lag versus batch_size")
+    add("")
+    add(f"{meta.get('param.DRAIN_KEYS', '?')} posts updated in one statement with the worker disabled "
+        "(keys for tv_post and tv_user queued), then batch_size set and the worker enabled with one "
+        "reload; time from the reload to the queue being empty. Then the lag probe under writers paced at "
+        f"{meta.get('param.LAG_LOAD_RATE', '?')} tps at that batch size.")
+    add("")
+    add("| batch_size | keys | s | keys/s | rows written | batches | lag p50 ms | lag p95 ms | lag p99 ms | load tps | backlog after load |")
+    add("|---|---|---|---|---|---|---|---|---|---|---|")
+    for bs in batch_sizes:
+        d = drains[bs]
+        add(f"| {bs} | {fmt(d['keys'], 0)} | {fmt(d['secs'], 2)} | {fmt(d['rate'])} | {fmt(d['rows'], 0)} | "
+            f"{fmt(d['batches'], 0)} | {fmt(pct(d['lag'], 50), 2)} | {fmt(pct(d['lag'], 95), 2)} | "
+            f"{fmt(pct(d['lag'], 99), 2)} | {fmt(d['load_tps'])} | {fmt(d['backlog'], 0)} |")
+    add("")
+
+    add("## E. Overflow → full refresh")
+    add("")
+    if ov_secs is None:
+        add("Not run (OVERFLOW=0).")
+    else:
+        add(f"{m.get('overflow.statements', '?')} bulk UPDATEs of every post with the worker disabled; "
+            f"the last one did not fit the ring ({m.get('overflow.overflowed_keys', '?')} keys overflowed, "
+            f"{m.get('overflow.pending_before', '?')} still queued). Worker enabled: full refresh "
+            f"({m.get('overflow.full_refreshes', '?')} counted) done in {fmt(ov_secs * 1000)} ms "
+            f"(compare the set-based upsert in C: {fmt(upsert_ms)} ms).")
+    add("")
+
+    add("## F. Memory")
+    add("")
+    add("| Shared memory allocation | size | allocated_size |")
+    add("|---|---|---|")
+    for r in shm:
+        add(f"| {r[0]} | {int(r[1]):,} | {int(r[2]):,} |")
+    add(f"| per queued key (allocated / (max_workers × queue_size)) | | {fmt(per_key, 2)} bytes |")
+    add("")
+    add("| Worker memory (kB) | VmRSS | RssAnon |")
+    add("|---|---|---|")
+    add(f"| idle after setup | {m.get('worker.idle_rss_kb', '?')} | {m.get('worker.idle_rssanon_kb', '?')} |")
+    for name, (rss, anon) in rss_peaks.items():
+        add(f"| peak while draining: {name} | {fmt(rss, 0)} | {fmt(anon, 0)} |")
+    add(f"| VmHWM at the end (lifetime peak RSS) | {m.get('worker.vmhwm_kb', '?')} | |")
+    add("")
+
+    add("## Settings")
+    add("")
+    add("| name | setting | unit |")
+    add("|---|---|---|")
+    for row in settings:
+        row = (row + ["", "", ""])[:3]
+        add(f"| {row[0]} | {row[1]} | {row[2]} |")
+    add("")
+    add("## Plots")
+    add("")
+    if plots:
+        for title, fname in plots:
+            add(f"- {title}: ![{title}]({fname})")
+    else:
+        add(f"No plots: {plot_note}")
+    add("")
+
+    with open(os.path.join(results, "latest.md"), "w") as f:
+        f.write("\n".join(L))
+    print("\n".join(L[: L.index("## A. Writer overhead")]))
+
+
+def make_plots(results, lag_idle, lag_paced, lag_load, drains, bulk_curve, ov_pts, wstats, variants, m):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return [], "matplotlib is not installed (pip install matplotlib)"
+    plots = []
+
+    def cdf(ax, xs, label):
+        if xs:
+            ax.step([xs[0]] + xs, [0.0] + [(i + 1) / len(xs) for i in range(len(xs))],
+                    where="post", label=label)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    cdf(ax, lag_idle, f"idle (n={len(lag_idle)})")
+    cdf(ax, lag_paced, f"paced writers (n={len(lag_paced)})")
+    cdf(ax, lag_load, f"saturating writers (n={len(lag_load)})")
+    for bs, d in drains.items():
+        cdf(ax, d["lag"], f"paced writers, batch_size {bs} (n={len(d['lag'])})")
+    ax.set_xscale("log")
+    ax.set_xlabel("commit → visible in tv_post (ms, log scale)")
+    ax.set_ylabel("fraction of probes")
+    ax.set_title("Freshness lag CDF")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(results, "lag_cdf.png"), dpi=110)
+    plt.close(fig)
+    plots.append(("Freshness lag CDF, idle and under load", "lag_cdf.png"))
+
+    bss = [bs for bs in drains if drains[bs]["rate"]]
+    if bss:
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+        a1.plot(bss, [drains[b]["rate"] for b in bss], "o-")
+        a1.set_xscale("log")
+        a1.set_xlabel("pg_tviews_bgw.batch_size")
+        a1.set_ylabel("keys drained per second")
+        a1.set_title("Drain throughput")
+        a1.grid(True, which="both", alpha=0.3)
+        for p, style in [(50, "o-"), (95, "s--"), (99, "^:")]:
+            a2.plot(bss, [pct(drains[b]["lag"], p) for b in bss], style, label=f"p{p}")
+        a2.set_xscale("log")
+        a2.set_yscale("log")
+        a2.set_xlabel("pg_tviews_bgw.batch_size")
+        a2.set_ylabel("lag under paced writers (ms)")
+        a2.set_title("Freshness lag under paced writers")
+        a2.grid(True, which="both", alpha=0.3)
+        a2.legend()
+        fig.tight_layout()
+        fig.savefig(os.path.join(results, "batch_size.png"), dpi=110)
+        plt.close(fig)
+        plots.append(("Throughput and lag versus batch_size", "batch_size.png"))
+
+    if bulk_curve or ov_pts:
+        # Two panels: the overflow backlog is ten times the others and would flatten them.
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.5))
+        if bulk_curve:
+            a1.plot([p[0] for p in bulk_curve], [p[1] for p in bulk_curve],
+                    label="bulk UPDATE of every post (s since commit)")
+        for bs, d in drains.items():
+            if d["pts"]:
+                a1.plot([p[0] for p in d["pts"]], [p[1] for p in d["pts"]], "--",
+                        label=f"drain, batch_size {bs} (s since enable)")
+        a1.set_title("Catch-up: pending keys over time")
+        if ov_pts:
+            a2.plot([p[0] for p in ov_pts], [p[1] for p in ov_pts], color="tab:red",
+                    label="after overflow: full refresh (s since enable)")
+        a2.set_title("Overflow: queued keys until the full refresh")
+        for ax in (a1, a2):
+            ax.set_xlabel("seconds")
+            ax.set_ylabel("pending keys")
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(os.path.join(results, "catchup.png"), dpi=110)
+        plt.close(fig)
+        plots.append(("Bulk catch-up, drains and overflow: pending keys over time", "catchup.png"))
+
+    if wstats:
+        fig, ax = plt.subplots(figsize=(8, 4))
+        labels = [VARIANT_LABEL.get(v, v).replace(": ", ":\n") for v in variants]
+        ax.bar(range(len(variants)), [wstats[v]["tps"] for v in variants], alpha=0.6)
+        for i, v in enumerate(variants):
+            ax.plot([i] * len(wstats[v]["tps_all"]), wstats[v]["tps_all"], "k.", alpha=0.7)
+        ax.set_xticks(range(len(variants)))
+        ax.set_xticklabels(labels, fontsize=7)
+        ax.set_ylabel("tps (bar: median, dots: rounds)")
+        ax.set_title("Writer throughput, single-row UPDATE")
+        ax.grid(True, axis="y", alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(os.path.join(results, "writer.png"), dpi=110)
+        plt.close(fig)
+        plots.append(("Writer throughput per variant", "writer.png"))
+    return plots, ""
+
+
+if __name__ == "__main__":
+    main()

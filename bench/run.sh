@@ -1,0 +1,486 @@
+#!/usr/bin/env bash
+# pg_tviews_bgw benchmark driver: one fresh cluster, one fixed-seed workload, every comparison
+# side by side in one run, then bench/report.py turns the raw numbers into a Markdown table and
+# plots. `make bench` runs it with the defaults below; bench/smoke.sh runs it with tiny sizes.
+#
+# Every size is an environment variable (defaults = the full benchmark). Timings are reported,
+# never asserted: the script fails only when the harness itself breaks (a query errors, pgbench
+# aborts, a TVIEW does not converge before DEADLINE_S, converged contents differ from the view).
+#
+# Phases (see bench/README.md for what each figure means):
+#   A  writer overhead   pgbench single-row UPDATEs, variants alternated round by round
+#   B  freshness lag     bench/lag-probe: commit -> visible in tv_post, idle, under paced writers
+#                        (a fixed rate the worker can absorb) and under saturating writers
+#   C  bulk catch-up     one UPDATE of every post: TVIEW vs REFRESH MATERIALIZED VIEW vs upsert
+#   D  drain throughput  a queued backlog drained at several batch sizes (+ paced lag at each)
+#   E  overflow          more keys than the ring holds: the worker's full-refresh path
+#   F  memory            shared memory per queued key, worker RSS (sampled during C, D, E)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+# ---- parameters ------------------------------------------------------------------------------
+BENCH_DIR=${BENCH_DIR:-$ROOT/target/bench-run}     # cluster + raw data (wiped at start)
+BENCH_PORT=${BENCH_PORT:-5601}
+RESULTS_DIR=${RESULTS_DIR:-$ROOT/bench/results}    # latest.md + PNGs
+LABEL=${LABEL:-full}
+SEED=${SEED:-0.42}                  # setseed() for the data; the lag probe uses its own seed
+USERS=${USERS:-10000}
+POSTS=${POSTS:-100000}
+ROUNDS=${ROUNDS:-5}                 # writer-overhead rounds per variant (median reported)
+ROUND_S=${ROUND_S:-10}              # seconds per pgbench round
+CLIENTS=${CLIENTS:-4}               # pgbench clients in the writer-overhead phase
+LAG_PROBES=${LAG_PROBES:-500}       # probes per lag measurement (idle: all of them)
+LAG_PROBE_IDS=${LAG_PROBE_IDS:-1000}  # probes touch posts 1..this; load writers the others
+LAG_LOAD_S=${LAG_LOAD_S:-20}        # duration of each loaded lag measurement
+LAG_LOAD_CLIENTS=${LAG_LOAD_CLIENTS:-2}
+LAG_LOAD_RATE=${LAG_LOAD_RATE:-2000}  # total tps (pgbench -R) of the paced load
+POLL_SLEEP_US=${POLL_SLEEP_US:-200} # lag probe sleep between visibility polls
+DRAIN_KEYS=${DRAIN_KEYS:-50000}     # posts updated (in one statement) for the drain phase
+BATCH_SIZES=${BATCH_SIZES:-100 1000 10000}
+BS_LAG_S=${BS_LAG_S:-8}             # loaded lag measurement per batch size
+# Ring keys: must hold a whole round of writers with the worker paused (~2 keys per UPDATE),
+# or that round overflows into a full refresh. 24 bytes a key, times MAX_WORKERS.
+QUEUE_SIZE=${QUEUE_SIZE:-1048576}
+MAX_WORKERS=${MAX_WORKERS:-4}
+OVERFLOW=${OVERFLOW:-1}             # run phase E
+SAMPLE_S=${SAMPLE_S:-0.05}          # queue sampling interval while draining
+DEADLINE_S=${DEADLINE_S:-600}       # any single convergence wait longer than this = broken
+SHARED_BUFFERS=${SHARED_BUFFERS:-512MB}
+EXTRA_CONF=${EXTRA_CONF:-}          # more postgresql.conf lines, separated by ';'
+KEEP_CLUSTER=${KEEP_CLUSTER:-0}     # 1: leave the cluster running afterwards (for EXPLAIN etc.)
+
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+RAW=$BENCH_DIR/raw
+PROBE_TARGET=$ROOT/target/bench-lag-probe
+PROBE=$PROBE_TARGET/release/pg_tviews_lag_probe
+DB=bench
+T_START=$(date +%s)
+
+log() { printf '[%s %5ss] %s\n' "$(date +%T)" "$(($(date +%s) - T_START))" "$*"; }
+die() { printf 'bench: FAILED: %s\n' "$*" >&2; exit 1; }
+
+PSQL=("$PGBIN/psql" -X -v ON_ERROR_STOP=1 -h "$BENCH_DIR" -p "$BENCH_PORT" -U postgres)
+q() { "${PSQL[@]}" -d "$DB" -Atq -c "$1"; }
+# One "key<TAB>value" per line; report.py reads them back.
+metric() { printf '%s\t%s\n' "$1" "$2" >>"$RAW/metrics.tsv"; }
+# Runs SQL commands in one session with \timing on; prints the client-side milliseconds of the
+# last command. psql's timer covers the round trip, including COMMIT (autocommit).
+timed_ms() {
+    local args=(-c '\timing on') c out
+    for c in "$@"; do args+=(-c "$c"); done
+    out=$("${PSQL[@]}" -d "$DB" -At "${args[@]}") || die "statement failed: $*"
+    printf '%s\n' "$out" >>"$RAW/statements.log"
+    awk '/^Time:/ { t = $2 } END { if (t == "") exit 1; print t }' <<<"$out"
+}
+# Rows reported by the INSERT command tag of the last timed_ms call.
+last_insert_rows() { awk '/^INSERT 0 / { n = $3 } END { print n + 0 }' < <(tail -n 3 "$RAW/statements.log"); }
+
+# Background processes this script started, stopped by pid on exit.
+BG_PIDS=()
+cleanup() {
+    local rc=$? pid
+    for pid in "${BG_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    if [[ $KEEP_CLUSTER == 1 ]]; then
+        log "cluster left running: psql -h $BENCH_DIR -p $BENCH_PORT -U postgres $DB"
+    else
+        scripts/cluster.sh stop "$BENCH_DIR"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+
+# ---- build the lag probe -----------------------------------------------------------------------
+log "building bench/lag-probe (release)"
+CARGO_TARGET_DIR=$PROBE_TARGET cargo build --quiet --release \
+    --manifest-path bench/lag-probe/Cargo.toml || die "lag probe build failed"
+
+# ---- cluster ---------------------------------------------------------------------------------
+# Always a fresh data directory: results must not depend on what an earlier run left behind.
+scripts/cluster.sh stop "$BENCH_DIR"
+rm -rf "$BENCH_DIR/data" "$RAW"
+mkdir -p "$RAW" "$RESULTS_DIR"
+conf=(
+    "fsync = off"                        # measure CPU work, not this machine's disk
+    "shared_buffers = $SHARED_BUFFERS"   # every copy of the workload stays in memory
+    "max_wal_size = 8GB"                 # no forced checkpoints in the middle of a round
+    "checkpoint_timeout = 30min"
+    "pg_tviews_bgw.queue_size = $QUEUE_SIZE"
+    "pg_tviews_bgw.max_workers = $MAX_WORKERS"
+)
+IFS=';' read -r -a extra <<<"$EXTRA_CONF"
+for line in "${extra[@]}"; do [[ -n ${line// /} ]] && conf+=("$line"); done
+log "starting cluster in $BENCH_DIR (port $BENCH_PORT)"
+scripts/cluster.sh start "$BENCH_DIR" "$BENCH_PORT" "${conf[@]}"
+"${PSQL[@]}" -d postgres -qc "CREATE DATABASE $DB"
+
+# ---- run metadata: hardware, commit, settings ----------------------------------------------
+{
+    printf 'label\t%s\n' "$LABEL"
+    printf 'date\t%s\n' "$(date -u +'%Y-%m-%d %H:%M UTC')"
+    printf 'commit\t%s%s\n' "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+        "$(git status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo ' (working tree modified)' || true)"
+    printf 'cpu\t%s\n' "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+    printf 'nproc\t%s\n' "$(nproc)"
+    printf 'memory\t%s\n' "$(free -m | awk '/^Mem:/ { printf "%d MB total, %d MB available", $2, $7 }')"
+    printf 'kernel\t%s\n' "$(uname -r)"
+    printf 'postgres\t%s\n' "$("$PGBIN/postgres" --version)"
+    so=$("$PGBIN/pg_config" --pkglibdir)/pg_tviews_bgw.so
+    printf 'so_mtime\t%s\n' "$(date -u -r "$so" +'%Y-%m-%d %H:%M UTC')"
+    # `cargo pgrx install` without --release installs an unoptimized debug build: say which one
+    # this run measured, since it changes the extension's own CPU cost several times over.
+    if cmp -s "$so" target/release/libpg_tviews_bgw.so 2>/dev/null; then build="release (target/release)"
+    elif cmp -s "$so" target/debug/libpg_tviews_bgw.so 2>/dev/null; then build="debug (target/debug, unoptimized)"
+    elif readelf -S "$so" 2>/dev/null | grep -q '\.debug_info'; then build="probably debug (has debug info)"
+    else build="probably release (no debug info)"; fi
+    printf 'build\t%s\n' "$build"
+    printf 'loadavg_start\t%s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
+    for v in SEED USERS POSTS ROUNDS ROUND_S CLIENTS LAG_PROBES LAG_PROBE_IDS LAG_LOAD_S \
+        LAG_LOAD_CLIENTS LAG_LOAD_RATE POLL_SLEEP_US DRAIN_KEYS BATCH_SIZES BS_LAG_S QUEUE_SIZE \
+        MAX_WORKERS OVERFLOW SAMPLE_S DEADLINE_S; do
+        printf 'param.%s\t%s\n' "$v" "${!v}"
+    done
+} >"$RAW/meta.tsv"
+
+# ---- workload --------------------------------------------------------------------------------
+log "building the workload: $USERS users, $POSTS posts, seed $SEED"
+t0=$(date +%s.%N)
+"${PSQL[@]}" -d "$DB" -q -v nusers="$USERS" -v nposts="$POSTS" -v seed="$SEED" \
+    -f bench/sql/schema.sql >"$RAW/schema.log" 2>&1 || { cat "$RAW/schema.log"; die "schema.sql failed"; }
+metric setup.seconds "$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')"
+q "SELECT pg_tviews_version()" | sed 's/^/version\t/' >>"$RAW/meta.tsv"
+
+# The drainer starts within seconds of CREATE EXTENSION and begins with a full refresh: wait
+# until it is attached, idle and has nothing pending before measuring anything.
+wait_worker_idle() {
+    local deadline=$(($(date +%s) + DEADLINE_S)) state
+    while :; do
+        state=$(q "SELECT state || ':' || full_refresh_pending::text || ':' || pending
+                   FROM pg_tviews_worker_status WHERE database = current_database()")
+        [[ $state == idle:false:0 ]] && [[ $(q "SELECT pg_tviews_wait('0s')") == t ]] && return 0
+        (($(date +%s) < deadline)) || die "worker not idle after ${DEADLINE_S}s (state '$state')"
+        sleep 0.2
+    done
+}
+wait_worker_state() {
+    local want=$1 deadline=$(($(date +%s) + 60)) state
+    while :; do
+        state=$(q "SELECT state FROM pg_tviews_worker_status WHERE database = current_database()")
+        [[ $state == "$want" ]] && return 0
+        (($(date +%s) < deadline)) || die "worker state '$state', expected '$want' after 60s"
+        sleep 0.1
+    done
+}
+# Everything committed so far applied (pg_tviews_wait), within the deadline.
+wait_applied() {
+    [[ $(q "SELECT pg_tviews_wait('${DEADLINE_S}s')") == t ]] \
+        || die "pg_tviews_wait: TVIEWs did not converge within ${DEADLINE_S}s"
+}
+# Converged contents equal the views, both ways (a benchmark of a wrong result is worthless).
+check_converged() {
+    local diff
+    diff=$(q "SELECT (SELECT count(*) FROM (TABLE tv_post EXCEPT ALL SELECT * FROM v_post
+                                            UNION ALL
+                                            SELECT * FROM v_post EXCEPT ALL TABLE tv_post) d)
+                   + (SELECT count(*) FROM (TABLE tv_user EXCEPT ALL SELECT * FROM v_user
+                                            UNION ALL
+                                            SELECT * FROM v_user EXCEPT ALL TABLE tv_user) d)")
+    [[ $diff == 0 ]] || die "after $1: $diff rows of tv_post/tv_user differ from v_post/v_user"
+}
+# Samples the queue into CSV (epoch, pending, oldest pending commit epoch, converged) until it
+# has drained; further arguments are SQL commands run first in the same session (e.g. enabling
+# the worker), so the first sample follows them within a millisecond.
+sample_drain() {
+    local out=$1 c
+    shift
+    local args=()
+    for c in "$@"; do args+=(-c "$c"); done
+    args+=(-c "\\copy (SELECT extract(epoch FROM at) AS at, pending, extract(epoch FROM oldest_pending_at) AS oldest_pending_at, converged FROM bench_sample_drain($SAMPLE_S, $DEADLINE_S)) TO '$out' WITH (FORMAT csv, HEADER)")
+    "${PSQL[@]}" -d "$DB" -Atq "${args[@]}" >/dev/null || die "sampling the queue failed"
+    [[ $(tail -n 1 "$out" | cut -d, -f4) == t ]] || die "queue not drained within ${DEADLINE_S}s ($out)"
+}
+worker_pid() { q "SELECT pid FROM pg_tviews_worker_status WHERE database = current_database()"; }
+# Samples the worker's memory (kB) every 0.1 s into $1 until stop_rss; VmHWM is the peak.
+start_rss() {
+    local out=$1 pid
+    pid=$(worker_pid)
+    (
+        echo "t,pid,vmrss_kb,rssanon_kb,rssshmem_kb,vmhwm_kb"
+        while [[ -r /proc/$pid/status ]]; do
+            awk -v t="$(date +%s.%N)" -v pid="$pid" '
+                /^VmRSS:/ { rss = $2 } /^RssAnon:/ { anon = $2 } /^RssShmem:/ { shm = $2 }
+                /^VmHWM:/ { hwm = $2 }
+                END { printf "%s,%s,%s,%s,%s,%s\n", t, pid, rss, anon, shm, hwm }' \
+                "/proc/$pid/status" 2>/dev/null || break
+            sleep 0.1
+        done
+    ) >"$out" &
+    RSS_PID=$!
+    BG_PIDS+=("$RSS_PID")
+}
+stop_rss() { kill "$RSS_PID" 2>/dev/null || true; wait "$RSS_PID" 2>/dev/null || true; }
+set_guc() {   # ALTER SYSTEM + reload: how an operator changes a sighup setting
+    "${PSQL[@]}" -d "$DB" -q -c "ALTER SYSTEM SET $1 = '$2'" -c "SELECT pg_reload_conf()" >/dev/null
+}
+reset_guc() { "${PSQL[@]}" -d "$DB" -q -c "ALTER SYSTEM RESET $1" -c "SELECT pg_reload_conf()" >/dev/null; }
+epoch() { date +%s.%N; }
+# Phases A and B leave every copy with many dead row versions; vacuum (outside any timing) so
+# the compared statements of C, D and E read tables in the same state.
+vacuum_all() { q "VACUUM (ANALYZE)" >/dev/null; }
+
+wait_worker_idle
+check_converged "setup"
+"${PSQL[@]}" -d "$DB" -AtF $'\t' -c "
+    SELECT name, setting, coalesce(unit, '') FROM pg_settings
+    WHERE name LIKE 'pg_tviews_bgw.%' OR name IN ('fsync', 'synchronous_commit', 'shared_buffers',
+          'max_wal_size', 'checkpoint_timeout', 'max_worker_processes', 'autovacuum', 'wal_level',
+          'work_mem', 'jit', 'shared_preload_libraries')
+    ORDER BY name" >"$RAW/settings.tsv"
+log "settings:"; column -t -s $'\t' "$RAW/settings.tsv" | sed 's/^/    /'
+# Features this version may not have: report them as such instead of faking a comparison.
+has_setting() { [[ $(q "SELECT count(*) FROM pg_settings WHERE name = '$1'") == 1 ]]; }
+HAS_SYNC=0; has_setting pg_tviews_bgw.mode && HAS_SYNC=1
+metric feature.sync_mode "$HAS_SYNC"
+metric feature.durability "$(has_setting pg_tviews_bgw.durability && echo 1 || echo 0)"
+metric feature.workers_per_database "$(has_setting pg_tviews_bgw.workers_per_database && echo 1 || echo 0)"
+metric max_workers "$(q "SHOW pg_tviews_bgw.max_workers")"
+metric queue_size "$(q "SHOW pg_tviews_bgw.queue_size")"
+
+# ---- F (part 1): shared memory, idle worker RSS ------------------------------------------------
+"${PSQL[@]}" -d "$DB" -AtF , -c "SELECT name, size, allocated_size FROM pg_shmem_allocations
+                                  WHERE name LIKE 'pg_tviews_bgw%' ORDER BY name" >"$RAW/shmem.csv"
+pid=$(worker_pid)
+metric worker.idle_rss_kb "$(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status")"
+metric worker.idle_rssanon_kb "$(awk '/^RssAnon:/ { print $2 }' "/proc/$pid/status")"
+
+# ---- A: writer overhead ----------------------------------------------------------------------
+# Same single-row UPDATE on each copy of tb_post; the TVIEW variants also refresh tv_user (the
+# post's vote sum), as does the PL/pgSQL floor. `paused` is the TVIEW with the worker disabled
+# during the round: the writers' own cost (capture + publish) without a worker competing for
+# the CPU; its backlog is drained after the round.
+variants=(base tview paused cap syncpl)
+((HAS_SYNC)) && variants+=(sync)
+for v in "${variants[@]}"; do
+    case $v in
+        base | cap | syncpl) table=$v.tb_post ;;
+        tview | paused | sync) table=public.tb_post ;;
+    esac
+    printf '\\set id random(1, %s)\nUPDATE %s SET votes = votes + 1 WHERE pk_post = :id;\n' \
+        "$POSTS" "$table" >"$RAW/pgbench_$v.sql"
+done
+# Synchronous refresh under READ COMMITTED can lose updates: two writers changing posts of the
+# same user each recompute that tv_user row from a snapshot without the other's change, and the
+# later upsert wins. Rows left stale by the sync variants are counted (a finding, not a harness
+# failure) and repaired before the next round; the async paths are checked strictly below.
+stale_rows() {   # stale_rows SCHEMA: TVIEW rows that differ from their view
+    q "SELECT (SELECT count(*) FROM (TABLE $1.tv_post EXCEPT ALL SELECT * FROM $1.v_post) d)
+            + (SELECT count(*) FROM (TABLE $1.tv_user EXCEPT ALL SELECT * FROM $1.v_user) d)"
+}
+repair() {
+    if [[ $1 == public ]]; then
+        q "SELECT pg_tviews_refresh('tv_post') + pg_tviews_refresh('tv_user')" >/dev/null
+    else
+        local e
+        for e in post user; do
+            q "INSERT INTO syncpl.tv_$e AS t SELECT * FROM syncpl.v_$e ON CONFLICT (pk_$e)
+               DO UPDATE SET id = EXCLUDED.id, data = EXCLUDED.data
+               WHERE (t.id, t.data) IS DISTINCT FROM (EXCLUDED.id, EXCLUDED.data)" >/dev/null
+        done
+    fi
+}
+echo -e "round\tvariant\ttps\tlatency_ms\tbacklog_keys\tcatchup_ms\tstale_rows" >"$RAW/writer.tsv"
+log "A: writer overhead: ${variants[*]}; $ROUNDS round(s) x ${ROUND_S}s, $CLIENTS clients"
+overflowed0=$(q "SELECT overflowed FROM pg_tviews_stats")
+for ((r = 0; r < ROUNDS; r++)); do
+    # Rotate the order every round so no variant always runs first (warm-up, autovacuum).
+    for ((i = 0; i < ${#variants[@]}; i++)); do
+        v=${variants[$(((i + r) % ${#variants[@]}))]}
+        wait_applied             # the previous round's backlog must not run into this one
+        q "CHECKPOINT" >/dev/null
+        opts=()
+        [[ $v == sync ]] && opts=(-c pg_tviews_bgw.mode=sync)
+        if [[ $v == paused ]]; then set_guc pg_tviews_bgw.enabled off; wait_worker_state disabled; fi
+        PGOPTIONS="${opts[*]}" "$PGBIN/pgbench" -n -M prepared -h "$BENCH_DIR" -p "$BENCH_PORT" \
+            -U postgres -c "$CLIENTS" -j "$((CLIENTS < 2 ? CLIENTS : 2))" -T "$ROUND_S" \
+            -f "$RAW/pgbench_$v.sql" "$DB" >"$RAW/pgbench_${v}_$r.log" 2>&1 \
+            || { tail -n 20 "$RAW/pgbench_${v}_$r.log"; die "pgbench failed ($v, round $r)"; }
+        tps=$(awk '/^tps = / { print $3 }' "$RAW/pgbench_${v}_$r.log")
+        lat=$(awk '/^latency average = / { print $4 }' "$RAW/pgbench_${v}_$r.log")
+        # Async: how far the worker fell behind during the round, and how long it then needs.
+        backlog=0 catchup=0
+        if [[ $v == tview || $v == paused ]]; then
+            backlog=$(q "SELECT coalesce(sum(pending), 0) FROM pg_tviews_queue_status")
+            t0=$(epoch)
+            [[ $v == paused ]] && reset_guc pg_tviews_bgw.enabled
+            wait_applied
+            catchup=$(awk -v a="$t0" -v b="$(epoch)" 'BEGIN { printf "%.0f", (b - a) * 1000 }')
+        fi
+        stale=0
+        if [[ $v == sync || $v == syncpl ]]; then
+            schema=public; [[ $v == syncpl ]] && schema=syncpl
+            stale=$(stale_rows "$schema")
+            if ((stale > 0)); then
+                log "   WARNING: $v left $stale TVIEW rows stale (lost updates between concurrent writers); repairing"
+                repair "$schema"
+            fi
+        fi
+        echo -e "$r\t$v\t$tps\t$lat\t$backlog\t$catchup\t$stale" >>"$RAW/writer.tsv"
+        log "   round $((r + 1))/$ROUNDS $v: $tps tps, latency $lat ms, backlog $backlog keys (drained in ${catchup} ms)"
+    done
+done
+wait_applied
+check_converged "writer overhead"
+# Non-zero if a paused round queued more than QUEUE_SIZE keys (its catch-up was a full refresh).
+metric writer.overflowed_keys "$(($(q "SELECT overflowed FROM pg_tviews_stats") - overflowed0))"
+
+# ---- B: freshness lag --------------------------------------------------------------------------
+CONN="host=$BENCH_DIR port=$BENCH_PORT user=postgres dbname=$DB"
+probe() {   # probe TAG OUT [extra args]: deadline per probe is the harness deadline
+    local tag=$1 out=$2; shift 2
+    "$PROBE" --conn "$CONN" --out "$out" --tag "$tag" --id-min 1 --id-max "$LAG_PROBE_IDS" \
+        --poll-sleep-us "$POLL_SLEEP_US" --timeout-s "$DEADLINE_S" "$@" 2>>"$RAW/probe.log" \
+        || { tail -n 5 "$RAW/probe.log"; die "lag probe '$tag' failed"; }
+    tail -n 1 "$RAW/probe.log" | sed 's/^/    /'
+}
+# Writers on the posts the probe never touches, in the background for $1 seconds; paced at
+# LAG_LOAD_RATE tps in total when $3 is "paced", as fast as they can otherwise.
+start_load() {
+    local secs=$1 tag=$2 rate=()
+    [[ ${3:-} == paced ]] && rate=(-R "$LAG_LOAD_RATE")
+    printf '\\set id random(%s, %s)\nUPDATE tb_post SET votes = votes + 1 WHERE pk_post = :id;\n' \
+        "$((LAG_PROBE_IDS + 1))" "$POSTS" >"$RAW/pgbench_load.sql"
+    "$PGBIN/pgbench" -n -M prepared -h "$BENCH_DIR" -p "$BENCH_PORT" -U postgres \
+        -c "$LAG_LOAD_CLIENTS" -j "$LAG_LOAD_CLIENTS" -T "$secs" "${rate[@]}" \
+        -f "$RAW/pgbench_load.sql" "$DB" >"$RAW/pgbench_load_$tag.log" 2>&1 &
+    LOAD_PID=$!
+    BG_PIDS+=("$LOAD_PID")
+}
+finish_load() {   # waits for the load; records its tps and the queue it left behind
+    local tag=$1
+    wait "$LOAD_PID" || { tail -n 20 "$RAW/pgbench_load_$tag.log"; die "load pgbench failed ($tag)"; }
+    metric "load.$tag.tps" "$(awk '/^tps = / { print $3 }' "$RAW/pgbench_load_$tag.log")"
+    metric "load.$tag.backlog_keys" "$(q "SELECT coalesce(sum(pending), 0) FROM pg_tviews_queue_status")"
+    wait_applied
+}
+log "B: freshness lag, idle ($LAG_PROBES probes)"
+probe idle "$RAW/lag_idle.csv" --probes "$LAG_PROBES"
+PROBE_S=$(awk -v s="$LAG_LOAD_S" 'BEGIN { print (s > 3 ? s - 2 : 1) }')
+log "B: freshness lag under $LAG_LOAD_CLIENTS pgbench writers paced at $LAG_LOAD_RATE tps (${LAG_LOAD_S}s)"
+start_load "$LAG_LOAD_S" paced paced
+sleep 1   # let the writers reach their pace first
+probe paced "$RAW/lag_paced.csv" --probes "$LAG_PROBES" --max-seconds "$PROBE_S"
+finish_load paced
+# Unpaced writers outrun the single worker on a small machine: the backlog, hence the lag,
+# grows for as long as they run, so this figure depends on LAG_LOAD_S.
+log "B: freshness lag under $LAG_LOAD_CLIENTS saturating pgbench writers (${LAG_LOAD_S}s)"
+start_load "$LAG_LOAD_S" lag
+sleep 1
+probe load "$RAW/lag_load.csv" --probes "$LAG_PROBES" --max-seconds "$PROBE_S"
+finish_load lag
+check_converged "lag probes"
+
+# ---- C: bulk catch-up ------------------------------------------------------------------------
+log "C: bulk catch-up: UPDATE of all $POSTS posts"
+vacuum_all
+ms=$(timed_ms "UPDATE base.tb_post SET votes = votes + 1")
+metric bulk.base_write_ms "$ms"; log "   baseline UPDATE (no TVIEW): $ms ms"
+ms=$(timed_ms "REFRESH MATERIALIZED VIEW CONCURRENTLY base.mv_post")
+metric bulk.mv_post_ms "$ms"
+ms2=$(timed_ms "REFRESH MATERIALIZED VIEW CONCURRENTLY base.mv_user")
+metric bulk.mv_user_ms "$ms2"; log "   REFRESH MATERIALIZED VIEW CONCURRENTLY: post $ms ms, user $ms2 ms"
+# Not a no-op: every materialized post now carries the new vote count.
+n=$(q "SELECT count(*) FROM base.mv_post m JOIN base.tb_post p USING (pk_post)
+       WHERE (m.data->>'votes')::int = p.votes")
+[[ $n == "$POSTS" ]] || die "mv_post has $n/$POSTS up-to-date rows after REFRESH"
+upsert() {   # the bare set-based recompute of every row, as the worker's full refresh does it
+    echo "INSERT INTO base.tv_$1 AS t SELECT * FROM base.v_$1
+          ON CONFLICT (pk_$1) DO UPDATE SET id = EXCLUDED.id, data = EXCLUDED.data
+          WHERE (t.id, t.data) IS DISTINCT FROM (EXCLUDED.id, EXCLUDED.data)"
+}
+ms=$(timed_ms "$(upsert post)"); rows=$(last_insert_rows)
+metric bulk.upsert_post_ms "$ms"; metric bulk.upsert_post_rows "$rows"
+[[ $rows == "$POSTS" ]] || die "set-based recompute changed $rows/$POSTS posts"
+ms2=$(timed_ms "$(upsert user)"); rows2=$(last_insert_rows)
+metric bulk.upsert_user_ms "$ms2"; metric bulk.upsert_user_rows "$rows2"
+log "   set-based upsert: post $ms ms ($rows rows), user $ms2 ms ($rows2 rows)"
+rows_before=$(q "SELECT rows FROM pg_tviews_worker_status WHERE database = current_database()")
+start_rss "$RAW/rss_bulk.csv"
+ms=$(timed_ms "UPDATE public.tb_post SET votes = votes + 1")
+metric bulk.tview_write_ms "$ms"
+metric bulk.tview_write_end "$(epoch)"
+sample_drain "$RAW/bulk_samples.csv"
+stop_rss
+metric bulk.worker_rows "$(($(q "SELECT rows FROM pg_tviews_worker_status WHERE database = current_database()") - rows_before))"
+check_converged "bulk update"
+log "   TVIEW UPDATE: $ms ms, then drained (samples in bulk_samples.csv)"
+
+# ---- D: drain throughput and lag per batch size ----------------------------------------------
+log "D: drain throughput: $DRAIN_KEYS posts queued with the worker disabled; batch sizes $BATCH_SIZES"
+for bs in $BATCH_SIZES; do
+    set_guc pg_tviews_bgw.enabled off
+    wait_worker_state disabled
+    vacuum_all
+    q "UPDATE tb_post SET votes = votes + 1 WHERE pk_post <= $DRAIN_KEYS" >/dev/null
+    keys=$(q "SELECT coalesce(sum(pending), 0) FROM pg_tviews_queue_status")
+    before=$(q "SELECT batches || ' ' || rows FROM pg_tviews_worker_status WHERE database = current_database()")
+    "${PSQL[@]}" -d "$DB" -q -c "ALTER SYSTEM SET pg_tviews_bgw.batch_size = $bs" >/dev/null
+    start_rss "$RAW/rss_drain_$bs.csv"
+    # Enabling and sampling in one session: the first sample is taken right after the reload.
+    sample_drain "$RAW/drain_$bs.csv" "ALTER SYSTEM SET pg_tviews_bgw.enabled = on" "SELECT pg_reload_conf()"
+    stop_rss
+    after=$(q "SELECT batches || ' ' || rows FROM pg_tviews_worker_status WHERE database = current_database()")
+    metric "drain.$bs.keys" "$keys"
+    metric "drain.$bs.batches" "$((${after% *} - ${before% *}))"
+    metric "drain.$bs.rows" "$((${after#* } - ${before#* }))"
+    secs=$(awk -F, 'NR == 2 { a = $1 } END { printf "%.3f", $1 - a }' "$RAW/drain_$bs.csv")
+    log "   batch_size $bs: $keys keys drained in ${secs}s"
+    check_converged "drain at batch_size $bs"
+    log "   batch_size $bs: lag under writers paced at $LAG_LOAD_RATE tps (${BS_LAG_S}s)"
+    start_load "$BS_LAG_S" "bs_$bs" paced
+    sleep 1
+    probe "bs$bs" "$RAW/lag_bs_$bs.csv" --probes "$LAG_PROBES" --warmup 2 \
+        --max-seconds "$(awk -v s="$BS_LAG_S" 'BEGIN { print (s > 3 ? s - 2 : 1) }')"
+    finish_load "bs_$bs"
+done
+reset_guc pg_tviews_bgw.batch_size
+reset_guc pg_tviews_bgw.enabled
+wait_worker_state idle
+
+# ---- E: overflow -> full refresh -------------------------------------------------------------
+if [[ $OVERFLOW == 1 ]]; then
+    log "E: overflow: bulk UPDATEs with the worker disabled until the ring overflows"
+    set_guc pg_tviews_bgw.enabled off
+    wait_worker_state disabled
+    stats() { q "SELECT overflowed || ' ' || full_refreshes FROM pg_tviews_stats"; }
+    s0=$(stats) n=0
+    while [[ $(stats | cut -d' ' -f1) == "${s0% *}" ]]; do
+        ((n < 50)) || die "ring did not overflow after $n bulk updates"
+        q "UPDATE tb_post SET votes = votes + 1" >/dev/null
+        n=$((n + 1))
+    done
+    metric overflow.statements "$n"
+    vacuum_all   # the full refresh should not pay for the dead versions of $n bulk updates
+    metric overflow.pending_before "$(q "SELECT coalesce(sum(pending), 0) FROM pg_tviews_queue_status")"
+    start_rss "$RAW/rss_overflow.csv"
+    sample_drain "$RAW/overflow_samples.csv" "ALTER SYSTEM SET pg_tviews_bgw.enabled = on" "SELECT pg_reload_conf()"
+    stop_rss
+    s1=$(stats)
+    metric overflow.overflowed_keys "$((${s1% *} - ${s0% *}))"
+    metric overflow.full_refreshes "$((${s1#* } - ${s0#* }))"
+    reset_guc pg_tviews_bgw.enabled
+    check_converged "overflow"
+    log "   overflowed after $n bulk UPDATEs; full refresh done"
+fi
+
+# ---- F (part 2): peak worker memory ------------------------------------------------------------
+pid=$(worker_pid)
+metric worker.vmhwm_kb "$(awk '/^VmHWM:/ { print $2 }' "/proc/$pid/status")"
+metric worker.final_rss_kb "$(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status")"
+
+metric total.seconds "$(($(date +%s) - T_START))"
+# Other work on this shared machine during the run shows up here.
+metric loadavg_end "$(cut -d' ' -f1-3 /proc/loadavg)"
+# ---- report ----------------------------------------------------------------------------------
+log "writing $RESULTS_DIR/latest.md"
+python3 bench/report.py "$RAW" "$RESULTS_DIR" || die "report.py failed"
+log "done in $(($(date +%s) - T_START))s"
