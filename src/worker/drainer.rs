@@ -32,6 +32,18 @@ pub extern "C-unwind" fn pg_tviews_bgw_drainer_main(arg: pg_sys::Datum) {
     DETACH.with(|d| d.set(Some((slot, dboid.to_u32()))));
 
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(dboid), None);
+    // The drainer runs the same few kept plans with a different key array each time; custom
+    // plans re-plan on every batch (measured: planning costs more than executing), while the
+    // generic plan uses the same index scans.
+    // SAFETY: setting a user-level GUC for this process only, outside any transaction.
+    unsafe {
+        pg_sys::SetConfigOption(
+            c"plan_cache_mode".as_ptr(),
+            c"force_generic_plan".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+        );
+    }
     let installed = run_in_transaction(catalog::extension_installed).unwrap_or(false);
     if !installed {
         if probing && queue::release_if_probing(slot, dboid.to_u32()) {
