@@ -255,3 +255,20 @@ pub fn worker_pid(db: &mut Client, dbname: &str) -> Option<i32> {
     .unwrap()
     .map(|r| r.get(0))
 }
+
+/// Turns draining off (`ALTER SYSTEM` + reload) and waits until the worker of `app` reports it:
+/// committed keys then stay queued.
+pub fn disable_draining(db: &mut Client) {
+    db.batch_execute("ALTER SYSTEM SET pg_tviews_bgw.enabled = off")
+        .unwrap();
+    db.batch_execute("SELECT pg_reload_conf()").unwrap();
+    eventually("worker disabled", Duration::from_secs(15), || {
+        db.query_one(
+            "SELECT state FROM pg_tviews_worker_status WHERE database = 'app'",
+            &[],
+        )
+        .unwrap()
+        .get::<_, String>(0)
+            == "disabled"
+    });
+}

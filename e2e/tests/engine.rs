@@ -225,22 +225,7 @@ fn verify_cascade_reinstall_and_health_check() {
     assert!(verify(&mut db).is_empty());
 
     // Queue depth crosses the threshold while draining is off, and recovers.
-    db.batch_execute("ALTER SYSTEM SET pg_tviews_bgw.enabled = off")
-        .unwrap();
-    db.batch_execute("SELECT pg_reload_conf()").unwrap();
-    eventually(
-        "worker disabled",
-        std::time::Duration::from_secs(15),
-        || {
-            db.query_one(
-                "SELECT state FROM pg_tviews_worker_status WHERE database = 'app'",
-                &[],
-            )
-            .unwrap()
-            .get::<_, String>(0)
-                == "disabled"
-        },
-    );
+    disable_draining(&mut db);
     db.batch_execute("UPDATE tb_post SET title = title || '!' WHERE pk_post <= 20")
         .unwrap();
     assert_eq!(status_of(&mut db, "queue_depth"), "WARNING");

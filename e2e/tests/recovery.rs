@@ -6,18 +6,7 @@ use std::time::Duration;
 
 /// Turns draining off so committed keys sit in the ring, then writes.
 fn queue_unapplied_changes(db: &mut postgres::Client) {
-    db.batch_execute("ALTER SYSTEM SET pg_tviews_bgw.enabled = off")
-        .unwrap();
-    db.batch_execute("SELECT pg_reload_conf()").unwrap();
-    eventually("worker disabled", Duration::from_secs(15), || {
-        db.query_one(
-            "SELECT state FROM pg_tviews_worker_status WHERE database = 'app'",
-            &[],
-        )
-        .unwrap()
-        .get::<_, String>(0)
-            == "disabled"
-    });
+    disable_draining(&mut *db);
     db.batch_execute("UPDATE tb_post SET votes = votes + 10 WHERE pk_post % 2 = 0; DELETE FROM tb_post WHERE pk_post % 9 = 0")
         .unwrap();
     assert!(

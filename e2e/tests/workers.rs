@@ -107,18 +107,7 @@ fn enabled_setting_is_reloaded_on_sighup() {
     let cluster = Cluster::start("reload", &[]);
     let mut db = cluster.database_with_tview("app", 20);
     wait_drained(&mut db);
-    db.batch_execute("ALTER SYSTEM SET pg_tviews_bgw.enabled = off")
-        .unwrap();
-    db.batch_execute("SELECT pg_reload_conf()").unwrap();
-    eventually("worker disabled", Duration::from_secs(15), || {
-        db.query_one(
-            "SELECT state FROM pg_tviews_worker_status WHERE database = 'app'",
-            &[],
-        )
-        .unwrap()
-        .get::<_, String>(0)
-            == "disabled"
-    });
+    disable_draining(&mut db);
     db.batch_execute("UPDATE tb_post SET votes = 5").unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let pending: i64 = db

@@ -551,6 +551,34 @@ fn pg_tviews_drop(name: &str, if_exists: default!(bool, false)) -> bool {
 /// Removes what a TVIEW owns: capture triggers on its sources, the backing view, optionally the
 /// table (not when DROP TABLE already did), its lineage and metadata.
 pub fn drop_objects(entity: &str, dependencies: Vec<pg_sys::Oid>, drop_table: bool) {
+    // Catalog rows first, before any table lock: the worker may hold row locks on them while it
+    // waits for a source table; taking the DDL locks first would deadlock with it.
+    Spi::run_with_args(
+        "WITH gone AS (SELECT table_oid FROM pg_tview_meta WHERE entity = $1), \
+              l AS (DELETE FROM pg_tview_lineage WHERE tview_oid IN (SELECT table_oid FROM gone)) \
+         DELETE FROM pg_tview_deferred WHERE tview_oid IN (SELECT table_oid FROM gone)",
+        &[entity.into()],
+    )
+    .unwrap_or_else(|e| {
+        raise(
+            Code::ERRCODE_INTERNAL_ERROR,
+            format!("could not remove TVIEW lineage: {e}"),
+            None,
+            None,
+        )
+    });
+    Spi::run_with_args(
+        "DELETE FROM pg_tview_meta WHERE entity = $1",
+        &[entity.into()],
+    )
+    .unwrap_or_else(|e| {
+        raise(
+            Code::ERRCODE_INTERNAL_ERROR,
+            format!("could not remove TVIEW metadata: {e}"),
+            None,
+            None,
+        )
+    });
     for dependency in dependencies {
         // A source table dropped meanwhile took its triggers with it.
         let Ok(Some(relation)) = Spi::get_one_with_args::<String>(
@@ -599,32 +627,6 @@ pub fn drop_objects(entity: &str, dependencies: Vec<pg_sys::Oid>, drop_table: bo
             format!("could not drop TVIEW \"tv_{entity}\": {e}"),
             None,
             Some("Drop the objects that depend on it first."),
-        )
-    });
-    Spi::run_with_args(
-        "WITH gone AS (SELECT table_oid FROM pg_tview_meta WHERE entity = $1), \
-              l AS (DELETE FROM pg_tview_lineage WHERE tview_oid IN (SELECT table_oid FROM gone)) \
-         DELETE FROM pg_tview_deferred WHERE tview_oid IN (SELECT table_oid FROM gone)",
-        &[entity.into()],
-    )
-    .unwrap_or_else(|e| {
-        raise(
-            Code::ERRCODE_INTERNAL_ERROR,
-            format!("could not remove TVIEW lineage: {e}"),
-            None,
-            None,
-        )
-    });
-    Spi::run_with_args(
-        "DELETE FROM pg_tview_meta WHERE entity = $1",
-        &[entity.into()],
-    )
-    .unwrap_or_else(|e| {
-        raise(
-            Code::ERRCODE_INTERNAL_ERROR,
-            format!("could not remove TVIEW metadata: {e}"),
-            None,
-            None,
         )
     });
 }

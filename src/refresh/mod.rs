@@ -24,6 +24,24 @@ pub struct Outcome {
     pub last_error: Option<String>,
 }
 
+impl Outcome {
+    /// Adds what refreshing one TVIEW (`oid`) in isolation applied and what failed.
+    fn add(&mut self, oid: u32, isolated: &Isolated) {
+        self.rows += isolated.rows;
+        self.per_tview.push(Applied {
+            tview_oid: oid,
+            keys: isolated.applied.len() as u64,
+        });
+        if let Some((_, failure)) = isolated.failed.first() {
+            self.failed.push(Applied {
+                tview_oid: oid,
+                keys: isolated.failed.len() as u64,
+            });
+            self.last_error = Some(format!("tv oid {oid}: {}", failure.message));
+        }
+    }
+}
+
 fn run_count(client: &mut SpiClient<'_>, sql: &str, keys: Option<Vec<i64>>) -> spi::Result<u64> {
     let table = match keys {
         Some(keys) => client.update(sql, None, &[keys.into()])?,
@@ -246,18 +264,7 @@ pub fn apply_batch(entries: &[QueueEntry], on_error: OnError) -> spi::Result<Out
             continue;
         }
         defer_failures(table_oid, &isolated.failed)?;
-        outcome.rows += isolated.rows;
-        outcome.per_tview.push(Applied {
-            tview_oid: oid,
-            keys: isolated.applied.len() as u64,
-        });
-        if let Some((_, failure)) = isolated.failed.first() {
-            outcome.failed.push(Applied {
-                tview_oid: oid,
-                keys: isolated.failed.len() as u64,
-            });
-            outcome.last_error = Some(format!("tv oid {oid}: {}", failure.message));
-        }
+        outcome.add(oid, &isolated);
     }
     Ok(outcome)
 }
@@ -268,8 +275,10 @@ pub fn apply_batch(entries: &[QueueEntry], on_error: OnError) -> spi::Result<Out
 pub fn retry_deferred(limit: usize, max_retries: i32) -> spi::Result<Outcome> {
     // Keys of TVIEWs dropped while their keys were deferred have nothing left to refresh.
     Spi::run(
-        "DELETE FROM pg_tview_deferred d \
-         WHERE NOT EXISTS (SELECT 1 FROM pg_tview_meta m WHERE m.table_oid = d.tview_oid)",
+        "DELETE FROM pg_tview_deferred WHERE ctid IN ( \
+             SELECT d.ctid FROM pg_tview_deferred d \
+             WHERE NOT EXISTS (SELECT 1 FROM pg_tview_meta m WHERE m.table_oid = d.tview_oid) \
+             FOR UPDATE SKIP LOCKED)",
     )?;
     let due: Vec<QueueEntry> = Spi::connect_mut(|client| {
         let rows = client.update(
@@ -316,11 +325,7 @@ pub fn retry_deferred(limit: usize, max_retries: i32) -> spi::Result<Outcome> {
              WHERE d.tview_oid = $1 AND d.kind = k.kind AND d.key = k.key",
             &[table_oid.into(), kinds.into(), keys.into()],
         )?;
-        outcome.rows += isolated.rows;
-        outcome.per_tview.push(Applied {
-            tview_oid: oid,
-            keys: isolated.applied.len() as u64,
-        });
+        outcome.add(oid, &isolated);
         for (entry, failure) in &isolated.failed {
             Spi::run_with_args(
                 "UPDATE pg_tview_deferred d SET attempts = d.attempts + 1, last_error = $4, sqlstate = $6, \
@@ -336,13 +341,6 @@ pub fn retry_deferred(limit: usize, max_retries: i32) -> spi::Result<Outcome> {
                     failure.sqlstate.as_str().into(),
                 ],
             )?;
-        }
-        if let Some((_, failure)) = isolated.failed.first() {
-            outcome.failed.push(Applied {
-                tview_oid: oid,
-                keys: isolated.failed.len() as u64,
-            });
-            outcome.last_error = Some(format!("tv oid {oid}: {}", failure.message));
         }
     }
     Ok(outcome)
