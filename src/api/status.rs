@@ -153,18 +153,7 @@ fn _pg_tviews_wait_ms(timeout_ms: i64) -> bool {
             if Instant::now() >= deadline {
                 return false;
             }
-            // SAFETY: standard latch wait in a user backend, interrupts checked right after.
-            unsafe {
-                pg_sys::WaitLatch(
-                    pg_sys::MyLatch,
-                    (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH)
-                        as i32,
-                    2,
-                    pg_sys::PG_WAIT_EXTENSION,
-                );
-                pg_sys::ResetLatch(pg_sys::MyLatch);
-            }
-            pg_sys::check_for_interrupts!();
+            super::sleep_on_latch(2);
         }
     }
     true

@@ -76,16 +76,6 @@ fn stop_drainer(dboid: u32) {
     }
     let deadline = Instant::now() + STOP_WAIT;
     while queue::drainer_running(dboid) && Instant::now() < deadline {
-        // SAFETY: short latch sleep in a user backend; interrupts are checked right after.
-        unsafe {
-            pg_sys::WaitLatch(
-                pg_sys::MyLatch,
-                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-                10,
-                pg_sys::PG_WAIT_EXTENSION,
-            );
-            pg_sys::ResetLatch(pg_sys::MyLatch);
-        }
-        pgrx::check_for_interrupts!();
+        super::sleep_on_latch(10);
     }
 }
