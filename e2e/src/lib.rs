@@ -154,6 +154,42 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("connect to {dbname}: {e}\n{}", self.log()))
     }
 
+    /// Kills backend `pid` with SIGKILL, which makes the postmaster terminate every process
+    /// and re-initialize shared memory, and returns a connection to `dbname` once the server
+    /// accepts queries again. Connecting before the postmaster noticed the crash would hand out
+    /// a session that the reinitialization then kills, so this waits for the log line first.
+    pub fn crash_backend(&self, pid: i32, dbname: &str) -> Client {
+        let marker = "all server processes terminated; reinitializing";
+        let crashes_before = self.log().matches(marker).count();
+        let killed = Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(killed.success(), "kill -9 {pid} failed");
+        eventually(
+            "postmaster reinitializing after the crash",
+            Duration::from_secs(30),
+            || self.log().matches(marker).count() > crashes_before,
+        );
+        let conn = format!(
+            "host={} port={} user=postgres dbname={dbname} application_name=e2e",
+            self.dir.display(),
+            self.port
+        );
+        let mut client = None;
+        eventually(
+            "server accepting queries after the crash",
+            Duration::from_secs(60),
+            || {
+                client = Client::connect(&conn, NoTls)
+                    .ok()
+                    .and_then(|mut c| c.batch_execute("SELECT 1").ok().map(|_| c));
+                client.is_some()
+            },
+        );
+        client.unwrap()
+    }
+
     /// Creates a database with the extension and the example `tb_post` / `tv_post`.
     pub fn database_with_tview(&self, dbname: &str, rows: i64) -> Client {
         let mut admin = self.connect("postgres");

@@ -33,26 +33,9 @@ fn queued_keys_survive_a_backend_crash() {
     let pid: i32 = db.query_one("SELECT pid FROM pg_stat_activity WHERE application_name = 'e2e' AND pid <> pg_backend_pid() LIMIT 1", &[])
         .unwrap()
         .get(0);
-    std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .unwrap();
-    drop(victim);
     drop(db);
-    let mut db = None;
-    eventually("server back after crash", Duration::from_secs(30), || {
-        db = postgres::Client::connect(
-            &format!(
-                "host={} port={} user=postgres dbname=app",
-                cluster.dir.display(),
-                cluster.port
-            ),
-            postgres::NoTls,
-        )
-        .ok();
-        db.is_some()
-    });
-    let mut db = db.unwrap();
+    let mut db = cluster.crash_backend(pid, "app");
+    drop(victim);
     db.batch_execute("SELECT pg_reload_conf()").unwrap();
     eventually(
         "TVIEW converged after crash",
