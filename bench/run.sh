@@ -155,7 +155,7 @@ q "SELECT pg_tviews_version()" | sed 's/^/version\t/' >>"$RAW/meta.tsv"
 wait_worker_idle() {
     local deadline=$(($(date +%s) + DEADLINE_S)) state
     while :; do
-        state=$(q "SELECT state || ':' || full_refresh_pending::text || ':' || pending
+        state=$(q "SELECT state || ':' || recovery_pending::text || ':' || pending
                    FROM pg_tviews_worker_status WHERE database = current_database()")
         [[ $state == idle:false:0 ]] && [[ $(q "SELECT pg_tviews_wait('0s')") == t ]] && return 0
         (($(date +%s) < deadline)) || die "worker not idle after ${DEADLINE_S}s (state '$state')"
@@ -451,7 +451,7 @@ if [[ $OVERFLOW == 1 ]]; then
     log "E: overflow: bulk UPDATEs with the worker disabled until the ring overflows"
     set_guc pg_tviews_bgw.enabled off
     wait_worker_state disabled
-    stats() { q "SELECT overflowed || ' ' || full_refreshes FROM pg_tviews_stats"; }
+    stats() { q "SELECT overflowed || ' ' || recoveries FROM pg_tviews_stats"; }
     s0=$(stats) n=0
     while [[ $(stats | cut -d' ' -f1) == "${s0% *}" ]]; do
         ((n < 50)) || die "ring did not overflow after $n bulk updates"

@@ -53,6 +53,25 @@ CREATE TABLE pg_tview_deferred (
 );
 CREATE INDEX ON pg_tview_deferred (reason, next_attempt_at);
 
+-- The durable journal (pg_tviews_bgw.durability = journal; ARCHITECTURE.md "Journal rotation").
+-- Every transaction that changes a TVIEW source appends one row with all its keys at
+-- PRE_COMMIT, so the row commits (and is WAL-logged) with the change itself. Writers append to
+-- one table at a time; the worker TRUNCATEs a table once every key in it is applied, instead
+-- of deleting rows (no bloat, no vacuum). Read back in full only after a restart, a crash or a
+-- queue overflow. entries: a 4-byte format version, then 16 bytes per key.
+CREATE TABLE pg_tview_journal_0 (written_at timestamptz NOT NULL, entries bytea NOT NULL)
+    WITH (autovacuum_enabled = false, toast.autovacuum_enabled = false);
+CREATE TABLE pg_tview_journal_1 (LIKE pg_tview_journal_0)
+    WITH (autovacuum_enabled = false, toast.autovacuum_enabled = false);
+CREATE TABLE pg_tview_journal_2 (LIKE pg_tview_journal_0)
+    WITH (autovacuum_enabled = false, toast.autovacuum_enabled = false);
+-- Keys compress poorly and writers should not pay for it: store large rows uncompressed.
+ALTER TABLE pg_tview_journal_0 ALTER COLUMN entries SET STORAGE EXTERNAL;
+ALTER TABLE pg_tview_journal_1 ALTER COLUMN entries SET STORAGE EXTERNAL;
+ALTER TABLE pg_tview_journal_2 ALTER COLUMN entries SET STORAGE EXTERNAL;
+-- Writers insert through the extension's commit callback, never through SQL.
+REVOKE ALL ON pg_tview_journal_0, pg_tview_journal_1, pg_tview_journal_2 FROM PUBLIC;
+
 SELECT pg_catalog.pg_extension_config_dump('pg_tview_meta', '');
 SELECT pg_catalog.pg_extension_config_dump('pg_tview_lineage', '');
 SELECT pg_catalog.pg_extension_config_dump('pg_tview_helpers', '');

@@ -45,18 +45,33 @@ SELECT w.pid,
        w.datid,
        d.datname          AS database,
        w.slot,
+       w.partition,
+       w.partitions,
        w.state,
+       w.current_tview::regclass AS current_tview,
        w.pending,
        w.capacity,
-       w.full_refresh_pending,
+       w.recovery_pending,
        w.batches,
        w.rows,
+       round(w.avg_batch_ms::numeric, 2) AS avg_batch_ms,
        w.started_at,
        w.last_activity,
        w.last_error,
        w.last_error_at
 FROM @extschema@._pg_tviews_worker_stats() w
 LEFT JOIN pg_catalog.pg_database d ON d.oid = w.datid;
+
+-- The three journal tables of this database: which one writers append to, which drain.
+CREATE VIEW pg_tviews_journal_status AS
+SELECT j.journal_table,
+       format('pg_tview_journal_%s', j.journal_table) AS table_name,
+       j.state,
+       j.writers_in_flight,
+       j.rows_since_current,
+       pg_catalog.pg_total_relation_size(
+           pg_catalog.to_regclass(format('%I.pg_tview_journal_%s', '@extschema@', j.journal_table))) AS bytes
+FROM @extschema@._pg_tviews_journal_stats() j;
 
 CREATE VIEW pg_tviews_stats AS
 SELECT * FROM @extschema@._pg_tviews_counters();
@@ -72,7 +87,9 @@ SELECT 'pg_tviews_enqueued_total'::text AS name, enqueued::float8 AS value, '{}'
 UNION ALL SELECT 'pg_tviews_applied_total', applied, '{}' FROM pg_tviews_stats
 UNION ALL SELECT 'pg_tviews_overflowed_total', overflowed, '{}' FROM pg_tviews_stats
 UNION ALL SELECT 'pg_tviews_published_transactions_total', published_txns, '{}' FROM pg_tviews_stats
-UNION ALL SELECT 'pg_tviews_full_refreshes_total', full_refreshes, '{}' FROM pg_tviews_stats
+UNION ALL SELECT 'pg_tviews_recoveries_total', recoveries, '{}' FROM pg_tviews_stats
+UNION ALL SELECT 'pg_tviews_journal_rows_total', journal_rows, '{}' FROM pg_tviews_stats
+UNION ALL SELECT 'pg_tviews_journal_truncations_total', journal_truncations, '{}' FROM pg_tviews_stats
 UNION ALL SELECT 'pg_tviews_pending_keys', pending, jsonb_build_object('tview', entity) FROM pg_tviews_queue_status
 UNION ALL SELECT 'pg_tviews_lag_seconds', coalesce(extract(epoch FROM oldest_pending_age), 0),
                  jsonb_build_object('tview', entity) FROM pg_tviews_queue_status
@@ -83,11 +100,14 @@ UNION ALL SELECT 'pg_tviews_tview_failed_total', failed, jsonb_build_object('tvi
 UNION ALL SELECT 'pg_tviews_dead_letters', dead_letters, jsonb_build_object('tview', entity) FROM pg_tviews_queue_status
 UNION ALL SELECT 'pg_tviews_parked_keys', parked, jsonb_build_object('tview', entity) FROM pg_tviews_queue_status
 UNION ALL SELECT 'pg_tviews_worker_batches_total', batches,
-                 jsonb_build_object('database', database, 'state', state) FROM pg_tviews_worker_status
+                 jsonb_build_object('database', database, 'partition', partition, 'state', state) FROM pg_tviews_worker_status
 UNION ALL SELECT 'pg_tviews_worker_rows_total', rows,
-                 jsonb_build_object('database', database, 'state', state) FROM pg_tviews_worker_status
+                 jsonb_build_object('database', database, 'partition', partition, 'state', state) FROM pg_tviews_worker_status
 UNION ALL SELECT 'pg_tviews_worker_queue_keys', pending,
-                 jsonb_build_object('database', database, 'capacity', capacity) FROM pg_tviews_worker_status;
+                 jsonb_build_object('database', database, 'partition', partition, 'capacity', capacity) FROM pg_tviews_worker_status
+UNION ALL SELECT 'pg_tviews_worker_avg_batch_ms', avg_batch_ms,
+                 jsonb_build_object('database', database, 'partition', partition) FROM pg_tviews_worker_status
+          WHERE avg_batch_ms IS NOT NULL;
 
 -- Wake the launcher now so this database gets its drainer without waiting for a scan.
 SELECT @extschema@._pg_tviews_attach_database();

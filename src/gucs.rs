@@ -16,11 +16,33 @@ pub enum RefreshMode {
     Sync,
 }
 
+/// How committed keys survive a crash or restart (shared memory does not).
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Durability {
+    /// Each committing transaction also appends its keys to a WAL-logged journal table, which
+    /// is replayed after a restart, a crash or a queue overflow (the default).
+    #[name = c"journal"]
+    Journal,
+    /// Shared memory only: after a restart, crash or overflow every TVIEW of the database is
+    /// reconciled with its defining query (recompute and diff).
+    #[name = c"none"]
+    None,
+}
+
+/// Crash and restart safety of queued keys; fixed for the life of the server.
+pub static DURABILITY: GucSetting<Durability> = GucSetting::<Durability>::new(Durability::Journal);
+
+/// Drainers (and rings) per database; keys are partitioned among them by (TVIEW, key).
+pub static WORKERS_PER_DATABASE: GucSetting<i32> = GucSetting::<i32>::new(1);
+
 /// `pg_tviews_health_check()` warns when a database has more keys than this pending.
 pub static HEALTH_QUEUE_DEPTH: GucSetting<i32> = GucSetting::<i32>::new(1_000);
 
 /// `pg_tviews_health_check()` warns when the oldest pending key is older than this (ms).
 pub static HEALTH_LAG_MS: GucSetting<i32> = GucSetting::<i32>::new(5_000);
+
+/// `pg_tviews_health_check()` warns when the journal tables are larger than this (MB).
+pub static HEALTH_JOURNAL_MB: GucSetting<i32> = GucSetting::<i32>::new(1_024);
 
 /// Per-session choice between background and in-statement refresh.
 pub static MODE: GucSetting<RefreshMode> = GucSetting::<RefreshMode>::new(RefreshMode::Async);
@@ -82,6 +104,16 @@ pub fn define_session() {
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(
+        c"pg_tviews_bgw.health_journal_size",
+        c"Size of the journal tables above which pg_tviews_health_check() reports WARNING.",
+        c"",
+        &HEALTH_JOURNAL_MB,
+        0,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::UNIT_MB,
+    );
+    GucRegistry::define_int_guc(
         c"pg_tviews_bgw.health_lag",
         c"Age of the oldest pending key above which pg_tviews_health_check() reports WARNING.",
         c"",
@@ -115,11 +147,29 @@ pub fn define() {
     );
     GucRegistry::define_int_guc(
         c"pg_tviews_bgw.max_workers",
-        c"Number of drainer slots in shared memory (one per database using the extension).",
-        c"Each drainer is a dynamic background worker and also needs a max_worker_processes slot.",
+        c"Number of drainer slots (and rings) in shared memory, across all databases.",
+        c"A database using the extension takes workers_per_database of them; each drainer is a dynamic background worker and also needs a max_worker_processes slot.",
         &MAX_WORKERS,
         1,
         MAX_WORKERS_MAX,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_enum_guc(
+        c"pg_tviews_bgw.durability",
+        c"How queued TVIEW keys survive a crash or restart: journal (replayed) or none (full reconcile).",
+        c"journal writes one WAL-logged row per committing transaction; none keeps keys in shared memory only and recomputes every TVIEW after a crash, restart or queue overflow.",
+        &DURABILITY,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_tviews_bgw.workers_per_database",
+        c"Background workers (each with its own ring) draining one database in parallel.",
+        c"Keys are partitioned by (TVIEW, key), so each TVIEW row has one refresher. Each worker takes a max_workers slot and a max_worker_processes slot.",
+        &WORKERS_PER_DATABASE,
+        1,
+        crate::queue::MAX_PARTITIONS as i32,
         GucContext::Postmaster,
         GucFlags::default(),
     );
@@ -201,4 +251,12 @@ pub fn batch_size() -> usize {
 
 pub fn naptime() -> std::time::Duration {
     std::time::Duration::from_millis(NAPTIME_MS.get().max(10) as u64)
+}
+
+pub fn durability() -> Durability {
+    DURABILITY.get()
+}
+
+pub fn workers_per_database() -> usize {
+    (WORKERS_PER_DATABASE.get().max(1) as usize).min(crate::queue::MAX_PARTITIONS)
 }

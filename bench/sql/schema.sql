@@ -120,7 +120,7 @@ BEGIN
           INTO pending, oldest_pending_at FROM pg_tviews_queue_status q;
         converged := pending = 0
             AND NOT EXISTS (SELECT 1 FROM pg_tviews_worker_status w
-                            WHERE w.database = current_database() AND w.full_refresh_pending)
+                            WHERE w.database = current_database() AND w.recovery_pending)
             AND pg_tviews_wait('0s');
         RETURN NEXT;
         EXIT WHEN converged OR clock_timestamp() - t0 > make_interval(secs => deadline_s);

@@ -262,11 +262,11 @@ pub fn differences(db: &mut Client, entity: &str) -> i64 {
     .get(0)
 }
 
-/// `(enqueued, applied, overflowed, published_txns, full_refreshes)` from `pg_tviews_stats`.
+/// `(enqueued, applied, overflowed, published_txns, recoveries)` from `pg_tviews_stats`.
 pub fn stats(db: &mut Client) -> [i64; 5] {
     let row = db
         .query_one(
-            "SELECT enqueued, applied, overflowed, published_txns, full_refreshes FROM pg_tviews_stats",
+            "SELECT enqueued, applied, overflowed, published_txns, recoveries FROM pg_tviews_stats",
             &[],
         )
         .unwrap();

@@ -5,7 +5,7 @@ use super::tview;
 use crate::capture::dispatch;
 use crate::capture::staging::StagedKey;
 use crate::errors::raise;
-use crate::queue::{self, kind};
+use crate::queue::{self, kind, status};
 use crate::{catalog, gucs};
 use pgrx::prelude::*;
 use pgrx::spi::quote_identifier;
@@ -277,20 +277,53 @@ fn pg_tviews_health_check() -> TableIterator<
             ),
             _ => check("launcher", "OK", "running"),
         });
-        let slot = queue::slots().into_iter().find(|s| s.dboid == dboid);
-        match (&slot, tview_count, in_recovery) {
-            (_, _, true) => {}
-            (Some(s), _, _) if s.pid != 0 => out.push(check(
+        let workers: Vec<status::SlotSnapshot> = status::slots()
+            .into_iter()
+            .filter(|s| s.dboid == dboid)
+            .collect();
+        let running: Vec<&status::SlotSnapshot> = workers.iter().filter(|s| s.pid != 0).collect();
+        match (workers.len(), running.len(), tview_count, in_recovery) {
+            (_, _, _, true) => {}
+            (n, r, _, _) if n > 0 && r == n => out.push(check(
                 "worker",
                 "OK",
-                format!("pid {} {} ({} batches, {} rows)", s.pid, s.state.label(), s.batches, s.rows),
+                running
+                    .iter()
+                    .map(|s| format!("pid {} {} ({} batches, {} rows)", s.pid, s.state.label(), s.batches, s.rows))
+                    .collect::<Vec<_>>()
+                    .join("; "),
             )),
-            (_, 0, _) => out.push(check("worker", "OK", "no TVIEWs in this database yet")),
+            (_, _, 0, _) => out.push(check("worker", "OK", "no TVIEWs in this database yet")),
+            (n, r, _, _) if r > 0 => out.push(check(
+                "worker",
+                "WARNING",
+                format!("{r} of {n} workers running; the others are restarting or waiting for a max_worker_processes slot"),
+            )),
             _ => out.push(check(
                 "worker",
                 "CRITICAL",
-                "no worker is running for this database; check max_worker_processes and pg_tviews_bgw.max_workers",
+                workers
+                    .iter()
+                    .find_map(|s| s.last_error.clone())
+                    .unwrap_or_else(|| "no worker is running for this database; check max_worker_processes and pg_tviews_bgw.max_workers".to_string()),
             )),
+        }
+        if !in_recovery {
+            let recovering = workers.iter().any(|s| s.recovery_pending);
+            let journal = gucs::durability() == gucs::Durability::Journal;
+            out.push(match (recovering, journal) {
+                (true, true) => check(
+                    "recovery",
+                    "WARNING",
+                    "replaying the journal (after a start, a crash or a queue overflow): TVIEWs may be stale until it completes",
+                ),
+                (true, false) => check(
+                    "recovery",
+                    "WARNING",
+                    "reconciling every TVIEW (durability = none, after a start, a crash or a queue overflow): TVIEWs may be stale until it completes",
+                ),
+                (false, _) => check("recovery", "OK", "no recovery pending"),
+            });
         }
         if !gucs::ENABLED.get() {
             out.push(check(
@@ -299,7 +332,7 @@ fn pg_tviews_health_check() -> TableIterator<
                 "pg_tviews_bgw.enabled is off: changes are queued but not applied",
             ));
         }
-        let stats = queue::tview_stats(dboid);
+        let stats = status::tview_stats(dboid);
         let pending: u64 = stats.iter().map(|s| s.pending).sum();
         let threshold = gucs::HEALTH_QUEUE_DEPTH.get().max(0) as u64;
         out.push(if pending > threshold {
@@ -329,13 +362,13 @@ fn pg_tviews_health_check() -> TableIterator<
                 format!("oldest pending key is {lag_ms} ms old"),
             )
         });
-        if let Some(c) = queue::counters() {
+        if let Some(c) = status::counters() {
             out.push(if c.overflowed > 0 {
                 check(
                     "overflow",
                     "WARNING",
                     format!(
-                        "{} keys overflowed since start-up and were replaced by full refreshes; raise pg_tviews_bgw.queue_size",
+                        "{} keys overflowed since start-up and were recovered from the journal or by full reconciles; raise pg_tviews_bgw.queue_size",
                         c.overflowed
                     ),
                 )
@@ -343,17 +376,41 @@ fn pg_tviews_health_check() -> TableIterator<
                 check("overflow", "OK", "no overflow since start-up")
             });
         }
-        if let Some(s) = slot {
-            if let Some(error) = s.last_error {
-                let age_s = (now - s.last_error_at) / 1_000_000;
-                if age_s < 300 {
-                    out.push(check(
-                        "refresh_errors",
-                        "WARNING",
-                        format!("{age_s} s ago: {error}"),
-                    ));
-                }
+        let recent_error = workers
+            .iter()
+            .filter_map(|s| s.last_error.clone().map(|e| (s.last_error_at, e)))
+            .max_by_key(|(at, _)| *at);
+        if let Some((at, error)) = recent_error {
+            let age_s = (now - at) / 1_000_000;
+            if age_s < 300 {
+                out.push(check(
+                    "refresh_errors",
+                    "WARNING",
+                    format!("{age_s} s ago: {error}"),
+                ));
             }
+        }
+        if gucs::durability() == gucs::Durability::Journal {
+            let bytes = Spi::get_one::<i64>(
+                "SELECT coalesce(sum(pg_catalog.pg_total_relation_size(c.oid)), 0)::bigint \
+                 FROM pg_catalog.pg_class c \
+                 WHERE c.relname IN ('pg_tview_journal_0', 'pg_tview_journal_1', 'pg_tview_journal_2') \
+                   AND c.relnamespace = (SELECT extnamespace FROM pg_catalog.pg_extension WHERE extname = 'pg_tviews_bgw')",
+            )
+            .ok()
+            .flatten()
+            .unwrap_or(0);
+            let limit_mb = i64::from(gucs::HEALTH_JOURNAL_MB.get().max(0));
+            let mb = bytes / (1024 * 1024);
+            out.push(if mb > limit_mb {
+                check(
+                    "journal",
+                    "WARNING",
+                    format!("journal tables hold {mb} MB (threshold {limit_mb} MB): keys are not being applied, or a long transaction keeps a table from being truncated"),
+                )
+            } else {
+                check("journal", "OK", format!("{} kB in the journal tables", bytes / 1024))
+            });
         }
     }
     // Each source needs its four transition-table triggers, or the single full-refresh one.

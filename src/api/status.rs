@@ -1,7 +1,7 @@
 //! SQL functions behind the monitoring views and `pg_tviews_wait`; run in user backends and
 //! read shared memory only (one short LWLock hold each).
 
-use crate::queue;
+use crate::queue::{self, status};
 use pgrx::prelude::*;
 use std::time::{Duration, Instant};
 
@@ -35,7 +35,7 @@ fn _pg_tviews_queue_stats() -> TableIterator<
         name!(lag_p99_ms, Option<f64>),
     ),
 > {
-    let rows: Vec<_> = queue::tview_stats(current_dboid())
+    let rows: Vec<_> = status::tview_stats(current_dboid())
         .into_iter()
         .map(|s| {
             (
@@ -63,31 +63,39 @@ fn _pg_tviews_worker_stats() -> TableIterator<
         name!(pid, Option<i32>),
         name!(datid, pg_sys::Oid),
         name!(slot, i32),
+        name!(partition, i32),
+        name!(partitions, i32),
         name!(state, String),
+        name!(current_tview, Option<pg_sys::Oid>),
         name!(pending, i64),
         name!(capacity, i64),
-        name!(full_refresh_pending, bool),
+        name!(recovery_pending, bool),
         name!(batches, i64),
         name!(rows, i64),
+        name!(avg_batch_ms, Option<f64>),
         name!(started_at, Option<TimestampWithTimeZone>),
         name!(last_activity, Option<TimestampWithTimeZone>),
         name!(last_error, Option<String>),
         name!(last_error_at, Option<TimestampWithTimeZone>),
     ),
 > {
-    let rows: Vec<_> = queue::slots()
+    let rows: Vec<_> = status::slots()
         .into_iter()
         .map(|s| {
             (
                 (s.pid != 0).then_some(s.pid),
                 pg_sys::Oid::from(s.dboid),
                 s.slot as i32,
+                s.partition as i32,
+                s.partitions as i32,
                 s.state.label().to_string(),
+                (s.current_tview != 0).then(|| pg_sys::Oid::from(s.current_tview)),
                 s.pending as i64,
                 s.capacity as i64,
-                s.needs_full_refresh,
+                s.recovery_pending,
                 s.batches as i64,
                 s.rows as i64,
+                (s.batches > 0).then(|| s.busy_ms as f64 / s.batches as f64),
                 timestamp(s.started_at),
                 timestamp(s.last_activity),
                 s.last_error,
@@ -98,6 +106,8 @@ fn _pg_tviews_worker_stats() -> TableIterator<
     TableIterator::new(rows)
 }
 
+// pgrx reads the column names from `name!()` in the signature, so it cannot be a type alias.
+#[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_safe)]
 fn _pg_tviews_counters() -> TableIterator<
     'static,
@@ -106,20 +116,24 @@ fn _pg_tviews_counters() -> TableIterator<
         name!(applied, i64),
         name!(overflowed, i64),
         name!(published_txns, i64),
-        name!(full_refreshes, i64),
+        name!(recoveries, i64),
+        name!(journal_rows, i64),
+        name!(journal_truncations, i64),
         name!(shared_memory, bool),
     ),
 > {
-    let row = match queue::counters() {
+    let row = match status::counters() {
         Some(c) => (
             c.enqueued as i64,
             c.applied as i64,
             c.overflowed as i64,
             c.published_txns as i64,
             c.full_refreshes as i64,
+            c.journal_rows as i64,
+            c.journal_truncations as i64,
             true,
         ),
-        None => (0, 0, 0, 0, 0, false),
+        None => (0, 0, 0, 0, 0, 0, 0, false),
     };
     TableIterator::once(row)
 }
@@ -139,17 +153,14 @@ fn _pg_tviews_wait_ms(timeout_ms: i64) -> bool {
     .unwrap_or(0);
     let mut previous_target = None;
     for _ in 0..rounds {
-        let Some((slot, target)) = queue::drain_target(current_dboid()) else {
+        let Some(target) = status::drain_target(current_dboid()) else {
             return true;
         };
         if previous_target == Some(target) {
             return true;
         }
         previous_target = Some(target);
-        loop {
-            if queue::drained(slot, current_dboid(), target) {
-                break;
-            }
+        while !status::drained(&target) {
             if Instant::now() >= deadline {
                 return false;
             }
@@ -157,6 +168,36 @@ fn _pg_tviews_wait_ms(timeout_ms: i64) -> bool {
         }
     }
     true
+}
+
+/// State of this database's three journal tables (empty without a worker slot).
+#[pg_extern(volatile, parallel_safe)]
+fn _pg_tviews_journal_stats() -> TableIterator<
+    'static,
+    (
+        name!(journal_table, i32),
+        name!(state, String),
+        name!(writers_in_flight, i64),
+        name!(rows_since_current, i64),
+    ),
+> {
+    let rows: Vec<_> = queue::drain::journal_states(current_dboid())
+        .map(|tables| {
+            tables
+                .iter()
+                .enumerate()
+                .map(|(t, (state, inflight, rows))| {
+                    (
+                        t as i32,
+                        state.label().to_string(),
+                        i64::from(*inflight),
+                        *rows as i64,
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    TableIterator::new(rows)
 }
 
 /// Keys staged by the current transaction, not yet published (diagnostics and tests).

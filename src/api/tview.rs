@@ -507,13 +507,7 @@ fn source_tables(view_oid: pg_sys::Oid) -> Vec<SourceTable> {
 }
 
 pub fn extension_schema() -> String {
-    Spi::get_one::<String>(
-        "SELECT n.nspname::text FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace \
-         WHERE e.extname = 'pg_tviews_bgw'",
-    )
-    .ok()
-    .flatten()
-    .unwrap_or_else(|| "public".to_string())
+    catalog::extension_schema().unwrap_or_else(|| "public".to_string())
 }
 
 /// Drops the TVIEW table, its backing view, its capture triggers and its metadata.

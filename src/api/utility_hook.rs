@@ -1,7 +1,7 @@
 //! ProcessUtility hook, run in user backends: before DROP DATABASE, ask that database's
 //! drainer to leave so the drop is not refused for "being accessed by other users".
 
-use crate::queue;
+use crate::queue::slots;
 use pgrx::pg_sys;
 use std::cell::UnsafeCell;
 use std::time::{Duration, Instant};
@@ -71,11 +71,11 @@ unsafe extern "C-unwind" fn process_utility(
 }
 
 fn stop_drainer(dboid: u32) {
-    if queue::request_stop(dboid) == 0 {
+    if !slots::request_stop(dboid) {
         return;
     }
     let deadline = Instant::now() + STOP_WAIT;
-    while queue::drainer_running(dboid) && Instant::now() < deadline {
+    while slots::drainer_running(dboid) && Instant::now() < deadline {
         super::sleep_on_latch(10);
     }
 }

@@ -1,6 +1,7 @@
 //! Change capture in user backends: the `tview_*` statement triggers stage keys, the
 //! transaction callbacks publish them at COMMIT.
 
+pub mod journal;
 pub mod staging;
 pub mod trigger;
 
@@ -34,7 +35,12 @@ pub fn refresh_synchronously(keys: &[StagedKey]) {
             committed_at: 0,
         })
         .collect();
-    if let Err(e) = refresh::apply_batch(&entries, refresh::OnError::Raise) {
+    if let Err(e) = refresh::apply_batch(
+        &entries,
+        refresh::OnError::Raise,
+        refresh::Locking::Alone,
+        None,
+    ) {
         crate::errors::raise(
             PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
             format!("synchronous TVIEW refresh failed: {e}"),

@@ -4,7 +4,8 @@
 //! Invariant 1 (no key before its commit): keys reach shared memory only in the COMMIT callback,
 //! which PostgreSQL runs after the transaction became visible to other snapshots.
 
-use crate::queue::{self, QueueEntry};
+use crate::gucs::{self, Durability};
+use crate::queue::{self, JournalTicket, QueueEntry};
 use pgrx::pg_sys;
 use std::cell::RefCell;
 
@@ -28,6 +29,10 @@ struct Staging {
     ready: Vec<QueueEntry>,
     /// Claim a worker slot for this database at COMMIT (CREATE EXTENSION, pg_tviews_create).
     attach: bool,
+    /// The journal table this transaction's row went to, counted in flight until it ends.
+    journal: Option<JournalTicket>,
+    /// `durability = none`: this transaction wrote the run's "not journaled" marker row.
+    marker_written: bool,
 }
 
 const FIRST_COMPACTION: usize = 8192;
@@ -92,6 +97,8 @@ fn clear(s: &mut Staging) {
     s.ready.clear();
     s.compact_at = 0;
     s.attach = false;
+    s.journal = None;
+    s.marker_written = false;
     // Give memory back after an unusually large transaction.
     if s.keys.capacity() > 1 << 20 {
         s.keys.shrink_to(FIRST_COMPACTION);
@@ -111,6 +118,9 @@ unsafe extern "C-unwind" fn on_xact_event(
         XACT_EVENT_ABORT => {
             STAGING.with(|s| {
                 if let Ok(mut s) = s.try_borrow_mut() {
+                    if let Some(ticket) = s.journal.take() {
+                        queue::journal_abort(ticket);
+                    }
                     clear(&mut s);
                 }
             });
@@ -128,12 +138,12 @@ unsafe extern "C-unwind" fn on_xact_event(
 }
 
 /// Still inside the transaction: allocating and raising are allowed, so all the work that can
-/// fail happens here and COMMIT only copies.
+/// fail happens here (including the journal row) and COMMIT only copies.
 fn pre_commit() {
-    STAGING.with(|s| {
+    let has_keys = STAGING.with(|s| {
         let mut s = s.borrow_mut();
         if s.keys.is_empty() {
-            return;
+            return false;
         }
         let mut keys = std::mem::take(&mut s.keys);
         keys.sort_unstable();
@@ -147,7 +157,37 @@ fn pre_commit() {
         }));
         keys.clear();
         s.keys = keys;
+        true
     });
+    if !has_keys || !queue::is_attached() {
+        return;
+    }
+    // SAFETY: reading the current database id cannot raise.
+    let dboid = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    match gucs::durability() {
+        Durability::Journal => {
+            let Some(ticket) = queue::journal_begin(dboid) else {
+                return;
+            };
+            // Recorded before writing, so an ERROR while writing still releases the ticket.
+            STAGING.with(|s| s.borrow_mut().journal = Some(ticket));
+            let ready = STAGING.with(|s| std::mem::take(&mut s.borrow_mut().ready));
+            super::journal::write(ticket.table(), &ready);
+            STAGING.with(|s| s.borrow_mut().ready = ready);
+        }
+        Durability::None => {
+            if queue::unjournaled_marker_missing(dboid) {
+                let marker = QueueEntry {
+                    tview_oid: 0,
+                    kind: queue::kind::FULL,
+                    key: 0,
+                    committed_at: 0,
+                };
+                let written = super::journal::write(0, &[marker]);
+                STAGING.with(|s| s.borrow_mut().marker_written = written);
+            }
+        }
+    }
 }
 
 /// After the commit is visible. Must not raise: no allocation, no catalog, no SPI.
@@ -156,17 +196,19 @@ fn commit() {
         let Ok(mut s) = s.try_borrow_mut() else {
             return;
         };
+        // SAFETY: reading the current database id cannot raise.
+        let dboid = unsafe { pg_sys::MyDatabaseId }.to_u32();
         if s.attach {
-            // SAFETY: reading the current database id cannot raise.
-            queue::ensure_slot(unsafe { pg_sys::MyDatabaseId }.to_u32());
+            queue::ensure_slot(dboid);
         }
-        if !s.ready.is_empty() {
-            // SAFETY: reading the clock and the current database id cannot raise.
-            let (at, dboid) = unsafe { (pg_sys::GetCurrentTimestamp(), pg_sys::MyDatabaseId) };
+        if !s.ready.is_empty() || s.journal.is_some() || s.marker_written {
+            // SAFETY: reading the clock cannot raise.
+            let at = unsafe { pg_sys::GetCurrentTimestamp() };
             for e in s.ready.iter_mut() {
                 e.committed_at = at;
             }
-            queue::publish(dboid.to_u32(), &s.ready);
+            let ticket = s.journal.take();
+            queue::publish(dboid, &s.ready, ticket, s.marker_written);
         }
         clear(&mut s);
     });

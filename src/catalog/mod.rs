@@ -15,6 +15,17 @@ pub fn extension_installed() -> bool {
     unsafe { pg_sys::get_extension_oid(EXTENSION_NAME.as_ptr(), true) != pg_sys::InvalidOid }
 }
 
+/// Schema of the extension in the current database; `None` when it is not installed.
+pub fn extension_schema() -> Option<String> {
+    Spi::get_one::<String>(
+        "SELECT n.nspname::text FROM pg_catalog.pg_extension e \
+         JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace \
+         WHERE e.extname = 'pg_tviews_bgw'",
+    )
+    .ok()
+    .flatten()
+}
+
 /// Shape of the TVIEW whose table has `table_oid`, or `None` if it is not (any more) a TVIEW.
 pub fn load_shape(
     client: &SpiClient<'_>,

@@ -16,6 +16,22 @@ pub mod kind {
     pub const FIRST_RULE: u32 = 2;
 }
 
+/// The partition (ring of one of a database's drainers) that refreshes `entry`, out of
+/// `partitions`. A TVIEW row key always maps to the same partition, so one drainer at a time
+/// refreshes it (invariant 4). Whole-TVIEW refreshes go to partition 0, the leader.
+pub fn partition_of(entry: &QueueEntry, partitions: usize) -> usize {
+    if partitions <= 1 || entry.kind == kind::FULL {
+        return 0;
+    }
+    // splitmix64 finalizer: cheap, and consecutive keys spread evenly.
+    let mut x = (u64::from(entry.tview_oid) << 32 | u64::from(entry.kind)) ^ entry.key as u64;
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^= x >> 31;
+    (x % partitions as u64) as usize
+}
+
 /// One queued key, 24 bytes, plain old data (lives in shared memory).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -96,6 +112,7 @@ impl<'a> Ring<'a> {
     /// Appends all of `batch` or nothing: one transaction's keys enter together, so a reader
     /// never sees half a transaction and an overflow is reported for the whole transaction.
     /// Never allocates; safe to call from a commit callback.
+    #[cfg(test)]
     pub fn push_all(&mut self, batch: &[QueueEntry]) -> bool {
         if batch.len() > self.header.free() {
             return false;
@@ -108,6 +125,14 @@ impl<'a> Ring<'a> {
         true
     }
 
+    /// Appends one entry; the caller checked `free()` first (a transaction enters whole).
+    pub fn push(&mut self, entry: QueueEntry) {
+        debug_assert!(self.header.free() > 0, "push into a full ring");
+        let slot = self.slot(self.header.tail);
+        self.entries[slot] = entry;
+        self.header.tail += 1;
+    }
+
     /// Copies up to `max` entries from the head into `out` without consuming them.
     pub fn peek_into(&self, max: usize, out: &mut Vec<QueueEntry>) -> usize {
         let n = max.min(self.header.len());
@@ -118,10 +143,14 @@ impl<'a> Ring<'a> {
         n
     }
 
-    /// Consumes `n` entries from the head, after the refresh that used them committed.
-    pub fn advance(&mut self, n: usize) {
-        let n = n.min(self.header.len()) as u64;
-        self.header.head += n;
+    /// Consumes every entry before sequence number `seq`, after the refresh that used them
+    /// committed. Idempotent and monotonic: the leader's recovery may already have consumed
+    /// entries that a partition's drainer refreshed too.
+    pub fn consume_until(&mut self, seq: u64) {
+        let seq = seq.min(self.header.tail);
+        if seq > self.header.head {
+            self.header.head = seq;
+        }
     }
 
     /// Visits every queued entry, oldest first (for status views).
@@ -166,10 +195,10 @@ mod tests {
         let mut header = RingHeader::new(4);
         let mut storage = vec![QueueEntry::default(); 4];
         let mut ring = Ring::new(&mut header, &mut storage);
-        ring.advance(3);
+        ring.consume_until(3);
         assert_eq!(ring.header().head, 0);
         assert!(ring.push_all(&[entry(1)]));
-        ring.advance(5);
+        ring.consume_until(5);
         assert!(ring.header().is_empty());
         assert_eq!(ring.header().head, 1);
     }
@@ -182,8 +211,10 @@ mod tests {
         assert!(ring.push_all(&[entry(1), entry(2), entry(3)]));
         assert_eq!(keys(&ring, 2), vec![1, 2]);
         assert_eq!(keys(&ring, 2), vec![1, 2]);
-        ring.advance(2);
+        ring.consume_until(2);
         assert_eq!(keys(&ring, 10), vec![3]);
+        ring.consume_until(1);
+        assert_eq!(keys(&ring, 10), vec![3], "consuming is monotonic");
     }
 
     #[test]
@@ -229,7 +260,8 @@ mod tests {
                 assert_eq!(e.key, expected);
                 assert_eq!(e.committed_at, expected * 10);
             }
-            ring.advance(out.len());
+            let head = ring.header().head;
+            ring.consume_until(head + out.len() as u64);
             assert!(ring.header().is_empty());
         }
         assert!(
@@ -251,6 +283,58 @@ mod tests {
             ring.for_each(|_| seen += 1);
             assert_eq!(seen, capacity);
         }
+    }
+
+    #[test]
+    fn single_pushes_wrap_like_batches() {
+        let mut header = RingHeader::new(3);
+        let mut storage = vec![QueueEntry::default(); 3];
+        let mut ring = Ring::new(&mut header, &mut storage);
+        for k in 1..=3 {
+            ring.push(entry(k));
+        }
+        assert_eq!(ring.header().free(), 0);
+        ring.consume_until(2);
+        ring.push(entry(4));
+        ring.push(entry(5));
+        assert_eq!(keys(&ring, 10), vec![3, 4, 5]);
+    }
+
+    #[test]
+    fn a_row_key_always_maps_to_the_same_partition_and_full_refreshes_to_the_leader() {
+        let mut seen = [0usize; 4];
+        for key in 0..4000 {
+            let e = QueueEntry {
+                tview_oid: 16_400,
+                kind: kind::ROW,
+                key,
+                committed_at: key,
+            };
+            let p = partition_of(&e, 4);
+            assert_eq!(
+                p,
+                partition_of(
+                    &QueueEntry {
+                        committed_at: 0,
+                        ..e
+                    },
+                    4
+                )
+            );
+            seen[p] += 1;
+        }
+        assert!(
+            seen.iter().all(|&n| (800..1200).contains(&n)),
+            "keys spread evenly: {seen:?}"
+        );
+        let full = QueueEntry {
+            tview_oid: 16_400,
+            kind: kind::FULL,
+            key: 0,
+            committed_at: 0,
+        };
+        assert_eq!(partition_of(&full, 4), 0);
+        assert_eq!(partition_of(&entry(99), 1), 0);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! Everything in it is plain old data; process-local pointers never go in, except latch pointers
 //! that themselves point into shared memory (`PGPROC.procLatch`).
 
+use super::journal::{Journal, MAX_PARTITIONS};
 use super::ring::{QueueEntry, Ring, RingHeader};
 use crate::gucs;
 use pgrx::pg_sys;
@@ -32,6 +33,8 @@ pub enum WorkerState {
     Backoff = 5,
     Disabled = 6,
     RateLimited = 7,
+    Replaying = 8,
+    Paused = 9,
 }
 
 impl WorkerState {
@@ -44,6 +47,8 @@ impl WorkerState {
             5 => WorkerState::Backoff,
             6 => WorkerState::Disabled,
             7 => WorkerState::RateLimited,
+            8 => WorkerState::Replaying,
+            9 => WorkerState::Paused,
             _ => WorkerState::Free,
         }
     }
@@ -58,6 +63,8 @@ impl WorkerState {
             WorkerState::Backoff => "backing off",
             WorkerState::Disabled => "disabled",
             WorkerState::RateLimited => "rate limited",
+            WorkerState::Replaying => "replaying journal",
+            WorkerState::Paused => "paused",
         }
     }
 }
@@ -73,8 +80,12 @@ pub struct Counters {
     pub overflowed: u64,
     /// Committed transactions that published at least one key.
     pub published_txns: u64,
-    /// Full refreshes (all TVIEWs of a database) completed.
+    /// Recoveries completed: journal replays, or full reconciles of a database.
     pub full_refreshes: u64,
+    /// Journal rows written by committing transactions.
+    pub journal_rows: u64,
+    /// Journal tables truncated after everything in them was applied.
+    pub journal_truncations: u64,
 }
 
 #[repr(C)]
@@ -89,6 +100,39 @@ pub struct TviewStat {
     pub lag: super::histogram::LagHistogram,
 }
 
+/// Database-wide state, kept in the slot of the database's partition 0 (the leader).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DatabaseState {
+    /// Recovery epochs. A recovery (journal replay, or a full reconcile without a journal)
+    /// is due while `recovery_requested > recovery_done`. A fresh claim requests one (the
+    /// rings are empty but committed keys may be unapplied); so does every overflow.
+    pub recovery_requested: u64,
+    pub recovery_done: u64,
+    /// Slot indices of partitions 0..partitions.
+    pub members: [u16; MAX_PARTITIONS],
+    pub journal: Journal,
+    /// `durability = none`: a marker row saying "keys of this run are not journaled" is in
+    /// the journal, so a later start with the journal reconciles instead of trusting it.
+    pub unjournaled_marker: bool,
+}
+
+impl DatabaseState {
+    fn fresh(now: i64) -> DatabaseState {
+        DatabaseState {
+            recovery_requested: 1,
+            recovery_done: 0,
+            members: [0; MAX_PARTITIONS],
+            journal: Journal::fresh(now),
+            unjournaled_marker: false,
+        }
+    }
+
+    pub fn recovery_due(&self) -> bool {
+        self.recovery_requested > self.recovery_done
+    }
+}
+
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct WorkerSlot {
@@ -97,24 +141,34 @@ pub struct WorkerSlot {
     pub state: u32,
     /// Pid of the attached drainer, 0 when none is running.
     pub pid: i32,
+    /// Which of its database's partitions this slot drains (0 = the leader), and how many.
+    pub partition: u32,
+    pub partitions: u32,
     /// The drainer's latch, valid while `pid != 0`.
     pub latch: *mut pg_sys::Latch,
+    /// Changes at every claim, so a writer that began under an earlier claim of this slot
+    /// never adjusts the journal counters of a later one.
+    pub generation: u64,
     /// The launcher registered a background worker for this slot that has not exited for good.
     pub worker_registered: bool,
     /// Claimed by the launcher only to find out whether the database has the extension.
     pub probing: bool,
     /// Ask the drainer to leave for good (DROP DATABASE).
     pub stop_requested: bool,
-    /// Keys were lost to overflow or the slot is fresh: recompute every TVIEW of the database.
-    pub needs_full_refresh: bool,
     pub ring: RingHeader,
     pub batches: u64,
     pub rows: u64,
+    /// Total milliseconds spent in refresh transactions, for the average batch time.
+    pub busy_ms: u64,
+    /// TVIEW being refreshed now (0 when none).
+    pub current_tview: u32,
     pub started_at: i64,
     pub last_activity: i64,
     pub last_error_at: i64,
     pub last_error_len: u32,
     pub last_error: [u8; LAST_ERROR_BYTES],
+    /// Meaningful in the leader slot only.
+    pub db: DatabaseState,
 }
 
 impl WorkerSlot {
@@ -123,20 +177,68 @@ impl WorkerSlot {
             dboid: 0,
             state: WorkerState::Free as u32,
             pid: 0,
+            partition: 0,
+            partitions: 0,
             latch: std::ptr::null_mut(),
+            generation: 0,
             worker_registered: false,
             probing: false,
             stop_requested: false,
-            needs_full_refresh: false,
             ring: RingHeader::new(queue_size),
             batches: 0,
             rows: 0,
+            busy_ms: 0,
+            current_tview: 0,
             started_at: 0,
             last_activity: 0,
             last_error_at: 0,
             last_error_len: 0,
             last_error: [0; LAST_ERROR_BYTES],
+            db: DatabaseState::fresh(0),
         }
+    }
+
+    /// Resets a free slot for a new claim of `dboid` as partition `partition` of `partitions`.
+    pub fn claim(
+        &mut self,
+        dboid: u32,
+        partition: u32,
+        partitions: u32,
+        generation: u64,
+        now: i64,
+    ) {
+        self.dboid = dboid;
+        self.state = WorkerState::Starting as u32;
+        self.pid = 0;
+        self.partition = partition;
+        self.partitions = partitions;
+        self.latch = std::ptr::null_mut();
+        self.generation = generation;
+        self.worker_registered = false;
+        self.probing = false;
+        self.stop_requested = false;
+        self.ring.clear();
+        self.batches = 0;
+        self.rows = 0;
+        self.busy_ms = 0;
+        self.current_tview = 0;
+        self.started_at = now;
+        self.last_activity = now;
+        self.last_error_len = 0;
+        self.last_error_at = 0;
+        self.db = DatabaseState::fresh(now);
+    }
+
+    pub fn release(&mut self) {
+        self.dboid = 0;
+        self.state = WorkerState::Free as u32;
+        self.pid = 0;
+        self.latch = std::ptr::null_mut();
+        self.worker_registered = false;
+        self.probing = false;
+        self.stop_requested = false;
+        self.current_tview = 0;
+        self.ring.clear();
     }
 
     pub fn is_free(&self) -> bool {
@@ -166,6 +268,10 @@ impl WorkerSlot {
     }
 }
 
+/// Writers that journaled before their database had a slot, by `dboid % NO_SLOT_BUCKETS`:
+/// the journal table they wrote to must not be truncated under them.
+pub const NO_SLOT_BUCKETS: usize = 64;
+
 #[repr(C)]
 pub struct SharedHeader {
     pub magic: u64,
@@ -173,7 +279,10 @@ pub struct SharedHeader {
     pub queue_size: u64,
     pub launcher_pid: i32,
     pub launcher_latch: *mut pg_sys::Latch,
+    /// Source of slot generations.
+    pub next_generation: u64,
     pub counters: Counters,
+    pub writers_without_slot: [u32; NO_SLOT_BUCKETS],
     pub tview_stats: [TviewStat; MAX_TVIEW_STATS],
 }
 

@@ -9,7 +9,8 @@ pub mod plans;
 pub mod sql;
 
 use crate::catalog;
-use crate::queue::{kind, Applied, QueueEntry};
+use crate::queue::drain::Applied;
+use crate::queue::{journal, kind, QueueEntry};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
@@ -49,6 +50,42 @@ fn run_count(client: &mut SpiClient<'_>, sql: &str, keys: Option<Vec<i64>>) -> s
     };
     let rows = table.first().get_one::<i64>()?.unwrap_or(0);
     Ok(rows.max(0) as u64)
+}
+
+/// How a drainer keeps one refresher per TVIEW row when its database has several partitions
+/// (invariant 4). Keys a partition owns are refreshed under a shared per-TVIEW lock; keys it
+/// does not own (resolved from another table's values, whole-TVIEW refreshes, recovery,
+/// deferred retries) under an exclusive one, taken before the refresh reads its snapshot.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Locking {
+    /// One partition (or a user backend): nobody else refreshes these rows.
+    Alone,
+    Partitioned,
+    /// Every TVIEW of the batch exclusively.
+    PartitionedExclusive,
+}
+
+impl Locking {
+    pub fn for_foreign_keys(self) -> Locking {
+        match self {
+            Locking::Alone => Locking::Alone,
+            _ => Locking::PartitionedExclusive,
+        }
+    }
+}
+
+/// Namespace of the advisory locks on TVIEWs (`pg_advisory_xact_lock(bigint)`): "tv" << 32.
+const LOCK_SPACE: i64 = 0x7476 << 32;
+
+/// Locks `table_oid` for the rest of the transaction (not a subtransaction: a failing refresh
+/// must not release it). Callers lock TVIEWs in ascending OID order, so drainers never deadlock.
+fn lock_tview(table_oid: pg_sys::Oid, exclusive: bool) -> spi::Result<()> {
+    let sql = if exclusive {
+        "SELECT pg_catalog.pg_advisory_xact_lock($1)"
+    } else {
+        "SELECT pg_catalog.pg_advisory_xact_lock_shared($1)"
+    };
+    Spi::run_with_args(sql, &[(LOCK_SPACE | i64::from(table_oid.to_u32())).into()])
 }
 
 /// Whether errors abort the caller (a writing statement in sync mode) or are isolated per
@@ -227,8 +264,13 @@ fn defer_failures(
 
 /// Refreshes the keys of one batch. Entries may span transactions and TVIEWs; keys of TVIEWs
 /// that no longer exist are skipped (dropped TVIEWs leave their queued keys behind); keys of
-/// paused TVIEWs are parked in `pg_tview_deferred`.
-pub fn apply_batch(entries: &[QueueEntry], on_error: OnError) -> spi::Result<Outcome> {
+/// paused TVIEWs are parked in `pg_tview_deferred`. `slot` is the drainer's, for its status.
+pub fn apply_batch(
+    entries: &[QueueEntry],
+    on_error: OnError,
+    locking: Locking,
+    slot: Option<usize>,
+) -> spi::Result<Outcome> {
     let mut sorted: Vec<QueueEntry> = entries.to_vec();
     sorted.sort_unstable_by_key(|e| (e.tview_oid, e.kind, e.key));
     sorted.dedup_by_key(|e| (e.tview_oid, e.kind, e.key));
@@ -244,6 +286,14 @@ pub fn apply_batch(entries: &[QueueEntry], on_error: OnError) -> spi::Result<Out
         let group = &sorted[start..end];
         start = end;
         let table_oid = pg_sys::Oid::from(oid);
+        if locking != Locking::Alone {
+            let exclusive = locking == Locking::PartitionedExclusive
+                || group.iter().any(|e| e.kind != kind::ROW);
+            lock_tview(table_oid, exclusive)?;
+        }
+        if let Some(slot) = slot {
+            crate::queue::drain::set_current_tview(slot, oid);
+        }
         if is_paused(table_oid)? {
             defer(table_oid, group, "paused", None)?;
             continue;
@@ -272,7 +322,7 @@ pub fn apply_batch(entries: &[QueueEntry], on_error: OnError) -> spi::Result<Out
 /// Retries deferred keys that are due: failed ones whose backoff expired, and parked ones whose
 /// TVIEW was resumed. Success deletes them; failure backs off (1 s, 2 s, 4 s, ... 5 min) and
 /// after `max_retries` attempts turns them into dead letters.
-pub fn retry_deferred(limit: usize, max_retries: i32) -> spi::Result<Outcome> {
+pub fn retry_deferred(limit: usize, max_retries: i32, locking: Locking) -> spi::Result<Outcome> {
     // Keys of TVIEWs dropped while their keys were deferred have nothing left to refresh.
     Spi::run(
         "DELETE FROM pg_tview_deferred WHERE ctid IN ( \
@@ -285,7 +335,7 @@ pub fn retry_deferred(limit: usize, max_retries: i32) -> spi::Result<Outcome> {
             "SELECT d.tview_oid, d.kind, d.key FROM pg_tview_deferred d \
              JOIN pg_tview_meta m ON m.table_oid = d.tview_oid \
              WHERE NOT m.paused AND ((d.reason = 'failed' AND d.next_attempt_at <= now()) OR d.reason IN ('paused', 'prepared')) \
-             ORDER BY d.next_attempt_at LIMIT $1 FOR UPDATE OF d SKIP LOCKED",
+             ORDER BY d.tview_oid, d.kind, d.key LIMIT $1 FOR UPDATE OF d SKIP LOCKED",
             None,
             &[(limit as i64).into()],
         )?;
@@ -316,6 +366,9 @@ pub fn retry_deferred(limit: usize, max_retries: i32) -> spi::Result<Outcome> {
         group.sort_unstable_by_key(|e| (e.kind, e.key));
         start = end;
         let table_oid = pg_sys::Oid::from(oid);
+        if locking != Locking::Alone {
+            lock_tview(table_oid, true)?;
+        }
         let mut isolated = Isolated::default();
         refresh_bisect(table_oid, &group, &mut isolated)?;
         let kinds: Vec<i32> = isolated.applied.iter().map(|e| e.kind as i32).collect();
@@ -372,24 +425,68 @@ fn tview_keys(
     Ok(keys)
 }
 
-/// Reconciles every TVIEW of the database with its view, each in its own subtransaction: a
-/// failing TVIEW is deferred (as a full-refresh entry) and the others still complete.
-pub fn apply_full() -> spi::Result<Outcome> {
-    let tviews = Spi::connect(catalog::all_tviews)?;
-    let entries: Vec<QueueEntry> = tviews
-        .into_iter()
-        .map(|oid| QueueEntry {
-            tview_oid: oid.to_u32(),
-            kind: kind::FULL,
-            key: 0,
-            committed_at: 0,
-        })
-        .collect();
-    let mut outcome = apply_batch(&entries, OnError::Defer)?;
-    for applied in &mut outcome.per_tview {
-        applied.keys = 0;
+/// Every key in the journal tables, de-duplicated, with the time its row was written as the
+/// commit time. An entry with TVIEW OID 0 is a marker: keys of some transactions were not
+/// journaled, so only a full reconcile is safe.
+pub fn read_journal() -> spi::Result<Vec<QueueEntry>> {
+    let mut entries = Vec::new();
+    Spi::connect(|client| {
+        let rows = client.select(
+            "SELECT (extract(epoch FROM written_at - '2000-01-01 00:00:00+00') * 1000000)::bigint, entries \
+             FROM (SELECT * FROM pg_tview_journal_0 UNION ALL SELECT * FROM pg_tview_journal_1 \
+                   UNION ALL SELECT * FROM pg_tview_journal_2) j",
+            None,
+            &[],
+        )?;
+        for row in rows {
+            let written_at = row.get::<i64>(1)?.unwrap_or(0);
+            let bytes = row.get::<Vec<u8>>(2)?.unwrap_or_default();
+            if let Err(problem) = journal::decode(&bytes, written_at, &mut entries) {
+                pgrx::warning!("pg_tviews_bgw: skipping an unreadable journal row ({problem}); reconciling every TVIEW instead");
+                entries.push(QueueEntry {
+                    tview_oid: 0,
+                    kind: kind::FULL,
+                    key: 0,
+                    committed_at: written_at,
+                });
+            }
+        }
+        Ok::<_, spi::Error>(())
+    })?;
+    // One entry per key, keeping its latest commit time.
+    entries.sort_unstable_by_key(|e| {
+        (
+            e.tview_oid,
+            e.kind,
+            e.key,
+            std::cmp::Reverse(e.committed_at),
+        )
+    });
+    entries.dedup_by_key(|e| (e.tview_oid, e.kind, e.key));
+    Ok(entries)
+}
+
+/// Empties journal table `table` if nobody holds a lock on it (never waits: a queued
+/// ACCESS EXCLUSIVE request would block every writer behind it). False when it was busy.
+pub fn truncate_journal(table: usize) -> spi::Result<bool> {
+    let name = format!("pg_tview_journal_{table}");
+    let Some(relid) = Spi::get_one_with_args::<pg_sys::Oid>(
+        "SELECT to_regclass($1)::oid",
+        &[name.as_str().into()],
+    )?
+    else {
+        return Ok(false);
+    };
+    // SAFETY: a conditional lock request inside the worker's transaction; it never waits and
+    // never raises, and the lock is released at commit or abort.
+    let locked = unsafe {
+        pg_sys::ConditionalLockRelationOid(relid, pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE)
+    };
+    if !locked {
+        return Ok(false);
     }
-    Ok(outcome)
+    Spi::run(&format!("TRUNCATE {name}"))?;
+    Ok(true)
 }
 
 /// Fully refreshes one TVIEW now, in the caller's transaction (pg_tviews_refresh()).

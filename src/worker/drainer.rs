@@ -1,80 +1,118 @@
-//! The drainer: one dynamic background worker per database with the extension. It owns one
-//! ring, refreshes TVIEW rows in batches, and consumes keys only after their refresh commits.
-//! State machine: ARCHITECTURE.md "Drainer state machine".
+//! The drainer: a dynamic background worker draining one partition (ring) of one database.
+//! It refreshes TVIEW rows in batches and consumes keys only after their refresh committed.
+//! Partition 0, the leader, also runs recoveries (journal replay or full reconcile), retries
+//! deferred keys and rotates the journal. State machine: ARCHITECTURE.md "Drainer state machine".
 
 use super::{exit_requested, planner, rate, reload_config_if_asked, run_in_transaction};
-use crate::queue::{self, Attach, WorkerState};
-use crate::{catalog, gucs, refresh};
+use crate::gucs::{self, Durability};
+use crate::queue::drain::{self, RecoveryTicket};
+use crate::queue::slots::{self, Attach, SlotStatus};
+use crate::queue::{QueueEntry, WorkerState};
+use crate::{catalog, refresh};
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 use std::time::{Duration, Instant};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How often deferred keys (failed, paused, prepared) are checked by the leader.
+const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// A journal table receives rows for this long before writers move to the next one.
+const JOURNAL_ROTATE_US: i64 = 5_000_000;
+
+/// `bgw_extra` of a drainer: `<slot>:<generation>`.
+pub fn registration_extra(slot: usize, generation: u64) -> String {
+    format!("{slot}:{generation}")
+}
+
+fn parse_extra(extra: &str) -> Option<(usize, u64)> {
+    let (slot, generation) = extra.split_once(':')?;
+    Some((slot.parse().ok()?, generation.parse().ok()?))
+}
 
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn pg_tviews_bgw_drainer_main(arg: pg_sys::Datum) {
     // SAFETY: the launcher registers us with the database OID as a by-value datum.
-    let dboid = unsafe { pg_sys::Oid::from_datum(arg, false) }.unwrap_or(pg_sys::InvalidOid);
-    let slot: usize = BackgroundWorker::get_extra().parse().unwrap_or(usize::MAX);
+    let dboid = unsafe { pg_sys::Oid::from_datum(arg, false) }
+        .unwrap_or(pg_sys::InvalidOid)
+        .to_u32();
+    let Some((slot, generation)) = parse_extra(BackgroundWorker::get_extra()) else {
+        exit(0)
+    };
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
 
     // SAFETY: MyProcPid and MyLatch are set for every background worker before its main runs.
     let (pid, latch) = unsafe { (pg_sys::MyProcPid, pg_sys::MyLatch) };
-    let probing = match queue::drainer_attach(slot, dboid.to_u32(), pid, latch) {
-        Attach::Attached { probing } => probing,
-        // The slot belongs to someone else now; exit 0 so the postmaster forgets this worker.
-        Attach::Stale => exit(0),
-    };
+    let (probing, partition, partitions) =
+        match slots::drainer_attach(slot, dboid, generation, pid, latch) {
+            Attach::Attached {
+                probing,
+                partition,
+                partitions,
+            } => (probing, partition, partitions),
+            // The slot belongs to someone else now; exit 0 so the postmaster forgets us.
+            Attach::Stale => exit(0),
+        };
     // SAFETY: registering a static callback with a by-value argument.
     unsafe { pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(slot)) };
-    DETACH.with(|d| d.set(Some((slot, dboid.to_u32()))));
+    DETACH.with(|d| d.set(Some((slot, dboid, generation))));
 
-    BackgroundWorker::connect_worker_to_spi_by_oid(Some(dboid), None);
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(dboid)), None);
     // The drainer runs the same few kept plans with a different key array each time; custom
     // plans re-plan on every batch (measured: planning costs more than executing), while the
     // generic plan uses the same index scans.
-    // SAFETY: setting a user-level GUC for this process only, outside any transaction.
-    unsafe {
-        pg_sys::SetConfigOption(
-            c"plan_cache_mode".as_ptr(),
-            c"force_generic_plan".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-        );
-    }
-    let installed = run_in_transaction(catalog::extension_installed).unwrap_or(false);
-    if !installed {
-        if probing && queue::release_if_probing(slot, dboid.to_u32()) {
+    set_option(c"plan_cache_mode", c"force_generic_plan");
+    let schema = run_in_transaction(catalog::extension_schema).unwrap_or(None);
+    let Some(schema) = schema else {
+        if probing && slots::release_if_probing(slot, dboid, generation) {
             DETACH.with(|d| d.set(None));
             exit(0);
         }
         if !probing {
-            leave_for_good(slot, dboid.to_u32());
+            leave_for_good(slot, dboid, generation);
         }
-        // Claimed for real while we looked (CREATE EXTENSION just committed): stay.
-    }
+        // Claimed for real while we looked (CREATE EXTENSION just committed): restart and
+        // look again.
+        exit(1)
+    };
+    // Everything the worker runs names the extension's tables unqualified: pin the path so no
+    // other schema (e.g. one named like the worker's user) can shadow them.
+    let path = std::ffi::CString::new(format!(
+        "pg_catalog, {}",
+        pgrx::spi::quote_identifier(&schema)
+    ))
+    .unwrap_or_else(|_| c"pg_catalog".to_owned());
+    set_option(c"search_path", &path);
     if probing {
-        queue::drainer_confirm(slot, dboid.to_u32());
+        slots::drainer_confirm(slot, dboid, generation);
     }
-    log!(
-        "pg_tviews_bgw worker started for database {} (slot {slot})",
-        dboid.to_u32()
-    );
-    Drainer::new(slot, dboid.to_u32()).run()
+    log!("pg_tviews_bgw worker started for database {dboid} (partition {partition} of {partitions}, slot {slot})");
+    Drainer::new(slot, dboid, generation, partition, partitions).run()
+}
+
+fn set_option(name: &std::ffi::CStr, value: &std::ffi::CStr) {
+    // SAFETY: sets a user-level GUC for this process only, outside any transaction.
+    unsafe {
+        pg_sys::SetConfigOption(
+            name.as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+        );
+    }
 }
 
 thread_local! {
     /// What `on_exit` must detach; cleared when the slot was already released.
-    static DETACH: std::cell::Cell<Option<(usize, u32)>> = const { std::cell::Cell::new(None) };
+    static DETACH: std::cell::Cell<Option<(usize, u32, u64)>> = const { std::cell::Cell::new(None) };
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn on_exit(_code: i32, _arg: pg_sys::Datum) {
-    if let Some((slot, dboid)) = DETACH.with(|d| d.take()) {
+    if let Some((slot, dboid, generation)) = DETACH.with(|d| d.take()) {
         // Keep the slot (and its queued keys) for the restarted worker.
-        queue::drainer_detach(slot, dboid, false);
+        slots::drainer_detach(slot, dboid, generation, false);
     }
 }
 
@@ -83,16 +121,19 @@ fn exit(code: i32) -> ! {
     unsafe { pg_sys::proc_exit(code) }
 }
 
-/// Releases the slot and exits with 0, which tells the postmaster not to restart us.
-fn leave_for_good(slot: usize, dboid: u32) -> ! {
+/// Releases the database's slots and exits with 0, which tells the postmaster not to restart us.
+fn leave_for_good(slot: usize, dboid: u32, generation: u64) -> ! {
     DETACH.with(|d| d.set(None));
-    queue::drainer_detach(slot, dboid, true);
+    slots::drainer_detach(slot, dboid, generation, true);
     exit(0)
 }
 
 struct Drainer {
     slot: usize,
     dboid: u32,
+    generation: u64,
+    leader: bool,
+    partitions: u32,
     failures: u32,
     next_retry: Option<Instant>,
     bucket: rate::TokenBucket,
@@ -100,20 +141,28 @@ struct Drainer {
     started: Instant,
 }
 
-/// How often deferred keys (failed, or parked by a paused TVIEW) are checked.
-const RETRY_INTERVAL: Duration = Duration::from_secs(1);
-
 impl Drainer {
-    fn new(slot: usize, dboid: u32) -> Drainer {
-        Drainer {
+    fn new(slot: usize, dboid: u32, generation: u64, partition: u32, partitions: u32) -> Drainer {
+        let mut drainer = Drainer {
             slot,
             dboid,
+            generation,
+            leader: partition == 0,
+            partitions: partitions.max(1),
             failures: 0,
             next_retry: None,
-            bucket: rate::TokenBucket::new(gucs::MAX_ROWS_PER_SECOND.get().max(0) as u64, 0),
+            bucket: rate::TokenBucket::new(0, 0),
             planner: planner::BatchPlanner::new(gucs::batch_size()),
             started: Instant::now(),
-        }
+        };
+        drainer.bucket = rate::TokenBucket::new(drainer.rate(), 0);
+        drainer
+    }
+
+    /// This partition's share of the database's `max_rows_per_second`.
+    fn rate(&self) -> u64 {
+        let total = gucs::MAX_ROWS_PER_SECOND.get().max(0) as u64;
+        total.div_ceil(u64::from(self.partitions))
     }
 
     /// The token bucket's clock: microseconds since this worker started.
@@ -121,56 +170,76 @@ impl Drainer {
         self.started.elapsed().as_micros() as u64
     }
 
-    fn run(mut self) -> ! {
+    fn locking(&self) -> refresh::Locking {
+        if self.partitions > 1 {
+            refresh::Locking::Partitioned
+        } else {
+            refresh::Locking::Alone
+        }
+    }
+
+    /// Waits for the rate limit to grant at least one of `wanted` keys; returns the grant.
+    fn take_tokens(&mut self, wanted: usize) -> usize {
         loop {
-            if queue::stop_requested(self.slot) {
+            let now = self.now_us();
+            self.bucket.set_rate(self.rate(), now);
+            let allowed = self.bucket.grant(wanted as u64, now) as usize;
+            if allowed > 0 {
+                return allowed;
+            }
+            drain::set_state(self.slot, WorkerState::RateLimited);
+            let wait = Duration::from_micros(self.bucket.wait_us(now).max(1_000));
+            self.sleep(wait.min(gucs::naptime()));
+        }
+    }
+
+    fn check_slot(&self) {
+        match slots::slot_status(self.slot, self.dboid, self.generation) {
+            SlotStatus::Mine => {}
+            SlotStatus::StopRequested => {
                 log!(
                     "pg_tviews_bgw worker for database {} stopping on request",
                     self.dboid
                 );
-                leave_for_good(self.slot, self.dboid);
+                leave_for_good(self.slot, self.dboid, self.generation);
             }
-            if exit_requested() {
-                // pg_terminate_backend or shutdown: exit 1 so the postmaster restarts us.
-                exit(1);
+            SlotStatus::Gone => {
+                DETACH.with(|d| d.set(None));
+                exit(0);
             }
+        }
+        if exit_requested() {
+            // pg_terminate_backend or shutdown: exit 1 so the postmaster restarts us.
+            exit(1);
+        }
+    }
+
+    fn run(mut self) -> ! {
+        loop {
+            self.check_slot();
             reload_config_if_asked();
             if !gucs::ENABLED.get() {
-                queue::set_state(self.slot, WorkerState::Disabled);
+                drain::set_state(self.slot, WorkerState::Disabled);
                 self.sleep(gucs::naptime());
                 continue;
             }
-            let now = self.now_us();
-            self.bucket
-                .set_rate(gucs::MAX_ROWS_PER_SECOND.get().max(0) as u64, now);
-            let limit = self.planner.limit(gucs::batch_size());
-            let allowed = self.bucket.grant(limit as u64, now) as usize;
-            if allowed == 0 {
-                queue::set_state(self.slot, WorkerState::RateLimited);
-                let wait = Duration::from_micros(self.bucket.wait_us(now).max(1_000));
-                self.sleep(wait.min(gucs::naptime()));
-                continue;
-            }
-            let batch = queue::next_batch(self.slot, allowed);
-            if batch.full_refresh {
-                queue::set_state(self.slot, WorkerState::FullRefresh);
-                match run_in_transaction(refresh::apply_full) {
-                    Ok(Ok(outcome)) => {
-                        self.completed(&[], batch.covers, &outcome, true);
-                    }
-                    failure => {
-                        queue::requeue_full_refresh(self.slot);
-                        self.failed(describe(failure));
-                    }
+            if self.leader {
+                if gucs::durability() == Durability::Journal {
+                    self.maintain_journal();
                 }
-                continue;
+                if let Some(ticket) = drain::recovery_due(self.slot) {
+                    self.recover(&ticket);
+                    continue;
+                }
+                if self.next_retry.is_none_or(|t| Instant::now() >= t) {
+                    self.next_retry = Some(Instant::now() + RETRY_INTERVAL);
+                    self.retry_deferred();
+                }
             }
-            if self.next_retry.is_none_or(|t| Instant::now() >= t) {
-                self.next_retry = Some(Instant::now() + RETRY_INTERVAL);
-                self.retry_deferred();
-            }
+            let limit = self.planner.limit(gucs::batch_size());
+            let batch = drain::next_batch(self.slot, limit);
             if batch.entries.is_empty() {
-                queue::set_state(self.slot, WorkerState::Idle);
+                drain::set_state(self.slot, WorkerState::Idle);
                 self.sleep(gucs::naptime());
                 // Cheap catalog probe: notices DROP EXTENSION within one naptime.
                 if matches!(run_in_transaction(catalog::extension_installed), Ok(false)) {
@@ -178,7 +247,7 @@ impl Drainer {
                         "pg_tviews_bgw extension dropped in database {}; worker exiting",
                         self.dboid
                     );
-                    leave_for_good(self.slot, self.dboid);
+                    leave_for_good(self.slot, self.dboid, self.generation);
                 }
                 continue;
             }
@@ -192,16 +261,22 @@ impl Drainer {
                 self.sleep(Duration::from_micros(wait.max(100) as u64));
                 continue;
             }
-            queue::set_state(self.slot, WorkerState::Draining);
-            let entries = batch.entries;
-            let batch_started = Instant::now();
-            match run_in_transaction(|| refresh::apply_batch(&entries, refresh::OnError::Defer)) {
+            let allowed = self.take_tokens(batch.entries.len());
+            let entries = &batch.entries[..allowed.min(batch.entries.len())];
+            drain::set_state(self.slot, WorkerState::Draining);
+            let started = Instant::now();
+            let locking = self.locking();
+            let slot = self.slot;
+            let result = run_in_transaction(|| {
+                refresh::apply_batch(entries, refresh::OnError::Defer, locking, Some(slot))
+            });
+            match result {
                 Ok(Ok(outcome)) => {
-                    let now = self.now_us();
-                    self.bucket.spend(entries.len() as u64, now);
+                    let elapsed_ms = started.elapsed().as_millis() as u64;
+                    self.bucket.spend(entries.len() as u64, self.now_us());
                     self.planner.observe(
                         entries.len(),
-                        batch_started.elapsed().as_millis() as u64,
+                        elapsed_ms,
                         gucs::MAX_BATCH_MS.get().max(0) as u64,
                         gucs::batch_size(),
                     );
@@ -209,7 +284,13 @@ impl Drainer {
                         .iter()
                         .map(|e| (e.tview_oid, e.committed_at))
                         .collect();
-                    self.completed(&lags, entries.len() as u64, &outcome, false)
+                    self.completed(
+                        &lags,
+                        batch.start,
+                        entries.len() as u64,
+                        &outcome,
+                        elapsed_ms,
+                    )
                 }
                 failure => self.failed(describe(failure)),
             }
@@ -221,26 +302,154 @@ impl Drainer {
     fn completed(
         &mut self,
         lags: &[(u32, i64)],
+        start: u64,
         consumed: u64,
         outcome: &refresh::Outcome,
-        full_refresh: bool,
+        busy_ms: u64,
     ) {
-        queue::complete_batch(
+        drain::complete_batch(
             self.slot,
             self.dboid,
-            queue::Completed {
+            drain::Completed {
                 lags,
+                start,
                 consumed,
                 rows: outcome.rows,
                 applied: &outcome.per_tview,
                 failed: &outcome.failed,
-                full_refresh,
+                busy_ms,
             },
         );
         self.failures = 0;
         if let Some(error) = &outcome.last_error {
-            queue::note_error(self.slot, error);
+            drain::note_error(self.slot, error);
             warning!("pg_tviews_bgw worker for database {}: refresh failed, keys deferred for retry: {error}", self.dboid);
+        }
+    }
+
+    /// Brings the database back to "every committed key applied" after shared memory lost
+    /// keys (fresh start, crash) or a ring overflowed: replays the journal, or without one
+    /// (or when it says some keys were never journaled) reconciles every TVIEW.
+    fn recover(&mut self, ticket: &RecoveryTicket) {
+        let journal = if gucs::durability() == Durability::Journal {
+            drain::set_state(self.slot, WorkerState::Replaying);
+            match run_in_transaction(refresh::read_journal) {
+                Ok(Ok(entries)) => Some(entries),
+                failure => {
+                    self.failed(format!("reading the journal: {}", describe(failure)));
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        let complete = match journal {
+            Some(entries) if !entries.iter().any(|e| e.tview_oid == 0) => self.replay(&entries),
+            _ => self.reconcile_all(),
+        };
+        if complete {
+            drain::complete_recovery(self.slot, ticket);
+            drain::set_state(self.slot, WorkerState::Idle);
+            self.failures = 0;
+        }
+    }
+
+    /// Applies journaled keys in batches (rate-limited like ring batches). False when a batch
+    /// failed as a whole: the recovery stays due and starts over after the backoff.
+    fn replay(&mut self, entries: &[QueueEntry]) -> bool {
+        let mut next = 0;
+        while next < entries.len() {
+            self.check_slot();
+            let limit = self.planner.limit(gucs::batch_size());
+            let wanted = limit.min(entries.len() - next);
+            let allowed = self.take_tokens(wanted);
+            drain::set_state(self.slot, WorkerState::Replaying);
+            let chunk = &entries[next..next + allowed];
+            let started = Instant::now();
+            let locking = self.locking().for_foreign_keys();
+            let slot = self.slot;
+            let result = run_in_transaction(|| {
+                refresh::apply_batch(chunk, refresh::OnError::Defer, locking, Some(slot))
+            });
+            match result {
+                Ok(Ok(outcome)) => {
+                    let elapsed_ms = started.elapsed().as_millis() as u64;
+                    self.bucket.spend(chunk.len() as u64, self.now_us());
+                    let lags: Vec<(u32, i64)> = chunk
+                        .iter()
+                        .map(|e| (e.tview_oid, e.committed_at))
+                        .collect();
+                    self.completed(&lags, 0, 0, &outcome, elapsed_ms);
+                }
+                failure => {
+                    self.failed(format!("journal replay: {}", describe(failure)));
+                    return false;
+                }
+            }
+            next += chunk.len();
+        }
+        true
+    }
+
+    /// Recomputes every TVIEW of the database and writes only what differs, one TVIEW per
+    /// transaction. A TVIEW whose refresh raises is deferred (retried like any failed key).
+    fn reconcile_all(&mut self) -> bool {
+        drain::set_state(self.slot, WorkerState::FullRefresh);
+        let tviews = match run_in_transaction(|| pgrx::Spi::connect(catalog::all_tviews)) {
+            Ok(Ok(tviews)) => tviews,
+            failure => {
+                self.failed(format!("listing TVIEWs: {}", describe(failure)));
+                return false;
+            }
+        };
+        for oid in tviews {
+            self.check_slot();
+            let full = [QueueEntry {
+                tview_oid: oid.to_u32(),
+                kind: crate::queue::kind::FULL,
+                key: 0,
+                committed_at: 0,
+            }];
+            let started = Instant::now();
+            let locking = self.locking().for_foreign_keys();
+            let slot = self.slot;
+            let result = run_in_transaction(|| {
+                refresh::apply_batch(&full, refresh::OnError::Defer, locking, Some(slot))
+            });
+            match result {
+                Ok(Ok(mut outcome)) => {
+                    for applied in &mut outcome.per_tview {
+                        applied.keys = 0;
+                    }
+                    let elapsed_ms = started.elapsed().as_millis() as u64;
+                    self.completed(&[], 0, 0, &outcome, elapsed_ms);
+                }
+                failure => {
+                    self.failed(format!("full reconcile: {}", describe(failure)));
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Seals, drains and truncates journal tables (PgQ-style rotation, no DELETE).
+    fn maintain_journal(&mut self) {
+        let Some(table) = drain::journal_maintain(self.slot, JOURNAL_ROTATE_US) else {
+            return;
+        };
+        match run_in_transaction(|| refresh::truncate_journal(table)) {
+            Ok(Ok(true)) => drain::journal_truncated(self.slot, table),
+            // Busy (someone holds a lock on it): try again on the next pass.
+            Ok(Ok(false)) => {}
+            failure => {
+                let message = describe(failure);
+                drain::note_error(self.slot, &message);
+                warning!(
+                    "pg_tviews_bgw worker for database {}: journal truncation failed: {message}",
+                    self.dboid
+                );
+            }
         }
     }
 
@@ -248,15 +457,16 @@ impl Drainer {
     fn retry_deferred(&mut self) {
         let limit = gucs::batch_size();
         let max_retries = gucs::MAX_RETRIES.get();
-        match run_in_transaction(|| refresh::retry_deferred(limit, max_retries)) {
+        let locking = self.locking().for_foreign_keys();
+        match run_in_transaction(|| refresh::retry_deferred(limit, max_retries, locking)) {
             Ok(Ok(outcome)) => {
                 if !outcome.per_tview.is_empty() || !outcome.failed.is_empty() {
-                    self.completed(&[], 0, &outcome, false);
+                    self.completed(&[], 0, 0, &outcome, 0);
                 }
             }
             failure => {
                 let message = describe(failure);
-                queue::note_error(self.slot, &message);
+                drain::note_error(self.slot, &message);
                 warning!("pg_tviews_bgw worker for database {}: retry of deferred keys failed: {message}", self.dboid);
             }
         }
@@ -265,7 +475,7 @@ impl Drainer {
     /// The batch stays queued; wait with exponential backoff before retrying it.
     fn failed(&mut self, message: String) {
         self.failures = self.failures.saturating_add(1);
-        queue::record_error(self.slot, &message);
+        drain::record_error(self.slot, &message);
         warning!(
             "pg_tviews_bgw worker for database {}: refresh failed (attempt {}), will retry: {message}",
             self.dboid,
@@ -279,7 +489,8 @@ impl Drainer {
 
     fn sleep(&self, timeout: Duration) {
         if !BackgroundWorker::wait_latch(Some(timeout)) {
-            self.exit_or_leave();
+            self.check_slot();
+            exit(1);
         }
     }
 
@@ -291,17 +502,8 @@ impl Drainer {
                 return;
             }
             self.sleep(deadline - now);
-            if queue::stop_requested(self.slot) {
-                return;
-            }
+            self.check_slot();
         }
-    }
-
-    fn exit_or_leave(&self) -> ! {
-        if queue::stop_requested(self.slot) {
-            leave_for_good(self.slot, self.dboid);
-        }
-        exit(1)
     }
 }
 
@@ -310,5 +512,17 @@ fn describe<T>(failure: Result<spi::Result<T>, String>) -> String {
         Ok(Ok(_)) => String::new(),
         Ok(Err(e)) => e.to_string(),
         Err(message) => message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registration_extra_round_trips() {
+        assert_eq!(parse_extra(&registration_extra(3, 77)), Some((3, 77)));
+        assert_eq!(parse_extra("3"), None);
+        assert_eq!(parse_extra("x:1"), None);
     }
 }

@@ -2,8 +2,9 @@
 //! that have the extension and keeps one drainer registered per served database.
 //! State machine: ARCHITECTURE.md "Launcher loop".
 
+use super::drainer::registration_extra;
 use super::{exit_requested, reload_config_if_asked, run_in_transaction};
-use crate::queue;
+use crate::queue::slots;
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, DynamicBackgroundWorker,
     SignalWakeFlags,
@@ -20,6 +21,9 @@ pub const WORKER_TYPE: &str = "pg_tviews_bgw worker";
 const SCAN_INTERVAL: Duration = Duration::from_secs(2);
 /// How long the launcher sleeps when nothing wakes it.
 const TICK: Duration = Duration::from_millis(500);
+/// Backoff between attempts to register drainers while max_worker_processes is exhausted.
+const RETRY_MIN: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Registers the launcher; only from `_PG_init` during shared_preload_libraries.
 pub fn register() {
@@ -49,7 +53,7 @@ pub extern "C-unwind" fn pg_tviews_bgw_launcher_main(_arg: pg_sys::Datum) {
     // No database: only shared catalogs (pg_database) are readable, which is all we need.
     BackgroundWorker::connect_worker_to_spi(None, None);
     // SAFETY: MyProcPid and MyLatch are valid in a background worker.
-    unsafe { queue::launcher_attach(pg_sys::MyProcPid, pg_sys::MyLatch) };
+    unsafe { slots::launcher_attach(pg_sys::MyProcPid, pg_sys::MyLatch) };
     // SAFETY: registering a static callback.
     unsafe { pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(0usize)) };
     log!("pg_tviews_bgw launcher started");
@@ -69,7 +73,7 @@ pub extern "C-unwind" fn pg_tviews_bgw_launcher_main(_arg: pg_sys::Datum) {
 
 #[pg_guard]
 unsafe extern "C-unwind" fn on_exit(_code: i32, _arg: pg_sys::Datum) {
-    queue::launcher_detach();
+    slots::launcher_detach();
 }
 
 fn exit(code: i32) -> ! {
@@ -77,7 +81,6 @@ fn exit(code: i32) -> ! {
     unsafe { pg_sys::proc_exit(code) }
 }
 
-#[derive(Default)]
 struct Launcher {
     /// Databases already checked for the extension since the launcher started. A database
     /// where the extension is created later announces itself (CREATE EXTENSION claims a slot).
@@ -86,6 +89,22 @@ struct Launcher {
     handles: HashMap<usize, (u32, DynamicBackgroundWorker)>,
     next_scan: Option<Instant>,
     warned_no_slot: bool,
+    /// When to try registering drainers again after `max_worker_processes` was exhausted.
+    retry_at: Instant,
+    retry_delay: Duration,
+}
+
+impl Default for Launcher {
+    fn default() -> Launcher {
+        Launcher {
+            probed: HashSet::new(),
+            handles: HashMap::new(),
+            next_scan: None,
+            warned_no_slot: false,
+            retry_at: Instant::now(),
+            retry_delay: RETRY_MIN,
+        }
+    }
 }
 
 impl Launcher {
@@ -104,13 +123,21 @@ impl Launcher {
 
     fn reconcile(&mut self, databases: &[DatabaseRow]) {
         let exists: HashMap<u32, bool> = databases.iter().map(|d| (d.oid, d.connectable)).collect();
-        for (slot, dboid) in queue::served_databases() {
+        for dboid in slots::served_databases() {
             if exists.get(&dboid) != Some(&true) {
-                // Dropped (or made unconnectable) behind our back: stop its worker for good.
-                if let Some((_, handle)) = self.handles.remove(&slot) {
-                    let _ = handle.terminate();
+                // Dropped (or made unconnectable) behind our back: stop its workers for good.
+                let gone: Vec<usize> = self
+                    .handles
+                    .iter()
+                    .filter(|(_, (oid, _))| *oid == dboid)
+                    .map(|(&slot, _)| slot)
+                    .collect();
+                for slot in gone {
+                    if let Some((_, handle)) = self.handles.remove(&slot) {
+                        let _ = handle.terminate();
+                    }
                 }
-                queue::free_slot(slot, dboid);
+                slots::free_group(dboid);
                 self.probed.remove(&dboid);
             }
         }
@@ -119,20 +146,17 @@ impl Launcher {
             if self.probed.contains(&db.oid) {
                 continue;
             }
-            if queue::served_databases()
-                .iter()
-                .any(|&(_, oid)| oid == db.oid)
-            {
+            if slots::served_databases().contains(&db.oid) {
                 self.probed.insert(db.oid);
                 continue;
             }
-            match queue::claim_probe(db.oid) {
+            match slots::claim_probe(db.oid) {
                 Some(_) => {
                     self.probed.insert(db.oid);
                 }
                 None => {
                     if !self.warned_no_slot {
-                        log!("pg_tviews_bgw launcher: all worker slots busy; will check database {} later", db.oid);
+                        log!("pg_tviews_bgw launcher: all worker slots busy (pg_tviews_bgw.max_workers); will check database {} later", db.oid);
                         self.warned_no_slot = true;
                     }
                     break;
@@ -142,33 +166,49 @@ impl Launcher {
     }
 
     fn start_missing_workers(&mut self) {
-        for (slot, dboid) in queue::slots_without_worker() {
+        if Instant::now() < self.retry_at {
+            return;
+        }
+        for unstarted in slots::slots_without_worker() {
+            let slots::Unstarted {
+                slot,
+                dboid,
+                generation,
+                partition,
+            } = unstarted;
             // SAFETY: MyProcPid is valid in a background worker.
             let notify_pid = unsafe { pg_sys::MyProcPid };
-            let registration = BackgroundWorkerBuilder::new(&format!("{WORKER_TYPE} {dboid}"))
-                .set_type(WORKER_TYPE)
-                .set_library(LIBRARY)
-                .set_function("pg_tviews_bgw_drainer_main")
-                .set_argument(pg_sys::Oid::from(dboid).into_datum())
-                .set_extra(&slot.to_string())
-                .enable_spi_access()
-                .set_restart_time(Some(Duration::from_secs(1)))
-                .set_notify_pid(notify_pid)
-                .load_dynamic();
+            let registration =
+                BackgroundWorkerBuilder::new(&format!("{WORKER_TYPE} {dboid}/{partition}"))
+                    .set_type(WORKER_TYPE)
+                    .set_library(LIBRARY)
+                    .set_function("pg_tviews_bgw_drainer_main")
+                    .set_argument(pg_sys::Oid::from(dboid).into_datum())
+                    .set_extra(&registration_extra(slot, generation))
+                    .enable_spi_access()
+                    .set_restart_time(Some(Duration::from_secs(1)))
+                    .set_notify_pid(notify_pid)
+                    .load_dynamic();
             match registration {
                 Ok(handle) => {
-                    queue::mark_worker_registered(slot, dboid);
+                    slots::mark_worker_registered(slot, generation);
                     self.handles.insert(slot, (dboid, handle));
                     self.warned_no_slot = false;
+                    self.retry_delay = RETRY_MIN;
                 }
                 Err(_) => {
+                    let message =
+                        "no free background worker slot; raise max_worker_processes (retrying)";
+                    slots::note_unstarted(slot, generation, message);
                     if !self.warned_no_slot {
                         warning!(
-                            "pg_tviews_bgw launcher could not start a worker for database {dboid}; \
-                             raise max_worker_processes (will keep retrying)"
+                            "pg_tviews_bgw launcher could not start a worker for database {dboid}: {message}"
                         );
                         self.warned_no_slot = true;
                     }
+                    // Back off (0.5 s doubling to 30 s) instead of hammering the postmaster.
+                    self.retry_at = Instant::now() + self.retry_delay;
+                    self.retry_delay = (self.retry_delay * 2).min(RETRY_MAX);
                     return;
                 }
             }

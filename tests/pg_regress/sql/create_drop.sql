@@ -101,6 +101,9 @@ SELECT pg_tviews_create('post', $$SELECT pk_post, id FROM tb_post$$);
 -- pg_tviews_refresh recomputes in the caller's transaction and returns the rows it wrote:
 -- none when tv_post is up to date.
 SELECT pg_tviews_refresh('tv_post');
+-- It also queued a full refresh for the worker (whose refresh after our commit must be the
+-- last word next to concurrent writers); let it finish before the next transaction.
+SELECT pg_tviews_wait('30s') AS drained;
 -- Two changed rows, one removed, one added (the tv_post edits themselves are not tracked).
 BEGIN;
 UPDATE tb_post SET title = title || ' (edited)' WHERE pk_post <= 2;

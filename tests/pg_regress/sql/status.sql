@@ -71,7 +71,7 @@ SELECT entity, tview, pending, oldest_pending_at IS NULL AS no_oldest_pending,
        last_applied_at IS NOT NULL AS has_last_applied, paused
 FROM pg_tviews_queue_status;
 SELECT database = current_database() AS this_database, pid IS NOT NULL AS running,
-       state IN ('idle', 'draining') AS state_ok, pending, full_refresh_pending,
+       state IN ('idle', 'draining') AS state_ok, pending, recovery_pending,
        batches > 0 AS batches_done, rows > 0 AS rows_written,
        started_at IS NOT NULL AS has_started_at,
        -- A refresh that raced the DDL of earlier tests may have been retried (and recorded
@@ -80,7 +80,7 @@ SELECT database = current_database() AS this_database, pid IS NOT NULL AS runnin
 FROM pg_tviews_worker_status
 WHERE database = current_database();
 SELECT enqueued = applied AS all_applied, overflowed, published_txns > 0 AS published,
-       full_refreshes > 0 AS had_full_refresh, shared_memory
+       recoveries > 0 AS had_recovery, shared_memory
 FROM pg_tviews_stats;
 
 -- TRUNCATE is applied as a full refresh.

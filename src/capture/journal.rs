@@ -1,0 +1,109 @@
+//! Writes a committing transaction's journal row (`durability = journal`). Runs at PRE_COMMIT
+//! in every process that publishes keys (user backends, and drainers whose refreshes cascade),
+//! while the transaction can still abort: the row commits or vanishes with it.
+//!
+//! The row goes in with `heap_insert` on an index-less table: no SPI, no plan, no permission
+//! check per transaction (writers need no privilege on the extension's tables). The schema is
+//! looked up once per backend; the table by name through the syscache each time.
+
+use crate::errors::raise;
+use crate::queue::journal::encode;
+use crate::queue::QueueEntry;
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+use std::cell::Cell;
+
+/// Keys per journal row: a huge transaction writes several rows, each well below the 1 GB
+/// limit of a bytea.
+const KEYS_PER_ROW: usize = 1 << 20;
+
+thread_local! {
+    /// Namespace of the extension in this backend's database, once known.
+    static NAMESPACE: Cell<Option<pg_sys::Oid>> = const { Cell::new(None) };
+}
+
+fn lookup_namespace() -> Option<pg_sys::Oid> {
+    // SAFETY: PRE_COMMIT runs inside the still-open transaction without an active snapshot;
+    // SPI needs one. It is popped right after; an ERROR in between is cleaned up by the abort.
+    unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
+    let found = Spi::get_one::<pg_sys::Oid>(
+        "SELECT extnamespace FROM pg_catalog.pg_extension WHERE extname = 'pg_tviews_bgw'",
+    );
+    // SAFETY: pops the snapshot pushed above.
+    unsafe { pg_sys::PopActiveSnapshot() };
+    found.ok().flatten()
+}
+
+/// OID of `pg_tview_journal_<table>`, or `None` when the extension is not installed here.
+fn journal_relid(table: usize) -> Option<pg_sys::Oid> {
+    let name = match table {
+        0 => c"pg_tview_journal_0",
+        1 => c"pg_tview_journal_1",
+        _ => c"pg_tview_journal_2",
+    };
+    for attempt in 0..2 {
+        let namespace = match NAMESPACE.with(Cell::get) {
+            Some(ns) if attempt == 0 => ns,
+            _ => {
+                let ns = lookup_namespace()?;
+                NAMESPACE.with(|c| c.set(Some(ns)));
+                ns
+            }
+        };
+        // SAFETY: a syscache lookup by name; returns InvalidOid when there is no such table.
+        let relid = unsafe { pg_sys::get_relname_relid(name.as_ptr(), namespace) };
+        if relid != pg_sys::InvalidOid {
+            return Some(relid);
+        }
+        // Extension dropped and maybe re-created elsewhere: look the schema up again.
+        NAMESPACE.with(|c| c.set(None));
+    }
+    None
+}
+
+/// Appends `entries` to journal table `table` as part of the current transaction. Returns
+/// false when the extension has no journal in this database (nothing to protect then).
+pub fn write(table: usize, entries: &[QueueEntry]) -> bool {
+    let Some(relid) = journal_relid(table) else {
+        return false;
+    };
+    // SAFETY: reading the clock cannot raise.
+    let written_at = unsafe { pg_sys::GetCurrentTimestamp() };
+    for chunk in entries.chunks(KEYS_PER_ROW) {
+        // SAFETY: inside a transaction at PRE_COMMIT; the relation is opened and closed here with
+        // RowExclusiveLock (kept until commit, as for any insert); the tuple is built for its
+        // own descriptor, whose shape is checked first.
+        unsafe { insert_row(relid, written_at, &encode(chunk)) };
+    }
+    true
+}
+
+unsafe fn insert_row(relid: pg_sys::Oid, written_at: i64, payload: &[u8]) {
+    // SAFETY: see `write`.
+    unsafe {
+        let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+        let desc = (*rel).rd_att;
+        let natts = (*desc).natts as usize;
+        let attrs = (*desc).attrs.as_slice(natts);
+        let shape_ok = natts == 2
+            && attrs[0].atttypid == pg_sys::TIMESTAMPTZOID
+            && attrs[1].atttypid == pg_sys::BYTEAOID;
+        if !shape_ok {
+            raise(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                "pg_tviews_bgw journal table has an unexpected shape",
+                Some("Its columns must be (written_at timestamptz, entries bytea)."),
+                Some("Reinstall the extension, or run with pg_tviews_bgw.durability = none."),
+            );
+        }
+        let mut values = [
+            pg_sys::Datum::from(written_at),
+            payload.into_datum().expect("a byte slice is never NULL"),
+        ];
+        let mut nulls = [false, false];
+        let tuple = pg_sys::heap_form_tuple(desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+        pg_sys::simple_heap_insert(rel, tuple);
+        pg_sys::heap_freetuple(tuple);
+        pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+    }
+}
