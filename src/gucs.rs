@@ -35,6 +35,9 @@ pub static DURABILITY: GucSetting<Durability> = GucSetting::<Durability>::new(Du
 /// Drainers (and rings) per database; keys are partitioned among them by (TVIEW, key).
 pub static WORKERS_PER_DATABASE: GucSetting<i32> = GucSetting::<i32>::new(1);
 
+/// How long writers append to one journal table before the worker rotates to the next (ms).
+pub static JOURNAL_ROTATE_MS: GucSetting<i32> = GucSetting::<i32>::new(5_000);
+
 /// `pg_tviews_health_check()` warns when a database has more keys than this pending.
 pub static HEALTH_QUEUE_DEPTH: GucSetting<i32> = GucSetting::<i32>::new(1_000);
 
@@ -222,6 +225,16 @@ pub fn define() {
         1_000,
         GucContext::Sighup,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_tviews_bgw.journal_rotate_interval",
+        c"How long writers append to one journal table before the worker switches them to the next.",
+        c"A table is truncated once every key in it is applied; shorter intervals keep the journal smaller.",
+        &JOURNAL_ROTATE_MS,
+        10,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
     );
     GucRegistry::define_int_guc(
         c"pg_tviews_bgw.naptime",

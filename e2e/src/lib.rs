@@ -308,3 +308,200 @@ pub fn disable_draining(db: &mut Client) {
             == "disabled"
     });
 }
+
+/// TVIEWs of the blog schema built by [`Cluster::blog`].
+pub const BLOG_ENTITIES: [&str; 3] = ["user", "post", "comment"];
+
+impl Cluster {
+    /// Creates database `dbname` with the extension and a blog: `users` users, `posts` posts
+    /// (each with an author), `comments_per_post` comments per post, and three TVIEWs that cover the lineage
+    /// shapes: `tv_user` (children aggregated into their parent), `tv_post` (parent embedded
+    /// through fk_user, children aggregated into an array) and `tv_comment` (root plus parent).
+    pub fn blog(&self, dbname: &str, users: i64, posts: i64, comments_per_post: i64) -> Client {
+        let mut admin = self.connect("postgres");
+        admin
+            .batch_execute(&format!("CREATE DATABASE {dbname}"))
+            .unwrap();
+        let mut db = self.connect(dbname);
+        db.batch_execute(&format!(
+            "CREATE EXTENSION pg_tviews_bgw;
+             CREATE TABLE tb_user (pk_user bigint PRIMARY KEY, id uuid NOT NULL DEFAULT gen_random_uuid(),
+                                   name text NOT NULL, karma int NOT NULL DEFAULT 0);
+             CREATE TABLE tb_post (pk_post bigint PRIMARY KEY, id uuid NOT NULL DEFAULT gen_random_uuid(),
+                                   fk_user bigint REFERENCES tb_user ON DELETE CASCADE,
+                                   title text NOT NULL, votes int NOT NULL DEFAULT 0);
+             CREATE TABLE tb_comment (pk_comment bigint PRIMARY KEY,
+                                      fk_post bigint NOT NULL REFERENCES tb_post ON DELETE CASCADE,
+                                      body text NOT NULL);
+             CREATE INDEX ON tb_post (fk_user);
+             CREATE INDEX ON tb_comment (fk_post);
+             INSERT INTO tb_user (pk_user, name) SELECT g, 'user ' || g FROM generate_series(1, {users}) g;
+             INSERT INTO tb_post (pk_post, fk_user, title)
+                 SELECT g, 1 + g % {users}, 'post ' || g FROM generate_series(1, {posts}) g;
+             INSERT INTO tb_comment (pk_comment, fk_post, body)
+                 SELECT g, 1 + g % {posts}, 'comment ' || g FROM generate_series(1, {comments_per_post} * {posts}) g;
+             SELECT pg_tviews_create('tv_user', $$
+                 SELECT u.pk_user, u.id, jsonb_build_object('name', u.name, 'karma', u.karma,
+                        'posts', (SELECT count(*) FROM tb_post p WHERE p.fk_user = u.pk_user),
+                        'votes', (SELECT coalesce(sum(p.votes), 0) FROM tb_post p WHERE p.fk_user = u.pk_user)) AS data
+                 FROM tb_user u$$);
+             SELECT pg_tviews_create('tv_post', $$
+                 SELECT p.pk_post, p.id, p.fk_user,
+                        jsonb_build_object('title', p.title, 'votes', p.votes, 'author', u.name,
+                          'comments', coalesce((SELECT jsonb_agg(c.body ORDER BY c.pk_comment)
+                                                FROM tb_comment c WHERE c.fk_post = p.pk_post), '[]')) AS data
+                 FROM tb_post p LEFT JOIN tb_user u ON u.pk_user = p.fk_user$$);
+             SELECT pg_tviews_create('tv_comment', $$
+                 SELECT c.pk_comment, c.fk_post, jsonb_build_object('body', c.body, 'post', p.title) AS data
+                 FROM tb_comment c JOIN tb_post p ON p.pk_post = c.fk_post$$);"
+        ))
+        .unwrap();
+        db
+    }
+}
+
+/// Waits (polling, with a deadline) until every TVIEW in `entities` equals its defining query,
+/// compared with an independent `EXCEPT ALL` in both directions; panics with the counts if not.
+pub fn converge(db: &mut Client, entities: &[&str], what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let diffs: Vec<(&str, i64)> = entities.iter().map(|e| (*e, differences(db, e))).collect();
+        if diffs.iter().all(|(_, d)| *d == 0) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: TVIEWs still differ from their queries after 90 s: {diffs:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Lines of the server log containing `needle`.
+pub fn log_lines(cluster: &Cluster, needle: &str) -> usize {
+    cluster.log().lines().filter(|l| l.contains(needle)).count()
+}
+
+/// A small deterministic generator (xorshift), so load tests need no extra crate and replay
+/// the same statement mix for the same seed.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}
+
+/// One random write on the blog schema (pgbench style): votes and authors of posts, parent
+/// users renamed, comments added, edited, moved and deleted, posts deleted and re-created.
+/// Returns the error when the statement failed (e.g. the connection died).
+pub fn random_blog_write(
+    client: &mut Client,
+    rng: &mut Rng,
+    users: i64,
+    posts: i64,
+) -> Result<(), postgres::Error> {
+    let user = 1 + rng.below(users as u64) as i64;
+    let post = 1 + rng.below(posts as u64) as i64;
+    let other = 1 + rng.below(posts as u64) as i64;
+    match rng.below(10) {
+        0..=3 => client.execute(
+            "UPDATE tb_post SET votes = votes + 1 WHERE pk_post = $1",
+            &[&post],
+        ),
+        4 => client.execute(
+            "UPDATE tb_post SET fk_user = $2 WHERE pk_post = $1",
+            &[&post, &user],
+        ),
+        5 => client.execute(
+            "UPDATE tb_user SET name = 'user ' || $1::bigint || '.' || karma, karma = karma + 1 WHERE pk_user = $1",
+            &[&user],
+        ),
+        6 => client.execute(
+            "INSERT INTO tb_comment (pk_comment, fk_post, body)
+             SELECT coalesce(max(pk_comment), 0) + 1 + $2, $1, 'new' FROM tb_comment
+             ON CONFLICT (pk_comment) DO NOTHING",
+            &[&post, &(rng.below(1000) as i64)],
+        ),
+        7 => client.execute(
+            "UPDATE tb_comment SET fk_post = $2, body = body || '~'
+             WHERE pk_comment = (SELECT min(pk_comment) FROM tb_comment WHERE fk_post = $1)",
+            &[&post, &other],
+        ),
+        8 => client.execute(
+            "DELETE FROM tb_comment WHERE pk_comment = (SELECT max(pk_comment) FROM tb_comment WHERE fk_post = $1)",
+            &[&post],
+        ),
+        _ => client
+            .batch_execute(&format!(
+                "BEGIN; DELETE FROM tb_post WHERE pk_post = {post};
+                 INSERT INTO tb_post (pk_post, fk_user, title) VALUES ({post}, {user}, 'again {post}');
+                 COMMIT;"
+            ))
+            .map(|_| 0),
+    }
+    .map(|_| ())
+}
+
+impl Cluster {
+    /// `pg_ctl stop -m immediate`: no shutdown checkpoint, shared memory simply gone, as in a
+    /// power failure of the server process tree.
+    pub fn stop_immediate(&self) {
+        let mut c = pg_command("pg_ctl");
+        c.args(["-w", "-m", "immediate", "-D"])
+            .arg(self.dir.join("data"))
+            .arg("stop");
+        run(c, "pg_ctl stop -m immediate");
+    }
+
+    pub fn start_again(&self) {
+        self.pg_ctl("start");
+    }
+}
+
+/// `n` threads, each with its own connection to `dbname`, doing [`random_blog_write`] on a blog
+/// of `(users, posts)` until `stop` is set or their connection dies. Each returns how many of
+/// its statements succeeded.
+pub fn start_blog_writers(
+    cluster: &Cluster,
+    dbname: &str,
+    n: u64,
+    (users, posts): (i64, i64),
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<std::thread::JoinHandle<u64>> {
+    (0..n)
+        .map(|w| {
+            let mut client = cluster.connect(dbname);
+            let stop = std::sync::Arc::clone(stop);
+            std::thread::spawn(move || {
+                let mut rng = Rng::new(w + 1);
+                let mut ok = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match random_blog_write(&mut client, &mut rng, users, posts) {
+                        Ok(()) => ok += 1,
+                        Err(e) if e.is_closed() || e.as_db_error().is_none() => break,
+                        // Deadlocks between writers are the application's business: retry.
+                        Err(_) => {
+                            let _ = client.batch_execute("ROLLBACK");
+                        }
+                    }
+                }
+                ok
+            })
+        })
+        .collect()
+}
+
+/// Undoes [`disable_draining`]: resets `pg_tviews_bgw.enabled` and reloads.
+pub fn enable_draining(db: &mut Client) {
+    db.batch_execute("ALTER SYSTEM RESET pg_tviews_bgw.enabled")
+        .unwrap();
+    db.batch_execute("SELECT pg_reload_conf()").unwrap();
+}

@@ -430,6 +430,23 @@ fn tview_keys(
 /// journaled, so only a full reconcile is safe.
 pub fn read_journal() -> spi::Result<Vec<QueueEntry>> {
     let mut entries = Vec::new();
+    let tables = Spi::get_one::<i64>(
+        "SELECT count(*) FROM pg_catalog.pg_class c \
+         WHERE c.relname IN ('pg_tview_journal_0', 'pg_tview_journal_1', 'pg_tview_journal_2') \
+           AND c.relnamespace = (SELECT extnamespace FROM pg_catalog.pg_extension WHERE extname = 'pg_tviews_bgw')",
+    )?
+    .unwrap_or(0);
+    if tables != 3 {
+        // An older schema (ALTER EXTENSION pg_tviews_bgw UPDATE not run yet): nothing was
+        // journaled, so only a full reconcile is safe.
+        entries.push(QueueEntry {
+            tview_oid: 0,
+            kind: kind::FULL,
+            key: 0,
+            committed_at: 0,
+        });
+        return Ok(entries);
+    }
     Spi::connect(|client| {
         let rows = client.select(
             "SELECT (extract(epoch FROM written_at - '2000-01-01 00:00:00+00') * 1000000)::bigint, entries \

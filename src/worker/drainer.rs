@@ -17,8 +17,6 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// How often deferred keys (failed, paused, prepared) are checked by the leader.
 const RETRY_INTERVAL: Duration = Duration::from_secs(1);
-/// A journal table receives rows for this long before writers move to the next one.
-const JOURNAL_ROTATE_US: i64 = 5_000_000;
 
 /// `bgw_extra` of a drainer: `<slot>:<generation>`.
 pub fn registration_extra(slot: usize, generation: u64) -> String {
@@ -344,8 +342,19 @@ impl Drainer {
             None
         };
         let complete = match journal {
-            Some(entries) if !entries.iter().any(|e| e.tview_oid == 0) => self.replay(&entries),
-            _ => self.reconcile_all(),
+            Some(entries) if !entries.iter().any(|e| e.tview_oid == 0) => {
+                let done = self.replay(&entries);
+                if done {
+                    log!(
+                        "pg_tviews_bgw: replayed {} journaled keys in database {}",
+                        entries.len(),
+                        self.dboid
+                    );
+                }
+                done
+            }
+            Some(_) => self.reconcile_all("the journal says some keys were not journaled"),
+            None => self.reconcile_all("durability = none"),
         };
         if complete {
             drain::complete_recovery(self.slot, ticket);
@@ -393,7 +402,7 @@ impl Drainer {
 
     /// Recomputes every TVIEW of the database and writes only what differs, one TVIEW per
     /// transaction. A TVIEW whose refresh raises is deferred (retried like any failed key).
-    fn reconcile_all(&mut self) -> bool {
+    fn reconcile_all(&mut self, why: &str) -> bool {
         drain::set_state(self.slot, WorkerState::FullRefresh);
         let tviews = match run_in_transaction(|| pgrx::Spi::connect(catalog::all_tviews)) {
             Ok(Ok(tviews)) => tviews,
@@ -402,6 +411,7 @@ impl Drainer {
                 return false;
             }
         };
+        let count = tviews.len();
         for oid in tviews {
             self.check_slot();
             let full = [QueueEntry {
@@ -430,12 +440,17 @@ impl Drainer {
                 }
             }
         }
+        log!(
+            "pg_tviews_bgw: reconciled {count} TVIEWs in database {} ({why})",
+            self.dboid
+        );
         true
     }
 
     /// Seals, drains and truncates journal tables (PgQ-style rotation, no DELETE).
     fn maintain_journal(&mut self) {
-        let Some(table) = drain::journal_maintain(self.slot, JOURNAL_ROTATE_US) else {
+        let interval_us = i64::from(gucs::JOURNAL_ROTATE_MS.get()) * 1000;
+        let Some(table) = drain::journal_maintain(self.slot, interval_us) else {
             return;
         };
         match run_in_transaction(|| refresh::truncate_journal(table)) {
