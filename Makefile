@@ -7,7 +7,7 @@ DEMO_DIR := $(CURDIR)/.demo
 # One visible line per tier of `make test`.
 banner = @printf '\n==== %s ====\n' "$(1)"
 
-.PHONY: deps install install-release demo demo-stop test fmt clippy unit regress e2e bench-smoke
+.PHONY: deps install install-release install-released demo demo-stop test fmt clippy unit regress e2e bench-smoke
 
 deps:
 	@scripts/deps.sh
@@ -18,6 +18,12 @@ install: deps
 	@echo "install: cargo pgrx install --pg-config $(PG_CONFIG)"
 	@cargo pgrx install --pg-config $(PG_CONFIG) >target/install.log 2>&1 \
 		|| { cat target/install.log; exit 1; }
+	@$(MAKE) --no-print-directory install-released
+
+# Install scripts of earlier releases (cargo pgrx installs only the current one and the
+# upgrade scripts), so CREATE EXTENSION ... VERSION '<old>' works and upgrades can be tested.
+install-released:
+	@install -m 644 sql/released/*.sql "$$($(PG_CONFIG) --sharedir)/extension/"
 
 demo: install
 	@scripts/demo.sh
@@ -57,6 +63,7 @@ install-release: deps
 	@echo "install: cargo pgrx install --release --pg-config $(PG_CONFIG)"
 	@cargo pgrx install --release --pg-config $(PG_CONFIG) >target/install.log 2>&1 \
 		|| { cat target/install.log; exit 1; }
+	@$(MAKE) --no-print-directory install-released
 
 # The same driver with tiny sizes (under a minute); fails only if the harness breaks, never on
 # a timing. Uses the installed extension (make test reinstalls it first). Output: target/bench-smoke/.
