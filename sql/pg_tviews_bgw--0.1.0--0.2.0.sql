@@ -1,7 +1,10 @@
 -- pg_tviews_bgw 0.1.0 -> 0.2.0
 --   * durable journal (pg_tviews_bgw.durability): three rotating journal tables;
 --   * partitioned workers (pg_tviews_bgw.workers_per_database): partition columns in
---     pg_tviews_worker_status, recovery counters in pg_tviews_stats, pg_tviews_journal_status.
+--     pg_tviews_worker_status, recovery counters in pg_tviews_stats, pg_tviews_journal_status;
+--   * privileges: owners of source tables create and manage their own TVIEWs (row level
+--     security on the metadata), prepared transactions' keys in pg_tview_prepared, cluster-wide
+--     functions for superusers only.
 -- Install the new library first (it serves both versions' functions); until this script runs,
 -- the 0.1.0 monitoring views report an error and recoveries reconcile every TVIEW in full.
 \echo Use "ALTER EXTENSION pg_tviews_bgw UPDATE TO '0.2.0'" to load this file. \quit
@@ -18,6 +21,46 @@ ALTER TABLE pg_tview_journal_1 ALTER COLUMN entries SET STORAGE EXTERNAL;
 ALTER TABLE pg_tview_journal_2 ALTER COLUMN entries SET STORAGE EXTERNAL;
 -- Writers insert through the extension's commit callback, never through SQL.
 REVOKE ALL ON pg_tview_journal_0, pg_tview_journal_1, pg_tview_journal_2 FROM PUBLIC;
+
+-- Keys of prepared transactions (PREPARE TRANSACTION), written with the transaction itself
+-- so they appear exactly at COMMIT PREPARED and vanish with ROLLBACK PREPARED; the worker
+-- moves them to pg_tview_deferred. Same row format as the journal; writers insert through
+-- the extension's PRE_PREPARE callback, never through SQL.
+CREATE TABLE pg_tview_prepared (written_at timestamptz NOT NULL, entries bytea NOT NULL);
+REVOKE ALL ON pg_tview_prepared FROM PUBLIC;
+
+-- Who may change the rows of a TVIEW in the tables below: members of the role owning its
+-- table (or anyone once the table is gone, to clean up after DROP TABLE). Superusers, and so
+-- the workers, bypass row level security.
+CREATE FUNCTION _pg_tviews_may_manage(table_oid oid) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog
+AS $$ SELECT coalesce((SELECT pg_has_role(relowner, 'USAGE') FROM pg_class WHERE oid = table_oid), true) $$;
+
+-- Metadata is readable by everyone (the runbook queries it, and refreshes run as each TVIEW's
+-- owner, who must be able to read its own lineage). Owners of TVIEW tables create, change and
+-- drop their TVIEWs' rows through the pg_tviews_* functions; nobody touches anyone else's.
+GRANT SELECT ON pg_tview_meta, pg_tview_lineage, pg_tview_helpers, pg_tview_deferred TO PUBLIC;
+GRANT INSERT, UPDATE, DELETE ON pg_tview_meta, pg_tview_lineage, pg_tview_deferred TO PUBLIC;
+ALTER TABLE pg_tview_meta ENABLE ROW LEVEL SECURITY;
+ALTER TABLE pg_tview_lineage ENABLE ROW LEVEL SECURITY;
+ALTER TABLE pg_tview_deferred ENABLE ROW LEVEL SECURITY;
+CREATE POLICY read_all ON pg_tview_meta FOR SELECT USING (true);
+CREATE POLICY owner_manages ON pg_tview_meta
+    USING (@extschema@._pg_tviews_may_manage(table_oid))
+    WITH CHECK (@extschema@._pg_tviews_may_manage(table_oid));
+CREATE POLICY read_all ON pg_tview_lineage FOR SELECT USING (true);
+CREATE POLICY owner_manages ON pg_tview_lineage
+    USING (@extschema@._pg_tviews_may_manage(tview_oid))
+    WITH CHECK (@extschema@._pg_tviews_may_manage(tview_oid));
+CREATE POLICY read_all ON pg_tview_deferred FOR SELECT USING (true);
+CREATE POLICY owner_manages ON pg_tview_deferred
+    USING (@extschema@._pg_tviews_may_manage(tview_oid))
+    WITH CHECK (@extschema@._pg_tviews_may_manage(tview_oid));
+-- 0.1.0 wrote the keys of prepared transactions straight into pg_tview_deferred; those rows
+-- stay valid and are applied as before.
+
+REVOKE EXECUTE ON FUNCTION @extschema@._pg_tviews_attach_database() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.pg_tviews_install_stmt_triggers() FROM PUBLIC;
 
 -- The monitoring functions changed shape: drop the views built on them, then recreate all.
 DROP VIEW pg_tviews_metrics;

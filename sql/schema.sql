@@ -37,7 +37,7 @@ CREATE TABLE pg_tview_lineage (
 --   paused: the TVIEW is paused (pg_tviews_pause); applied after pg_tviews_resume;
 --   failed: the refresh raised an error; retried with backoff by the worker;
 --   dead:   failed pg_tviews_bgw.max_retries times; kept until pg_tviews_retry_failed();
---   prepared: written by PREPARE TRANSACTION; visible (and applied) once COMMIT PREPARED runs.
+--   prepared: keys of a committed prepared transaction (moved here from pg_tview_prepared).
 -- kind: 0 = key of the TVIEW, 1 = full refresh, >= 2 = value of lineage rule `kind`.
 CREATE TABLE pg_tview_deferred (
     tview_oid       oid         NOT NULL,
@@ -76,6 +76,37 @@ SELECT pg_catalog.pg_extension_config_dump('pg_tview_meta', '');
 SELECT pg_catalog.pg_extension_config_dump('pg_tview_lineage', '');
 SELECT pg_catalog.pg_extension_config_dump('pg_tview_helpers', '');
 
+-- Keys of prepared transactions (PREPARE TRANSACTION), written with the transaction itself
+-- so they appear exactly at COMMIT PREPARED and vanish with ROLLBACK PREPARED; the worker
+-- moves them to pg_tview_deferred. Same row format as the journal; writers insert through
+-- the extension's PRE_PREPARE callback, never through SQL.
+CREATE TABLE pg_tview_prepared (written_at timestamptz NOT NULL, entries bytea NOT NULL);
+REVOKE ALL ON pg_tview_prepared FROM PUBLIC;
+
+-- Who may change the rows of a TVIEW in the tables below: members of the role owning its
+-- table (or anyone once the table is gone, to clean up after DROP TABLE). Superusers, and so
+-- the workers, bypass row level security.
+CREATE FUNCTION _pg_tviews_may_manage(table_oid oid) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog
+AS $$ SELECT coalesce((SELECT pg_has_role(relowner, 'USAGE') FROM pg_class WHERE oid = table_oid), true) $$;
+
 -- Metadata is readable by everyone (the runbook queries it, and refreshes run as each TVIEW's
--- owner, who must be able to read its own lineage); only superusers change it directly.
-GRANT SELECT ON pg_tview_meta, pg_tview_lineage, pg_tview_helpers TO PUBLIC;
+-- owner, who must be able to read its own lineage). Owners of TVIEW tables create, change and
+-- drop their TVIEWs' rows through the pg_tviews_* functions; nobody touches anyone else's.
+GRANT SELECT ON pg_tview_meta, pg_tview_lineage, pg_tview_helpers, pg_tview_deferred TO PUBLIC;
+GRANT INSERT, UPDATE, DELETE ON pg_tview_meta, pg_tview_lineage, pg_tview_deferred TO PUBLIC;
+ALTER TABLE pg_tview_meta ENABLE ROW LEVEL SECURITY;
+ALTER TABLE pg_tview_lineage ENABLE ROW LEVEL SECURITY;
+ALTER TABLE pg_tview_deferred ENABLE ROW LEVEL SECURITY;
+CREATE POLICY read_all ON pg_tview_meta FOR SELECT USING (true);
+CREATE POLICY owner_manages ON pg_tview_meta
+    USING (@extschema@._pg_tviews_may_manage(table_oid))
+    WITH CHECK (@extschema@._pg_tviews_may_manage(table_oid));
+CREATE POLICY read_all ON pg_tview_lineage FOR SELECT USING (true);
+CREATE POLICY owner_manages ON pg_tview_lineage
+    USING (@extschema@._pg_tviews_may_manage(tview_oid))
+    WITH CHECK (@extschema@._pg_tviews_may_manage(tview_oid));
+CREATE POLICY read_all ON pg_tview_deferred FOR SELECT USING (true);
+CREATE POLICY owner_manages ON pg_tview_deferred
+    USING (@extschema@._pg_tviews_may_manage(tview_oid))
+    WITH CHECK (@extschema@._pg_tviews_may_manage(tview_oid));

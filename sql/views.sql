@@ -112,6 +112,11 @@ UNION ALL SELECT 'pg_tviews_worker_avg_batch_ms', avg_batch_ms,
 -- Wake the launcher now so this database gets its drainer without waiting for a scan.
 SELECT @extschema@._pg_tviews_attach_database();
 
+-- Functions that change cluster-wide state, or objects of every TVIEW: superusers only
+-- (GRANT EXECUTE to delegate).
+REVOKE EXECUTE ON FUNCTION @extschema@._pg_tviews_attach_database() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.pg_tviews_install_stmt_triggers() FROM PUBLIC;
+
 -- CREATE TABLE tv_x AS SELECT ... and DROP TABLE tv_x, in every session (event triggers fire
 -- whether or not this session has loaded the library yet).
 CREATE FUNCTION _pg_tviews_on_ctas() RETURNS event_trigger

@@ -7,7 +7,8 @@ use postgres::Client;
 
 const PREVIOUS: &str = "0.1.0";
 
-/// One line per extension member: what it is, its definition and its privileges.
+/// One line per extension member (what it is, its definition and its privileges), plus the
+/// row level security policies on its tables.
 fn extension_objects(db: &mut Client) -> Vec<String> {
     db.query(
         "SELECT pg_describe_object(d.classid, d.objid, 0) || coalesce(' = ' || CASE
@@ -17,7 +18,8 @@ fn extension_objects(db: &mut Client) -> Vec<String> {
                         || ' ' || p.prosrc || ' ' || coalesce(p.proconfig::text, '') || ' ' || coalesce(p.proacl::text, '')
                  FROM pg_proc p WHERE p.oid = d.objid)
              WHEN d.classid = 'pg_class'::regclass THEN (
-                 SELECT c.relkind::text || ' ' || coalesce(c.reloptions::text, '') || ' ' || coalesce(c.relacl::text, '')
+                 SELECT c.relkind::text || ' rls ' || c.relrowsecurity::text || ' ' || coalesce(c.reloptions::text, '')
+                        || ' ' || coalesce(c.relacl::text, '')
                         || ' ' || coalesce(pg_get_viewdef(c.oid), '') || ' ' || coalesce((
                             SELECT string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod) || ' '
                                               || a.attstorage::text || a.attnotnull::text, ', ' ORDER BY a.attnum)
@@ -26,6 +28,11 @@ fn extension_objects(db: &mut Client) -> Vec<String> {
              END, '')
          FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid
          WHERE d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e' AND e.extname = 'pg_tviews_bgw'
+         UNION ALL
+         SELECT format('policy %s on %s = %s %s USING %s WITH CHECK %s', p.polname, p.polrelid::regclass,
+                       p.polcmd, p.polroles::regrole[], pg_get_expr(p.polqual, p.polrelid),
+                       pg_get_expr(p.polwithcheck, p.polrelid))
+         FROM pg_policy p
          ORDER BY 1",
         &[],
     )

@@ -197,8 +197,11 @@ fn _pg_tviews_forget(table_oid: pg_sys::Oid) {
     if tview::busy() {
         return;
     }
+    // Only after the table is really gone (this runs from sql_drop): called directly on a live
+    // TVIEW it does nothing.
     let Ok((Some(entity), dependencies)) = Spi::get_two_with_args::<String, Vec<pg_sys::Oid>>(
-        "SELECT entity, dependencies FROM pg_tview_meta WHERE table_oid = $1",
+        "SELECT entity, dependencies FROM pg_tview_meta m WHERE table_oid = $1 \
+         AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = m.table_oid)",
         &[table_oid.into()],
     ) else {
         return;

@@ -468,8 +468,15 @@ fn pg_tviews_health_check() -> TableIterator<
     TableIterator::new(out)
 }
 
-fn set_paused(name: &str, paused: bool) -> bool {
+/// The TVIEW's table, after checking that the caller may manage it.
+fn owned_tview_oid(name: &str) -> pg_sys::Oid {
     let oid = tview_oid(name);
+    tview::require_owner(oid, &tview::entity_of(name));
+    oid
+}
+
+fn set_paused(name: &str, paused: bool) -> bool {
+    let oid = owned_tview_oid(name);
     let changed = Spi::get_one_with_args::<bool>(
         "UPDATE pg_tview_meta SET paused = $2 WHERE table_oid = $1 RETURNING paused IS DISTINCT FROM NOT $2",
         &[oid.into(), paused.into()],
@@ -488,7 +495,7 @@ fn pg_tviews_pause(name: &str) -> bool {
 /// many keys were parked.
 #[pg_extern(volatile, parallel_unsafe)]
 fn pg_tviews_resume(name: &str) -> i64 {
-    let oid = tview_oid(name);
+    let oid = owned_tview_oid(name);
     set_paused(name, false);
     Spi::get_one_with_args::<i64>(
         "SELECT count(*) FROM pg_tview_deferred WHERE tview_oid = $1 AND reason = 'paused'",
@@ -503,7 +510,8 @@ fn pg_tviews_resume(name: &str) -> i64 {
 /// set of attempts, due now. Returns how many.
 #[pg_extern(volatile, parallel_unsafe)]
 fn pg_tviews_retry_failed(name: default!(Option<&str>, "NULL")) -> i64 {
-    let only = name.map(tview_oid);
+    // Without a name: every TVIEW the caller may manage (row level security filters the rest).
+    let only = name.map(owned_tview_oid);
     Spi::get_one_with_args::<i64>(
         "WITH revived AS (UPDATE pg_tview_deferred SET reason = 'failed', attempts = 0, next_attempt_at = now() \
                           WHERE reason IN ('failed', 'dead') AND ($1::oid IS NULL OR tview_oid = $1) RETURNING 1) \

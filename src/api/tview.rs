@@ -510,6 +510,26 @@ pub fn extension_schema() -> String {
     catalog::extension_schema().unwrap_or_else(|| "public".to_string())
 }
 
+/// Raises `insufficient_privilege` unless the current user may manage the TVIEW whose table is
+/// `table_oid` (a member of the role that owns it, or a superuser), like ALTER TABLE does.
+pub fn require_owner(table_oid: pg_sys::Oid, entity: &str) {
+    let allowed = Spi::get_one_with_args::<bool>(
+        "SELECT pg_catalog.pg_has_role(c.relowner, 'USAGE') FROM pg_catalog.pg_class c WHERE c.oid = $1",
+        &[table_oid.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(true);
+    if !allowed {
+        raise(
+            Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("must be owner of TVIEW \"tv_{entity}\""),
+            None,
+            Some("Only members of the role that owns the TVIEW table (or superusers) can drop, refresh, pause, resume or retry it."),
+        );
+    }
+}
+
 /// Drops the TVIEW table, its backing view, its capture triggers and its metadata.
 #[pg_extern(volatile, parallel_unsafe)]
 fn pg_tviews_drop(name: &str, if_exists: default!(bool, false)) -> bool {
@@ -520,7 +540,10 @@ fn pg_tviews_drop(name: &str, if_exists: default!(bool, false)) -> bool {
         &[entity.as_str().into()],
     );
     let dependencies = match row {
-        Ok((Some(_), deps)) => deps.unwrap_or_default(),
+        Ok((Some(table_oid), deps)) => {
+            require_owner(table_oid, &entity);
+            deps.unwrap_or_default()
+        }
         _ => {
             if if_exists {
                 pgrx::ereport!(
@@ -640,6 +663,7 @@ fn pg_tviews_refresh(name: &str) -> i64 {
             Some("List TVIEWs with: SELECT entity FROM pg_tview_meta;"),
         );
     };
+    require_owner(table_oid, &entity);
     // A worker batch running concurrently could write rows from an older snapshot after this
     // refresh; queueing a full refresh makes the worker's, which runs after our commit, last.
     if queue::is_attached() {

@@ -1,6 +1,7 @@
-//! Writes a committing transaction's journal row (`durability = journal`). Runs at PRE_COMMIT
-//! in every process that publishes keys (user backends, and drainers whose refreshes cascade),
-//! while the transaction can still abort: the row commits or vanishes with it.
+//! Writes a committing transaction's journal row (`durability = journal`, at PRE_COMMIT) or a
+//! preparing transaction's keys (`pg_tview_prepared`, at PRE_PREPARE). Runs in every process
+//! that stages keys (user backends, and drainers whose refreshes cascade), while the
+//! transaction can still abort: the row commits or vanishes with it.
 //!
 //! The row goes in with `heap_insert` on an index-less table: no SPI, no plan, no permission
 //! check per transaction (writers need no privilege on the extension's tables). The schema is
@@ -34,13 +35,30 @@ fn lookup_namespace() -> Option<pg_sys::Oid> {
     found.ok().flatten()
 }
 
-/// OID of `pg_tview_journal_<table>`, or `None` when the extension is not installed here.
-fn journal_relid(table: usize) -> Option<pg_sys::Oid> {
-    let name = match table {
-        0 => c"pg_tview_journal_0",
-        1 => c"pg_tview_journal_1",
-        _ => c"pg_tview_journal_2",
-    };
+/// Where a row of keys goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// `pg_tview_journal_<n>`.
+    Journal(usize),
+    /// `pg_tview_prepared`.
+    Prepared,
+}
+
+impl Target {
+    fn relname(self) -> &'static std::ffi::CStr {
+        match self {
+            Target::Journal(0) => c"pg_tview_journal_0",
+            Target::Journal(1) => c"pg_tview_journal_1",
+            Target::Journal(_) => c"pg_tview_journal_2",
+            Target::Prepared => c"pg_tview_prepared",
+        }
+    }
+}
+
+/// OID of the target table, or `None` when the extension (or this version's table) is not
+/// installed here.
+fn relid(target: Target) -> Option<pg_sys::Oid> {
+    let name = target.relname();
     for attempt in 0..2 {
         let namespace = match NAMESPACE.with(Cell::get) {
             Some(ns) if attempt == 0 => ns,
@@ -61,10 +79,10 @@ fn journal_relid(table: usize) -> Option<pg_sys::Oid> {
     None
 }
 
-/// Appends `entries` to journal table `table` as part of the current transaction. Returns
-/// false when the extension has no journal in this database (nothing to protect then).
-pub fn write(table: usize, entries: &[QueueEntry]) -> bool {
-    let Some(relid) = journal_relid(table) else {
+/// Appends `entries` to `target` as part of the current transaction. Returns false when the
+/// table does not exist in this database (extension not installed, or not updated yet).
+pub fn write(target: Target, entries: &[QueueEntry]) -> bool {
+    let Some(relid) = relid(target) else {
         return false;
     };
     // SAFETY: reading the clock cannot raise.
@@ -91,7 +109,7 @@ unsafe fn insert_row(relid: pg_sys::Oid, written_at: i64, payload: &[u8]) {
         if !shape_ok {
             raise(
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-                "pg_tviews_bgw journal table has an unexpected shape",
+                "pg_tviews_bgw key table has an unexpected shape",
                 Some("Its columns must be (written_at timestamptz, entries bytea)."),
                 Some("Reinstall the extension, or run with pg_tviews_bgw.durability = none."),
             );

@@ -172,7 +172,7 @@ fn pre_commit() {
             // Recorded before writing, so an ERROR while writing still releases the ticket.
             STAGING.with(|s| s.borrow_mut().journal = Some(ticket));
             let ready = STAGING.with(|s| std::mem::take(&mut s.borrow_mut().ready));
-            super::journal::write(ticket.table(), &ready);
+            super::journal::write(super::journal::Target::Journal(ticket.table()), &ready);
             STAGING.with(|s| s.borrow_mut().ready = ready);
         }
         Durability::None => {
@@ -183,7 +183,7 @@ fn pre_commit() {
                     key: 0,
                     committed_at: 0,
                 };
-                let written = super::journal::write(0, &[marker]);
+                let written = super::journal::write(super::journal::Target::Journal(0), &[marker]);
                 STAGING.with(|s| s.borrow_mut().marker_written = written);
             }
         }
@@ -215,9 +215,9 @@ fn commit() {
 }
 
 /// Two-phase commit: the keys cannot wait in backend memory for COMMIT PREPARED (which may run
-/// in another session, or after a restart). They are written into `pg_tview_deferred` as part of
-/// the prepared transaction itself, so they become visible exactly when it commits and vanish
-/// with ROLLBACK PREPARED; the worker applies them within a second of the commit.
+/// in another session, or after a restart). They are written into `pg_tview_prepared` as part
+/// of the prepared transaction itself, so they become visible exactly when it commits and
+/// vanish with ROLLBACK PREPARED; the worker applies them within a second of the commit.
 fn pre_prepare() {
     let mut keys = STAGING.with(|s| std::mem::take(&mut s.borrow_mut().keys));
     if keys.is_empty() {
@@ -225,30 +225,21 @@ fn pre_prepare() {
     }
     keys.sort_unstable();
     keys.dedup();
-    let tviews: Vec<pg_sys::Oid> = keys
+    let entries: Vec<QueueEntry> = keys
         .iter()
-        .map(|k| pg_sys::Oid::from(k.tview_oid))
+        .map(|k| QueueEntry {
+            tview_oid: k.tview_oid,
+            kind: k.kind,
+            key: k.key,
+            committed_at: 0,
+        })
         .collect();
-    let kinds: Vec<i32> = keys.iter().map(|k| k.kind as i32).collect();
-    let values: Vec<i64> = keys.iter().map(|k| k.key).collect();
-    // SAFETY: PRE_PREPARE runs inside the still-open transaction with no active snapshot; SPI
-    // needs one. It is popped below; an ERROR in between is cleaned up by the abort.
-    unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
-    let inserted = pgrx::Spi::run_with_args(
-        "INSERT INTO pg_tview_deferred AS d (tview_oid, kind, key, reason) \
-         SELECT t, k, v, 'prepared' FROM unnest($1::oid[], $2::int[], $3::bigint[]) AS x(t, k, v) \
-         ON CONFLICT (tview_oid, kind, key) DO UPDATE \
-         SET reason = 'prepared', attempts = 0, next_attempt_at = now()",
-        &[tviews.into(), kinds.into(), values.into()],
-    );
-    // SAFETY: pops the snapshot pushed above.
-    unsafe { pg_sys::PopActiveSnapshot() };
-    if let Err(e) = inserted {
+    if !super::journal::write(super::journal::Target::Prepared, &entries) {
         crate::errors::raise(
-            pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-            format!("could not record TVIEW keys of the prepared transaction: {e}"),
+            pgrx::PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "cannot prepare a transaction that changed TVIEW sources: pg_tview_prepared is missing",
             None,
-            None,
+            Some("Run ALTER EXTENSION pg_tviews_bgw UPDATE."),
         );
     }
 }

@@ -322,7 +322,45 @@ pub fn apply_batch(
 /// Retries deferred keys that are due: failed ones whose backoff expired, and parked ones whose
 /// TVIEW was resumed. Success deletes them; failure backs off (1 s, 2 s, 4 s, ... 5 min) and
 /// after `max_retries` attempts turns them into dead letters.
+/// Moves the keys of committed prepared transactions from `pg_tview_prepared` (rows of
+/// transactions still prepared are invisible; rolled-back ones never appear) into
+/// `pg_tview_deferred`, where `retry_deferred` applies them.
+fn collect_prepared() -> spi::Result<()> {
+    let rows: Vec<Vec<u8>> = Spi::connect_mut(|client| {
+        let mut out = Vec::new();
+        for row in client.update("DELETE FROM pg_tview_prepared RETURNING entries", None, &[])? {
+            out.push(row.get::<Vec<u8>>(1)?.unwrap_or_default());
+        }
+        Ok::<_, spi::Error>(out)
+    })?;
+    let mut entries = Vec::new();
+    for bytes in rows {
+        if let Err(problem) = journal::decode(&bytes, 0, &mut entries) {
+            pgrx::warning!(
+                "pg_tviews_bgw: skipping an unreadable prepared-transaction row: {problem}"
+            );
+        }
+    }
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let tviews: Vec<pg_sys::Oid> = entries
+        .iter()
+        .map(|e| pg_sys::Oid::from(e.tview_oid))
+        .collect();
+    let kinds: Vec<i32> = entries.iter().map(|e| e.kind as i32).collect();
+    let keys: Vec<i64> = entries.iter().map(|e| e.key).collect();
+    Spi::run_with_args(
+        "INSERT INTO pg_tview_deferred AS d (tview_oid, kind, key, reason) \
+         SELECT DISTINCT t, k, v, 'prepared' FROM unnest($1::oid[], $2::int[], $3::bigint[]) AS x(t, k, v) \
+         ON CONFLICT (tview_oid, kind, key) DO UPDATE \
+         SET reason = 'prepared', attempts = 0, next_attempt_at = now()",
+        &[tviews.into(), kinds.into(), keys.into()],
+    )
+}
+
 pub fn retry_deferred(limit: usize, max_retries: i32, locking: Locking) -> spi::Result<Outcome> {
+    collect_prepared()?;
     // Keys of TVIEWs dropped while their keys were deferred have nothing left to refresh.
     Spi::run(
         "DELETE FROM pg_tview_deferred WHERE ctid IN ( \
