@@ -84,6 +84,41 @@ def drain_curve(path):
     return pts, pts[-1][0]
 
 
+def writer_stats(path):
+    """Variants in order of appearance and, per variant, medians and per-round ratios."""
+    if not os.path.exists(path):
+        return [], {}
+    with open(path) as f:
+        writer = list(csv.DictReader(f, delimiter="\t"))
+    variants = []
+    for r in writer:
+        if r["variant"] not in variants:
+            variants.append(r["variant"])
+    by_round = {}
+    for r in writer:
+        by_round.setdefault(r["round"], {})[r["variant"]] = r
+    stats = {}
+    for v in variants:
+        rows = [r for r in writer if r["variant"] == v]
+        tps = [fnum(r["tps"]) for r in rows]
+        lat = [fnum(r["latency_ms"]) for r in rows]
+        paired = [
+            fnum(rr[v]["tps"]) / fnum(rr["base"]["tps"])
+            for rr in by_round.values()
+            if v in rr and "base" in rr and fnum(rr["base"]["tps"])
+        ]
+        stats[v] = {
+            "tps": statistics.median(tps),
+            "tps_all": tps,
+            "lat": statistics.median(lat),
+            "paired": statistics.median(paired) if paired else None,
+            "backlog": statistics.median([fnum(r["backlog_keys"]) for r in rows]),
+            "catchup": statistics.median([fnum(r["catchup_ms"]) for r in rows]),
+            "stale": sum(int(fnum(r.get("stale_rows"), 0)) for r in rows),
+        }
+    return variants, stats
+
+
 VARIANT_LABEL = {
     "base": "baseline (no trigger)",
     "tview": "pg_tviews_bgw async (TVIEW)",
@@ -105,35 +140,9 @@ def main():
         with open(sp) as f:
             settings = [line.rstrip("\n").split("\t") for line in f if line.strip()]
 
-    # ---- A: writer overhead --------------------------------------------------------------
-    with open(os.path.join(raw, "writer.tsv")) as f:
-        writer = list(csv.DictReader(f, delimiter="\t"))
-    variants = []
-    for r in writer:
-        if r["variant"] not in variants:
-            variants.append(r["variant"])
-    by_round = {}
-    for r in writer:
-        by_round.setdefault(r["round"], {})[r["variant"]] = r
-    wstats = {}
-    for v in variants:
-        rows = [r for r in writer if r["variant"] == v]
-        tps = [fnum(r["tps"]) for r in rows]
-        lat = [fnum(r["latency_ms"]) for r in rows]
-        paired = [
-            fnum(rr[v]["tps"]) / fnum(rr["base"]["tps"])
-            for rr in by_round.values()
-            if v in rr and "base" in rr and fnum(rr["base"]["tps"])
-        ]
-        wstats[v] = {
-            "tps": statistics.median(tps),
-            "tps_all": tps,
-            "lat": statistics.median(lat),
-            "paired": statistics.median(paired) if paired else None,
-            "backlog": statistics.median([fnum(r["backlog_keys"]) for r in rows]),
-            "catchup": statistics.median([fnum(r["catchup_ms"]) for r in rows]),
-            "stale": sum(int(fnum(r.get("stale_rows"), 0)) for r in rows),
-        }
+    # ---- A: writer overhead (A2: the same without the journal) ------------------------------
+    variants, wstats = writer_stats(os.path.join(raw, "writer.tsv"))
+    none_variants, none_stats = writer_stats(os.path.join(raw, "writer_none.tsv"))
 
     # ---- B: lag --------------------------------------------------------------------------
     lag_idle = lags_ms(os.path.join(raw, "lag_idle.csv"))
@@ -175,6 +184,16 @@ def main():
             "load_tps": fnum(m.get(f"load.bs_{bs}.tps")),
             "backlog": fnum(m.get(f"load.bs_{bs}.backlog_keys")),
         }
+
+    # ---- G: two workers ------------------------------------------------------------------
+    g_pts, g_secs = drain_curve(os.path.join(raw, "g_drain.csv"))
+    g_keys = fnum(m.get("g.drain.keys"))
+    g_rate = g_keys / g_secs if g_keys and g_secs else None
+    g_bulk = sample_rows(os.path.join(raw, "g_bulk_samples.csv"))
+    g_catchup_ms = None
+    if g_bulk:
+        commit_at = fnum(g_bulk[0][2]) or fnum(m.get("g.bulk.tview_write_end"))
+        g_catchup_ms = (fnum(g_bulk[-1][0]) - commit_at) * 1000.0
 
     # ---- E: overflow ---------------------------------------------------------------------
     ov_pts, ov_secs = drain_curve(os.path.join(raw, "overflow_samples.csv"))
@@ -258,7 +277,7 @@ def main():
             f"{fmt(d['secs'], 2)} s); paced lag p50/p95 {fmt(pct(d['lag'], 50), 2)} / "
             f"{fmt(pct(d['lag'], 95), 2)} ms |")
     if ov_secs is not None:
-        add(f"| overflow → full refresh of both TVIEWs | {fmt(ov_secs * 1000)} ms |")
+        add(f"| overflow → recovery (journal replay) of both TVIEWs | {fmt(ov_secs * 1000)} ms |")
     add(f"| shared memory per queued key | {fmt(per_key, 1)} bytes "
         f"({fmt(shm_total / 1048576 if shm_total else None, 1)} MiB for "
         f"{m.get('max_workers', '?')} × {m.get('queue_size', '?')} keys) |")
@@ -268,8 +287,29 @@ def main():
         f"{fmt(fnum(m.get('worker.idle_rssanon_kb')) / 1024 if m.get('worker.idle_rssanon_kb') else None)} → "
         f"{fmt(peak_anon / 1024 if peak_anon else None)} MiB (VmRSS peak {fmt(peak_rss / 1024 if peak_rss else None)} MiB, "
         f"includes touched shared buffers) |")
-    add("| durability modes (journal / none) | not available in this version |")
-    add("| workers_per_database | not available in this version |")
+    if none_stats:
+        nb = none_stats.get("base", {}).get("tps")
+        for v in ("tview", "paused"):
+            if v in none_stats:
+                add(f"| writer tps with durability = none, {VARIANT_LABEL.get(v, v)} / baseline | "
+                    f"{fmt(ratio(none_stats[v]['tps'], nb), 3)} (medians {fmt(none_stats[v]['tps'])} / "
+                    f"{fmt(nb)} tps; median of per-round ratios {fmt(none_stats[v]['paired'], 3)}) |")
+        if m.get("restart.journal_replay_ms"):
+            add(f"| restart back to durability = journal: until the worker is idle again | "
+                f"{fmt(fnum(m.get('restart.journal_replay_ms')))} ms |")
+    else:
+        add("| writer tps with durability = none | not measured in this run |")
+    one = drains.get(1000, {}).get("rate")
+    if g_rate is not None:
+        add(f"| drain with 2 workers (batch_size 1000) | {fmt(g_rate)} keys/s ({fmt(g_keys, 0)} keys in "
+            f"{fmt(g_secs, 2)} s); 1 worker at batch_size 1000: {fmt(one)} keys/s "
+            f"(2 / 1 = {fmt(ratio(g_rate, one), 2)}) |")
+    if g_catchup_ms is not None:
+        add(f"| bulk: TVIEW catch-up after commit with 2 workers | {fmt(g_catchup_ms)} ms "
+            f"(1 worker: {fmt(catchup_ms)} ms; / upsert = {fmt(ratio(g_catchup_ms, upsert_ms), 2)}; "
+            f"/ MV refresh = {fmt(ratio(g_catchup_ms, mv_ms), 2)}) |")
+    if g_rate is None and g_catchup_ms is None:
+        add("| workers_per_database = 2 | not measured in this run |")
     add("")
 
     add("## A. Writer overhead")
@@ -294,7 +334,7 @@ def main():
             f"running): median backlog {fmt(wstats['paused']['backlog'], 0)} keys, drained "
             f"{fmt(wstats['paused']['catchup'], 0)} ms after the worker was re-enabled "
             f"(keys overflowed during phase A: {m.get('writer.overflowed_keys', '?')}; non-zero means "
-            f"a paused round did not fit the ring and was caught up by a full refresh).")
+            f"a paused round did not fit the ring and was caught up by a recovery).")
     for v in ("sync", "syncpl"):
         if v in wstats:
             add(f"Rows of `tv_post`/`tv_user` left stale after the {VARIANT_LABEL[v]} rounds (summed "
@@ -302,6 +342,34 @@ def main():
                 "two writers changing posts of the same user each recompute that user's row from a "
                 "snapshot that misses the other's change, and the later upsert wins.")
     add("")
+
+    if none_stats:
+        add("### A2. The same without the journal (`durability = none`)")
+        add("")
+        add("The cluster restarted with `pg_tviews_bgw.durability = none`; baseline and async variants "
+            "alternated again in that configuration (ratios are against that phase's own baseline).")
+        add("")
+        add("| Variant | median tps | tps / baseline | median per-round ratio | median latency ms | rounds (tps) |")
+        add("|---|---|---|---|---|---|")
+        nb = none_stats.get("base", {}).get("tps")
+        for v in none_variants:
+            st = none_stats[v]
+            add(f"| {VARIANT_LABEL.get(v, v)} | {fmt(st['tps'])} | {fmt(ratio(st['tps'], nb), 3)} | "
+                f"{fmt(st['paired'], 3)} | {fmt(st['lat'], 3)} | {', '.join(fmt(t) for t in st['tps_all'])} |")
+        add("")
+
+    if g_rate is not None or g_catchup_ms is not None:
+        add("## G. Two workers per database")
+        add("")
+        add(f"The cluster restarted with `pg_tviews_bgw.workers_per_database = 2` "
+            f"({m.get('g.workers', '?')} workers running): keys are partitioned by (TVIEW, key).")
+        add("")
+        add("| Measurement | 1 worker | 2 workers |")
+        add("|---|---|---|")
+        add(f"| drain of {fmt(g_keys, 0)} queued keys, batch_size 1000 (keys/s) | {fmt(one)} | {fmt(g_rate)} |")
+        add(f"| bulk catch-up of every post (ms after commit) | {fmt(catchup_ms)} | {fmt(g_catchup_ms)} |")
+        add(f"| bulk writer time (ms) | {fmt(tview_write)} | {fmt(fnum(m.get('g.bulk.tview_write_ms')))} |")
+        add("")
 
     add("## B. Freshness lag (commit → visible in tv_post)")
     add("")
@@ -351,15 +419,16 @@ def main():
             f"{fmt(pct(d['lag'], 99), 2)} | {fmt(d['load_tps'])} | {fmt(d['backlog'], 0)} |")
     add("")
 
-    add("## E. Overflow → full refresh")
+    add("## E. Overflow → recovery")
     add("")
     if ov_secs is None:
         add("Not run (OVERFLOW=0).")
     else:
         add(f"{m.get('overflow.statements', '?')} bulk UPDATEs of every post with the worker disabled; "
             f"the last one did not fit the ring ({m.get('overflow.overflowed_keys', '?')} keys overflowed, "
-            f"{m.get('overflow.pending_before', '?')} still queued). Worker enabled: full refresh "
-            f"({m.get('overflow.full_refreshes', '?')} counted) done in {fmt(ov_secs * 1000)} ms "
+            f"{m.get('overflow.pending_before', '?')} still queued). Worker enabled: recovery "
+            f"({m.get('overflow.full_refreshes', '?')} counted; a journal replay with durability = "
+            f"journal, a full reconcile without) done in {fmt(ov_secs * 1000)} ms "
             f"(compare the set-based upsert in C: {fmt(upsert_ms)} ms).")
     add("")
 
@@ -469,8 +538,8 @@ def make_plots(results, lag_idle, lag_paced, lag_load, drains, bulk_curve, ov_pt
         a1.set_title("Catch-up: pending keys over time")
         if ov_pts:
             a2.plot([p[0] for p in ov_pts], [p[1] for p in ov_pts], color="tab:red",
-                    label="after overflow: full refresh (s since enable)")
-        a2.set_title("Overflow: queued keys until the full refresh")
+                    label="after overflow: recovery (s since enable)")
+        a2.set_title("Overflow: queued keys until the recovery is done")
         for ax in (a1, a2):
             ax.set_xlabel("seconds")
             ax.set_ylabel("pending keys")

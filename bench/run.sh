@@ -13,8 +13,10 @@
 #                        (a fixed rate the worker can absorb) and under saturating writers
 #   C  bulk catch-up     one UPDATE of every post: TVIEW vs REFRESH MATERIALIZED VIEW vs upsert
 #   D  drain throughput  a queued backlog drained at several batch sizes (+ paced lag at each)
-#   E  overflow          more keys than the ring holds: the worker's full-refresh path
+#   A2 durability = none the writer variants again after a restart without the journal
+#   E  overflow          more keys than the ring holds: the recovery path (journal replay)
 #   F  memory            shared memory per queued key, worker RSS (sampled during C, D, E)
+#   G  two workers       restart with workers_per_database = 2: drain and bulk catch-up again
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -44,6 +46,8 @@ BS_LAG_S=${BS_LAG_S:-8}             # loaded lag measurement per batch size
 QUEUE_SIZE=${QUEUE_SIZE:-1048576}
 MAX_WORKERS=${MAX_WORKERS:-4}
 OVERFLOW=${OVERFLOW:-1}             # run phase E
+NONE_ROUNDS=${NONE_ROUNDS:-$ROUNDS} # phase A2 (durability = none) rounds; 0 skips it
+TWO_WORKERS=${TWO_WORKERS:-1}       # run phase G (workers_per_database = 2)
 SAMPLE_S=${SAMPLE_S:-0.05}          # queue sampling interval while draining
 DEADLINE_S=${DEADLINE_S:-600}       # any single convergence wait longer than this = broken
 SHARED_BUFFERS=${SHARED_BUFFERS:-512MB}
@@ -113,6 +117,12 @@ for line in "${extra[@]}"; do [[ -n ${line// /} ]] && conf+=("$line"); done
 log "starting cluster in $BENCH_DIR (port $BENCH_PORT)"
 scripts/cluster.sh start "$BENCH_DIR" "$BENCH_PORT" "${conf[@]}"
 "${PSQL[@]}" -d postgres -qc "CREATE DATABASE $DB"
+# Restarts the cluster with the base settings plus the given lines (postmaster settings such
+# as durability and workers_per_database need a restart).
+restart_with() {
+    scripts/cluster.sh stop "$BENCH_DIR"
+    scripts/cluster.sh start "$BENCH_DIR" "$BENCH_PORT" "${conf[@]}" "$@"
+}
 
 # ---- run metadata: hardware, commit, settings ----------------------------------------------
 {
@@ -137,7 +147,7 @@ scripts/cluster.sh start "$BENCH_DIR" "$BENCH_PORT" "${conf[@]}"
     printf 'loadavg_start\t%s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
     for v in SEED USERS POSTS ROUNDS ROUND_S CLIENTS LAG_PROBES LAG_PROBE_IDS LAG_LOAD_S \
         LAG_LOAD_CLIENTS LAG_LOAD_RATE POLL_SLEEP_US DRAIN_KEYS BATCH_SIZES BS_LAG_S QUEUE_SIZE \
-        MAX_WORKERS OVERFLOW SAMPLE_S DEADLINE_S; do
+        MAX_WORKERS OVERFLOW NONE_ROUNDS TWO_WORKERS SAMPLE_S DEADLINE_S; do
         printf 'param.%s\t%s\n' "$v" "${!v}"
     done
 } >"$RAW/meta.tsv"
@@ -155,7 +165,8 @@ q "SELECT pg_tviews_version()" | sed 's/^/version\t/' >>"$RAW/meta.tsv"
 wait_worker_idle() {
     local deadline=$(($(date +%s) + DEADLINE_S)) state
     while :; do
-        state=$(q "SELECT state || ':' || recovery_pending::text || ':' || pending
+        state=$(q "SELECT CASE WHEN count(*) > 0 AND bool_and(state = 'idle') THEN 'idle' ELSE string_agg(state, ',') END
+                          || ':' || bool_or(recovery_pending)::text || ':' || coalesce(sum(pending), 0)
                    FROM pg_tviews_worker_status WHERE database = current_database()")
         [[ $state == idle:false:0 ]] && [[ $(q "SELECT pg_tviews_wait('0s')") == t ]] && return 0
         (($(date +%s) < deadline)) || die "worker not idle after ${DEADLINE_S}s (state '$state')"
@@ -165,7 +176,8 @@ wait_worker_idle() {
 wait_worker_state() {
     local want=$1 deadline=$(($(date +%s) + 60)) state
     while :; do
-        state=$(q "SELECT state FROM pg_tviews_worker_status WHERE database = current_database()")
+        state=$(q "SELECT CASE WHEN count(*) > 0 AND bool_and(state = '$want') THEN '$want' ELSE string_agg(state, ',') END
+                   FROM pg_tviews_worker_status WHERE database = current_database()")
         [[ $state == "$want" ]] && return 0
         (($(date +%s) < deadline)) || die "worker state '$state', expected '$want' after 60s"
         sleep 0.1
@@ -199,7 +211,8 @@ sample_drain() {
     "${PSQL[@]}" -d "$DB" -Atq "${args[@]}" >/dev/null || die "sampling the queue failed"
     [[ $(tail -n 1 "$out" | cut -d, -f4) == t ]] || die "queue not drained within ${DEADLINE_S}s ($out)"
 }
-worker_pid() { q "SELECT pid FROM pg_tviews_worker_status WHERE database = current_database()"; }
+worker_pid() { q "SELECT pid FROM pg_tviews_worker_status WHERE database = current_database() AND partition = 0"; }
+worker_totals() { q "SELECT sum(batches) || ' ' || sum(rows) FROM pg_tviews_worker_status WHERE database = current_database()"; }
 # Samples the worker's memory (kB) every 0.1 s into $1 until stop_rss; VmHWM is the peak.
 start_rss() {
     local out=$1 pid
@@ -288,50 +301,73 @@ repair() {
         done
     fi
 }
-echo -e "round\tvariant\ttps\tlatency_ms\tbacklog_keys\tcatchup_ms\tstale_rows" >"$RAW/writer.tsv"
-log "A: writer overhead: ${variants[*]}; $ROUNDS round(s) x ${ROUND_S}s, $CLIENTS clients"
-overflowed0=$(q "SELECT overflowed FROM pg_tviews_stats")
-for ((r = 0; r < ROUNDS; r++)); do
-    # Rotate the order every round so no variant always runs first (warm-up, autovacuum).
-    for ((i = 0; i < ${#variants[@]}; i++)); do
-        v=${variants[$(((i + r) % ${#variants[@]}))]}
-        wait_applied             # the previous round's backlog must not run into this one
-        q "CHECKPOINT" >/dev/null
-        opts=()
-        [[ $v == sync ]] && opts=(-c pg_tviews_bgw.mode=sync)
-        if [[ $v == paused ]]; then set_guc pg_tviews_bgw.enabled off; wait_worker_state disabled; fi
-        PGOPTIONS="${opts[*]}" "$PGBIN/pgbench" -n -M prepared -h "$BENCH_DIR" -p "$BENCH_PORT" \
-            -U postgres -c "$CLIENTS" -j "$((CLIENTS < 2 ? CLIENTS : 2))" -T "$ROUND_S" \
-            -f "$RAW/pgbench_$v.sql" "$DB" >"$RAW/pgbench_${v}_$r.log" 2>&1 \
-            || { tail -n 20 "$RAW/pgbench_${v}_$r.log"; die "pgbench failed ($v, round $r)"; }
-        tps=$(awk '/^tps = / { print $3 }' "$RAW/pgbench_${v}_$r.log")
-        lat=$(awk '/^latency average = / { print $4 }' "$RAW/pgbench_${v}_$r.log")
-        # Async: how far the worker fell behind during the round, and how long it then needs.
-        backlog=0 catchup=0
-        if [[ $v == tview || $v == paused ]]; then
-            backlog=$(q "SELECT coalesce(sum(pending), 0) FROM pg_tviews_queue_status")
-            t0=$(epoch)
-            [[ $v == paused ]] && reset_guc pg_tviews_bgw.enabled
-            wait_applied
-            catchup=$(awk -v a="$t0" -v b="$(epoch)" 'BEGIN { printf "%.0f", (b - a) * 1000 }')
+# One pgbench round of variant $2 (round $1), appended to $3.
+writer_round() {
+    local r=$1 v=$2 out=$3 opts=() tps lat backlog=0 catchup=0 stale=0 t0 schema
+    wait_applied             # the previous round's backlog must not run into this one
+    q "CHECKPOINT" >/dev/null
+    [[ $v == sync ]] && opts=(-c pg_tviews_bgw.mode=sync)
+    if [[ $v == paused ]]; then set_guc pg_tviews_bgw.enabled off; wait_worker_state disabled; fi
+    PGOPTIONS="${opts[*]}" "$PGBIN/pgbench" -n -M prepared -h "$BENCH_DIR" -p "$BENCH_PORT" \
+        -U postgres -c "$CLIENTS" -j "$((CLIENTS < 2 ? CLIENTS : 2))" -T "$ROUND_S" \
+        -f "$RAW/pgbench_$v.sql" "$DB" >"$RAW/pgbench_${v}_$r.log" 2>&1 \
+        || { tail -n 20 "$RAW/pgbench_${v}_$r.log"; die "pgbench failed ($v, round $r)"; }
+    tps=$(awk '/^tps = / { print $3 }' "$RAW/pgbench_${v}_$r.log")
+    lat=$(awk '/^latency average = / { print $4 }' "$RAW/pgbench_${v}_$r.log")
+    # Async: how far the worker fell behind during the round, and how long it then needs.
+    if [[ $v == tview || $v == paused ]]; then
+        backlog=$(q "SELECT coalesce(sum(pending), 0) FROM pg_tviews_queue_status")
+        t0=$(epoch)
+        [[ $v == paused ]] && reset_guc pg_tviews_bgw.enabled
+        wait_applied
+        catchup=$(awk -v a="$t0" -v b="$(epoch)" 'BEGIN { printf "%.0f", (b - a) * 1000 }')
+    fi
+    if [[ $v == sync || $v == syncpl ]]; then
+        schema=public; [[ $v == syncpl ]] && schema=syncpl
+        stale=$(stale_rows "$schema")
+        if ((stale > 0)); then
+            log "   WARNING: $v left $stale TVIEW rows stale (lost updates between concurrent writers); repairing"
+            repair "$schema"
         fi
-        stale=0
-        if [[ $v == sync || $v == syncpl ]]; then
-            schema=public; [[ $v == syncpl ]] && schema=syncpl
-            stale=$(stale_rows "$schema")
-            if ((stale > 0)); then
-                log "   WARNING: $v left $stale TVIEW rows stale (lost updates between concurrent writers); repairing"
-                repair "$schema"
-            fi
-        fi
-        echo -e "$r\t$v\t$tps\t$lat\t$backlog\t$catchup\t$stale" >>"$RAW/writer.tsv"
-        log "   round $((r + 1))/$ROUNDS $v: $tps tps, latency $lat ms, backlog $backlog keys (drained in ${catchup} ms)"
+    fi
+    echo -e "$r\t$v\t$tps\t$lat\t$backlog\t$catchup\t$stale" >>"$out"
+    log "   round $((r + 1)) $v: $tps tps, latency $lat ms, backlog $backlog keys (drained in ${catchup} ms)"
+}
+writer_rounds() {   # writer_rounds ROUNDS OUT VARIANT...: variants rotated every round
+    local rounds=$1 out=$2 r i v
+    shift 2
+    local vs=("$@")
+    echo -e "round\tvariant\ttps\tlatency_ms\tbacklog_keys\tcatchup_ms\tstale_rows" >"$out"
+    for ((r = 0; r < rounds; r++)); do
+        # Rotate the order every round so no variant always runs first (warm-up, autovacuum).
+        for ((i = 0; i < ${#vs[@]}; i++)); do
+            v=${vs[$(((i + r) % ${#vs[@]}))]}
+            writer_round "$r" "$v" "$out"
+        done
     done
-done
+}
+log "A: writer overhead (durability = $(q "SHOW pg_tviews_bgw.durability")): ${variants[*]}; $ROUNDS round(s) x ${ROUND_S}s, $CLIENTS clients"
+overflowed0=$(q "SELECT overflowed FROM pg_tviews_stats")
+writer_rounds "$ROUNDS" "$RAW/writer.tsv" "${variants[@]}"
 wait_applied
 check_converged "writer overhead"
-# Non-zero if a paused round queued more than QUEUE_SIZE keys (its catch-up was a full refresh).
+# Non-zero if a paused round queued more than QUEUE_SIZE keys (its catch-up was a recovery).
 metric writer.overflowed_keys "$(($(q "SELECT overflowed FROM pg_tviews_stats") - overflowed0))"
+
+# ---- A2: writer overhead without the journal ----------------------------------------------------
+# durability is a postmaster setting: restart without the journal, measure the async variants
+# against the baseline again (alternated in this configuration), then restart back.
+if ((NONE_ROUNDS > 0)) && [[ $(q "SELECT count(*) FROM pg_settings WHERE name = 'pg_tviews_bgw.durability'") == 1 ]]; then
+    log "A2: writer overhead with durability = none: base tview paused; $NONE_ROUNDS round(s)"
+    restart_with "pg_tviews_bgw.durability = none"
+    wait_worker_idle
+    writer_rounds "$NONE_ROUNDS" "$RAW/writer_none.tsv" base tview paused
+    restart_with
+    t0=$(epoch)
+    wait_worker_idle
+    metric restart.journal_replay_ms "$(awk -v a="$t0" -v b="$(epoch)" 'BEGIN { printf "%.0f", (b - a) * 1000 }')"
+    check_converged "durability = none rounds"
+fi
 
 # ---- B: freshness lag --------------------------------------------------------------------------
 CONN="host=$BENCH_DIR port=$BENCH_PORT user=postgres dbname=$DB"
@@ -403,14 +439,15 @@ metric bulk.upsert_post_ms "$ms"; metric bulk.upsert_post_rows "$rows"
 ms2=$(timed_ms "$(upsert user)"); rows2=$(last_insert_rows)
 metric bulk.upsert_user_ms "$ms2"; metric bulk.upsert_user_rows "$rows2"
 log "   set-based upsert: post $ms ms ($rows rows), user $ms2 ms ($rows2 rows)"
-rows_before=$(q "SELECT rows FROM pg_tviews_worker_status WHERE database = current_database()")
+rows_before=$(worker_totals); rows_before=${rows_before#* }
 start_rss "$RAW/rss_bulk.csv"
 ms=$(timed_ms "UPDATE public.tb_post SET votes = votes + 1")
 metric bulk.tview_write_ms "$ms"
 metric bulk.tview_write_end "$(epoch)"
 sample_drain "$RAW/bulk_samples.csv"
 stop_rss
-metric bulk.worker_rows "$(($(q "SELECT rows FROM pg_tviews_worker_status WHERE database = current_database()") - rows_before))"
+rows_after=$(worker_totals)
+metric bulk.worker_rows "$((${rows_after#* } - rows_before))"
 check_converged "bulk update"
 log "   TVIEW UPDATE: $ms ms, then drained (samples in bulk_samples.csv)"
 
@@ -422,13 +459,13 @@ for bs in $BATCH_SIZES; do
     vacuum_all
     q "UPDATE tb_post SET votes = votes + 1 WHERE pk_post <= $DRAIN_KEYS" >/dev/null
     keys=$(q "SELECT coalesce(sum(pending), 0) FROM pg_tviews_queue_status")
-    before=$(q "SELECT batches || ' ' || rows FROM pg_tviews_worker_status WHERE database = current_database()")
+    before=$(worker_totals)
     "${PSQL[@]}" -d "$DB" -q -c "ALTER SYSTEM SET pg_tviews_bgw.batch_size = $bs" >/dev/null
     start_rss "$RAW/rss_drain_$bs.csv"
     # Enabling and sampling in one session: the first sample is taken right after the reload.
     sample_drain "$RAW/drain_$bs.csv" "ALTER SYSTEM SET pg_tviews_bgw.enabled = on" "SELECT pg_reload_conf()"
     stop_rss
-    after=$(q "SELECT batches || ' ' || rows FROM pg_tviews_worker_status WHERE database = current_database()")
+    after=$(worker_totals)
     metric "drain.$bs.keys" "$keys"
     metric "drain.$bs.batches" "$((${after% *} - ${before% *}))"
     metric "drain.$bs.rows" "$((${after#* } - ${before#* }))"
@@ -446,7 +483,7 @@ reset_guc pg_tviews_bgw.batch_size
 reset_guc pg_tviews_bgw.enabled
 wait_worker_state idle
 
-# ---- E: overflow -> full refresh -------------------------------------------------------------
+# ---- E: overflow -> recovery (journal replay) ----------------------------------------------------
 if [[ $OVERFLOW == 1 ]]; then
     log "E: overflow: bulk UPDATEs with the worker disabled until the ring overflows"
     set_guc pg_tviews_bgw.enabled off
@@ -469,13 +506,37 @@ if [[ $OVERFLOW == 1 ]]; then
     metric overflow.full_refreshes "$((${s1#* } - ${s0#* }))"
     reset_guc pg_tviews_bgw.enabled
     check_converged "overflow"
-    log "   overflowed after $n bulk UPDATEs; full refresh done"
+    log "   overflowed after $n bulk UPDATEs; recovered"
 fi
 
 # ---- F (part 2): peak worker memory ------------------------------------------------------------
 pid=$(worker_pid)
 metric worker.vmhwm_kb "$(awk '/^VmHWM:/ { print $2 }' "/proc/$pid/status")"
 metric worker.final_rss_kb "$(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status")"
+
+# ---- G: two workers per database -------------------------------------------------------------
+if [[ $TWO_WORKERS == 1 ]] && [[ $(q "SELECT count(*) FROM pg_settings WHERE name = 'pg_tviews_bgw.workers_per_database'") == 1 ]]; then
+    log "G: two workers per database: drain of $DRAIN_KEYS keys and bulk catch-up again"
+    restart_with "pg_tviews_bgw.workers_per_database = 2"
+    wait_worker_idle
+    metric g.workers "$(q "SELECT count(*) FROM pg_tviews_worker_status WHERE database = current_database() AND pid IS NOT NULL")"
+    set_guc pg_tviews_bgw.enabled off
+    wait_worker_state disabled
+    vacuum_all
+    q "UPDATE tb_post SET votes = votes + 1 WHERE pk_post <= $DRAIN_KEYS" >/dev/null
+    metric g.drain.keys "$(q "SELECT coalesce(sum(pending), 0) FROM pg_tviews_queue_status")"
+    sample_drain "$RAW/g_drain.csv" "ALTER SYSTEM SET pg_tviews_bgw.enabled = on" "SELECT pg_reload_conf()"
+    reset_guc pg_tviews_bgw.enabled
+    check_converged "two workers: drain"
+    wait_worker_idle
+    vacuum_all
+    ms=$(timed_ms "UPDATE public.tb_post SET votes = votes + 1")
+    metric g.bulk.tview_write_ms "$ms"
+    metric g.bulk.tview_write_end "$(epoch)"
+    sample_drain "$RAW/g_bulk_samples.csv"
+    check_converged "two workers: bulk update"
+    log "   two workers: drained and caught up"
+fi
 
 metric total.seconds "$(($(date +%s) - T_START))"
 # Other work on this shared machine during the run shows up here.

@@ -12,8 +12,27 @@ pub fn set_state(slot: usize, state: WorkerState) {
         let at = now();
         let s = q.slot(slot);
         s.state = state as u32;
+        s.wake_on_publish = false;
         s.last_activity = at;
     }
+}
+
+/// The drainer found its ring empty and is about to sleep: asks the next publish to wake it.
+/// Returns false (stay awake) when keys arrived since it looked, or a recovery became due for
+/// the leader, so no wake-up can be missed.
+pub fn go_idle(slot: usize) -> bool {
+    let Some(mut q) = shmem::lock_exclusive() else {
+        return true;
+    };
+    let at = now();
+    let s = q.slot(slot);
+    if s.ring.len() > 0 || (s.partition == 0 && s.db.recovery_due()) {
+        return false;
+    }
+    s.state = WorkerState::Idle as u32;
+    s.wake_on_publish = true;
+    s.last_activity = at;
+    true
 }
 
 /// The TVIEW a drainer is refreshing now (0: none), for `pg_tviews_worker_status`.

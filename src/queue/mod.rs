@@ -229,7 +229,11 @@ pub fn publish(
         let i = member(&mut q, leader, p);
         let slot = q.slot(i);
         needs_launcher |= !slot.worker_registered;
-        if counts[p] > 0 && slot.pid != 0 {
+        // An overflow always wakes the leader (it must start a recovery); keys wake a drainer
+        // only when it sleeps waiting for them.
+        let overflow_wakes_leader = !fits && p == 0;
+        if counts[p] > 0 && slot.pid != 0 && (slot.wake_on_publish || overflow_wakes_leader) {
+            slot.wake_on_publish = false;
             latches[p] = slot.latch;
         }
     }

@@ -155,6 +155,10 @@ pub struct WorkerSlot {
     pub probing: bool,
     /// Ask the drainer to leave for good (DROP DATABASE).
     pub stop_requested: bool,
+    /// The drainer sleeps waiting for keys: the next publish must wake it (and clears this).
+    /// False while it is busy, disabled, rate limited or backing off, so commits do not signal
+    /// it for nothing (one SetLatch per idle-to-busy transition, not one per commit).
+    pub wake_on_publish: bool,
     pub ring: RingHeader,
     pub batches: u64,
     pub rows: u64,
@@ -184,6 +188,7 @@ impl WorkerSlot {
             worker_registered: false,
             probing: false,
             stop_requested: false,
+            wake_on_publish: false,
             ring: RingHeader::new(queue_size),
             batches: 0,
             rows: 0,
@@ -217,6 +222,7 @@ impl WorkerSlot {
         self.worker_registered = false;
         self.probing = false;
         self.stop_requested = false;
+        self.wake_on_publish = false;
         self.ring.clear();
         self.batches = 0;
         self.rows = 0;

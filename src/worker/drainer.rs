@@ -237,7 +237,9 @@ impl Drainer {
             let limit = self.planner.limit(gucs::batch_size());
             let batch = drain::next_batch(self.slot, limit);
             if batch.entries.is_empty() {
-                drain::set_state(self.slot, WorkerState::Idle);
+                if !drain::go_idle(self.slot) {
+                    continue;
+                }
                 self.sleep(gucs::naptime());
                 // Cheap catalog probe: notices DROP EXTENSION within one naptime.
                 if matches!(run_in_transaction(catalog::extension_installed), Ok(false)) {
