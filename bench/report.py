@@ -278,7 +278,8 @@ def main():
             f"{fmt(pct(d['lag'], 95), 2)} ms |")
     if ov_secs is not None:
         add(f"| overflow → recovery (journal replay) of both TVIEWs | {fmt(ov_secs * 1000)} ms |")
-    add(f"| shared memory per queued key | {fmt(per_key, 1)} bytes "
+    add(f"| shared memory per ring slot (one per queued key, plus one per committing transaction "
+        f"and ring it uses) | {fmt(per_key, 1)} bytes "
         f"({fmt(shm_total / 1048576 if shm_total else None, 1)} MiB for "
         f"{m.get('max_workers', '?')} × {m.get('queue_size', '?')} keys) |")
     peak_anon = max((p[1] for p in rss_peaks.values()), default=None)
@@ -438,7 +439,8 @@ def main():
     add("|---|---|---|")
     for r in shm:
         add(f"| {r[0]} | {int(r[1]):,} | {int(r[2]):,} |")
-    add(f"| per queued key (allocated / (max_workers × queue_size)) | | {fmt(per_key, 2)} bytes |")
+    add(f"| per ring slot (allocated / (max_workers × queue_size)); a slot holds one key, or the commit "
+        f"marker of a transaction in that ring | | {fmt(per_key, 2)} bytes |")
     add("")
     add("| Worker memory (kB) | VmRSS | RssAnon |")
     add("|---|---|---|")

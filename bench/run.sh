@@ -30,7 +30,7 @@ SEED=${SEED:-0.42}                  # setseed() for the data; the lag probe uses
 USERS=${USERS:-10000}
 POSTS=${POSTS:-100000}
 ROUNDS=${ROUNDS:-5}                 # writer-overhead rounds per variant (median reported)
-ROUND_S=${ROUND_S:-10}              # seconds per pgbench round
+ROUND_S=${ROUND_S:-8}               # seconds per pgbench round
 CLIENTS=${CLIENTS:-4}               # pgbench clients in the writer-overhead phase
 LAG_PROBES=${LAG_PROBES:-500}       # probes per lag measurement (idle: all of them)
 LAG_PROBE_IDS=${LAG_PROBE_IDS:-1000}  # probes touch posts 1..this; load writers the others
@@ -411,7 +411,7 @@ finish_load paced
 log "B: freshness lag under $LAG_LOAD_CLIENTS saturating pgbench writers (${LAG_LOAD_S}s)"
 start_load "$LAG_LOAD_S" lag
 sleep 1
-probe load "$RAW/lag_load.csv" --probes "$LAG_PROBES" --max-seconds "$PROBE_S"
+probe load "$RAW/lag_load.csv" --probes "$LAG_PROBES" --warmup 0 --max-seconds "$PROBE_S"
 finish_load lag
 check_converged "lag probes"
 

@@ -29,8 +29,9 @@ INSERT INTO tb_author (name) SELECT 'author ' || i FROM generate_series(1, 100) 
 INSERT INTO tb_post (fk_author, title)
 SELECT 1 + i % 100, 'post ' || i FROM generate_series(1, 10000) i;
 
--- The TVIEW: one row per post, with its author embedded in a jsonb document. The author
--- join makes pg_tviews_create warn that author changes fully refresh tv_post.
+-- The TVIEW: one row per post, with its author embedded in a jsonb document. Lineage comes
+-- from the catalog: the foreign key tb_post.fk_author -> tb_author means a changed author
+-- refreshes exactly that author's posts (see pg_tview_lineage).
 SELECT pg_tviews_create('tv_post', $$
     SELECT p.pk_post, p.id, p.fk_author,
            jsonb_build_object(

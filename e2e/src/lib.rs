@@ -464,6 +464,11 @@ impl Cluster {
     pub fn start_again(&self) {
         self.pg_ctl("start");
     }
+
+    /// `pg_ctl stop -m fast` (waits up to 60 s for every process to exit).
+    pub fn stop_fast(&self) {
+        self.pg_ctl("stop");
+    }
 }
 
 /// `n` threads, each with its own connection to `dbname`, doing [`random_blog_write`] on a blog

@@ -65,8 +65,25 @@ fn pg_tviews_capture<'a>(
     let tupdesc = unsafe { (*data.tg_relation).rd_att };
     let mut columns: SmallVec<[(i32, pg_sys::Oid, u32); 4]> = SmallVec::new();
     for (column, entry_kind) in &captures {
-        let (attno, typid) = key_attno(tupdesc, column)?;
-        columns.push((attno, typid, *entry_kind));
+        match key_attno(tupdesc, column) {
+            Ok((attno, typid)) => columns.push((attno, typid, *entry_kind)),
+            // The captured column was renamed, dropped or retyped since the TVIEW was created:
+            // never block the write; recompute the whole TVIEW instead, and say how to fix it.
+            Err(problem) => {
+                lineage_outdated(
+                    tview_oid,
+                    trigger.table_name().unwrap_or_default(),
+                    &problem,
+                );
+                let full = StagedKey {
+                    tview_oid,
+                    kind: kind::FULL,
+                    key: 0,
+                };
+                dispatch(vec![full]);
+                return Ok(None);
+            }
+        }
     }
     let mut keys = StatementKeys::new();
     for store in [data.tg_oldtable, data.tg_newtable] {
@@ -96,6 +113,32 @@ impl std::fmt::Display for CaptureError {
     }
 }
 
+thread_local! {
+    /// TVIEWs whose outdated lineage this backend already warned about.
+    static WARNED: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn lineage_outdated(tview_oid: u32, table: String, problem: &CaptureError) {
+    let first = WARNED.with(|w| {
+        let mut w = w.borrow_mut();
+        let first = !w.contains(&tview_oid);
+        if first {
+            w.push(tview_oid);
+        }
+        first
+    });
+    if !first {
+        return;
+    }
+    crate::errors::warn(
+        PgSqlErrorCode::ERRCODE_WARNING,
+        format!(
+            "{problem}; changes to \"{table}\" now fully refresh TVIEW {tview_oid}"
+        ),
+        "The table changed after the TVIEW was created: recreate the TVIEW (pg_tviews_drop() and pg_tviews_create()) to derive its lineage again.",
+    );
+}
+
 /// 1-based attribute number and type of the key column, checked to be an integer type.
 fn key_attno(tupdesc: pg_sys::TupleDesc, column: &str) -> Result<(i32, pg_sys::Oid), CaptureError> {
     // SAFETY: tupdesc is the trigger relation's descriptor; attrs has natts entries.
@@ -119,12 +162,9 @@ fn key_attno(tupdesc: pg_sys::TupleDesc, column: &str) -> Result<(i32, pg_sys::O
             }
         }
     }
-    crate::errors::raise(
-        PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
-        format!("key column \"{column}\" of a table tracked by pg_tviews_bgw no longer exists"),
-        None,
-        Some("Drop and recreate the TVIEW with pg_tviews_drop() and pg_tviews_create()."),
-    )
+    Err(CaptureError(format!(
+        "captured column \"{column}\" no longer exists"
+    )))
 }
 
 unsafe fn read_keys(

@@ -26,7 +26,7 @@ pub fn go_idle(slot: usize) -> bool {
     };
     let at = now();
     let s = q.slot(slot);
-    if s.ring.len() > 0 || (s.partition == 0 && s.db.recovery_due()) {
+    if !s.ring.is_empty() || (s.partition == 0 && s.db.recovery_due()) {
         return false;
     }
     s.state = WorkerState::Idle as u32;
@@ -44,8 +44,10 @@ pub fn set_current_tview(slot: usize, tview_oid: u32) {
 
 /// Work copied from the head of a ring (not consumed yet).
 pub struct Batch {
-    /// Sequence number of the first entry.
+    /// Sequence number of the first slot.
     pub start: u64,
+    /// Ring slots (keys and commit markers) the entries span: consumed together.
+    pub slots: u64,
     pub entries: Vec<QueueEntry>,
     /// Keys in the ring when the batch was taken.
     pub queued: usize,
@@ -55,6 +57,7 @@ pub struct Batch {
 pub fn next_batch(slot: usize, max: usize) -> Batch {
     let mut batch = Batch {
         start: 0,
+        slots: 0,
         entries: Vec::new(),
         queued: 0,
     };
@@ -62,8 +65,8 @@ pub fn next_batch(slot: usize, max: usize) -> Batch {
         return batch;
     };
     batch.start = q.slot(slot).ring.head;
-    batch.queued = q.slot(slot).ring.len();
-    q.ring(slot).peek_into(max, &mut batch.entries);
+    batch.queued = q.slot(slot).ring.keys as usize;
+    batch.slots = q.ring(slot).peek_into(max, &mut batch.entries);
     batch
 }
 
@@ -77,8 +80,10 @@ pub struct Applied {
 pub struct Completed<'a> {
     /// `(tview, committed_at)` of each applied ring entry, for the lag histograms.
     pub lags: &'a [(u32, i64)],
-    /// Ring entries `[start, start + consumed)` to consume (none for deferred retries).
+    /// Ring slots `[start, start + slots)` to consume (none for deferred retries).
     pub start: u64,
+    pub slots: u64,
+    /// Keys among them.
     pub consumed: u64,
     /// TVIEW rows written.
     pub rows: u64,
@@ -119,8 +124,8 @@ pub fn complete_batch(slot: usize, dboid: u32, done: Completed<'_>) {
         return;
     };
     let at = now();
-    if done.consumed > 0 {
-        q.ring(slot).consume_until(done.start + done.consumed);
+    if done.slots > 0 {
+        q.ring(slot).consume_until(done.start + done.slots);
         q.header().counters.applied += done.consumed;
     }
     let outcomes = done
@@ -235,9 +240,9 @@ pub fn complete_recovery(leader: usize, ticket: &RecoveryTicket) {
         if q.slot(i).generation != ticket.generation {
             continue;
         }
-        let before = q.slot(i).ring.head;
+        let before = q.slot(i).ring.keys;
         q.ring(i).consume_until(ticket.tails[p]);
-        skipped += q.slot(i).ring.head - before;
+        skipped += before - q.slot(i).ring.keys;
     }
     let c = &mut q.header().counters;
     c.applied += skipped;

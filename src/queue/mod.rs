@@ -209,12 +209,19 @@ pub fn publish(
     }
     let fits = (0..partitions).all(|p| {
         let i = member(&mut q, leader, p);
-        q.slot(i).ring.free() >= counts[p]
+        q.slot(i).ring.free() >= ring::slots_for(counts[p])
     });
     if fits {
+        let committed_at = entries[0].committed_at;
+        for (p, &count) in counts.iter().enumerate().take(partitions) {
+            if count > 0 {
+                let i = member(&mut q, leader, p);
+                q.ring(i).push_marker(committed_at);
+            }
+        }
         for e in entries {
             let i = member(&mut q, leader, partition_of(e, partitions));
-            q.ring(i).push(*e);
+            q.ring(i).push_key(e);
         }
         q.header().counters.enqueued += n;
     } else {

@@ -1,9 +1,10 @@
 //! Pure-Rust core of a fixed-capacity key ring; no PostgreSQL calls, so it is unit-tested with
 //! plain `#[test]`s. The caller (queue::shmem) owns the memory and holds the LWLock.
 //!
-//! `head` and `tail` are monotonic 64-bit sequence numbers; an entry's slot is `seq % capacity`.
-//! Producers (committing backends) only move `tail`; the single consumer (the drainer) only moves
-//! `head`, and only after the refresh that used the entries has committed (at-least-once).
+//! `head` and `tail` are monotonic 64-bit sequence numbers; a slot's index is `seq % capacity`.
+//! Producers (committing backends) only move `tail`; the consumers (the ring's drainer, and the
+//! leader's recovery) only move `head`, and only after the refresh that used the keys has
+//! committed (at-least-once).
 
 /// What a queued entry asks the drainer to do.
 pub mod kind {
@@ -32,8 +33,7 @@ pub fn partition_of(entry: &QueueEntry, partitions: usize) -> usize {
     (x % partitions as u64) as usize
 }
 
-/// One queued key, 24 bytes, plain old data (lives in shared memory).
-#[repr(C)]
+/// One key as the rest of the extension handles it (batches, journal rows); process memory.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct QueueEntry {
     /// OID of the `tv_*` table to refresh.
@@ -46,13 +46,32 @@ pub struct QueueEntry {
     pub committed_at: i64,
 }
 
-/// Positions of a ring; lives in shared memory next to the entries it describes.
+/// `RingSlot::kind` of a commit marker: `key` holds the commit time of the keys after it.
+const MARKER: u32 = u32::MAX;
+
+/// One slot of a ring in shared memory, 16 bytes, plain old data: a key, or a commit marker.
+/// A committing transaction writes one marker, then its keys, into each ring it uses, so the
+/// commit time costs one slot per transaction and ring rather than 8 bytes per key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingSlot {
+    tview_oid: u32,
+    kind: u32,
+    key: i64,
+}
+
+/// Positions of a ring; lives in shared memory next to the slots it describes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RingHeader {
     pub head: u64,
     pub tail: u64,
     pub capacity: u64,
+    /// Keys (slots that are not markers) between `head` and `tail`.
+    pub keys: u64,
+    /// Commit time of the transaction the key at `head` belongs to (its marker may already be
+    /// consumed).
+    pub head_committed_at: i64,
 }
 
 impl RingHeader {
@@ -62,14 +81,16 @@ impl RingHeader {
             head: 0,
             tail: 0,
             capacity: capacity as u64,
+            keys: 0,
+            head_committed_at: 0,
         }
     }
 
+    /// Slots in use (keys and markers).
     pub fn len(&self) -> usize {
         (self.tail - self.head) as usize
     }
 
-    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.tail == self.head
     }
@@ -81,23 +102,33 @@ impl RingHeader {
     /// Drops everything queued (used when the owner of the ring changes).
     pub fn clear(&mut self) {
         self.head = self.tail;
+        self.keys = 0;
+    }
+}
+
+/// Slots a transaction with `keys` keys for one ring needs there (its marker, then the keys).
+pub fn slots_for(keys: usize) -> usize {
+    if keys == 0 {
+        0
+    } else {
+        keys + 1
     }
 }
 
 /// A ring viewed over memory owned elsewhere.
 pub struct Ring<'a> {
     header: &'a mut RingHeader,
-    entries: &'a mut [QueueEntry],
+    slots: &'a mut [RingSlot],
 }
 
 impl<'a> Ring<'a> {
-    pub fn new(header: &'a mut RingHeader, entries: &'a mut [QueueEntry]) -> Self {
+    pub fn new(header: &'a mut RingHeader, slots: &'a mut [RingSlot]) -> Self {
         assert_eq!(
             header.capacity as usize,
-            entries.len(),
+            slots.len(),
             "ring header and storage disagree"
         );
-        Ring { header, entries }
+        Ring { header, slots }
     }
 
     #[cfg(test)]
@@ -105,58 +136,94 @@ impl<'a> Ring<'a> {
         self.header
     }
 
-    fn slot(&self, seq: u64) -> usize {
-        (seq % self.header.capacity) as usize
+    fn at(&self, seq: u64) -> RingSlot {
+        self.slots[(seq % self.header.capacity) as usize]
     }
 
-    /// Appends all of `batch` or nothing: one transaction's keys enter together, so a reader
-    /// never sees half a transaction and an overflow is reported for the whole transaction.
-    /// Never allocates; safe to call from a commit callback.
-    #[cfg(test)]
-    pub fn push_all(&mut self, batch: &[QueueEntry]) -> bool {
-        if batch.len() > self.header.free() {
-            return false;
-        }
-        for entry in batch {
-            let slot = self.slot(self.header.tail);
-            self.entries[slot] = *entry;
-            self.header.tail += 1;
-        }
-        true
-    }
-
-    /// Appends one entry; the caller checked `free()` first (a transaction enters whole).
-    pub fn push(&mut self, entry: QueueEntry) {
+    fn put(&mut self, slot: RingSlot) {
         debug_assert!(self.header.free() > 0, "push into a full ring");
-        let slot = self.slot(self.header.tail);
-        self.entries[slot] = entry;
+        let i = (self.header.tail % self.header.capacity) as usize;
+        self.slots[i] = slot;
         self.header.tail += 1;
     }
 
-    /// Copies up to `max` entries from the head into `out` without consuming them.
-    pub fn peek_into(&self, max: usize, out: &mut Vec<QueueEntry>) -> usize {
-        let n = max.min(self.header.len());
-        out.reserve(n);
-        for i in 0..n as u64 {
-            out.push(self.entries[self.slot(self.header.head + i)]);
-        }
-        n
+    /// Starts a transaction's keys in this ring: they were committed at `committed_at`. The
+    /// caller checked `free() >= slots_for(keys)` for the whole transaction first, so a reader
+    /// never sees half a transaction and an overflow covers the whole transaction.
+    pub fn push_marker(&mut self, committed_at: i64) {
+        self.put(RingSlot {
+            tview_oid: 0,
+            kind: MARKER,
+            key: committed_at,
+        });
     }
 
-    /// Consumes every entry before sequence number `seq`, after the refresh that used them
+    /// Appends one key of the transaction whose marker was pushed last. Never allocates.
+    pub fn push_key(&mut self, entry: &QueueEntry) {
+        self.put(RingSlot {
+            tview_oid: entry.tview_oid,
+            kind: entry.kind,
+            key: entry.key,
+        });
+        self.header.keys += 1;
+    }
+
+    /// Copies up to `max` keys from the head into `out` without consuming them, each with its
+    /// transaction's commit time; returns how many slots (keys and markers) they span.
+    pub fn peek_into(&self, max: usize, out: &mut Vec<QueueEntry>) -> u64 {
+        let mut committed_at = self.header.head_committed_at;
+        let mut taken = 0;
+        let mut seq = self.header.head;
+        out.reserve(max.min(self.header.keys as usize));
+        while seq < self.header.tail && taken < max {
+            let slot = self.at(seq);
+            if slot.kind == MARKER {
+                committed_at = slot.key;
+            } else {
+                out.push(QueueEntry {
+                    tview_oid: slot.tview_oid,
+                    kind: slot.kind,
+                    key: slot.key,
+                    committed_at,
+                });
+                taken += 1;
+            }
+            seq += 1;
+        }
+        seq - self.header.head
+    }
+
+    /// Consumes every slot before sequence number `seq`, after the refresh that used those keys
     /// committed. Idempotent and monotonic: the leader's recovery may already have consumed
-    /// entries that a partition's drainer refreshed too.
+    /// keys that a partition's drainer refreshed too.
     pub fn consume_until(&mut self, seq: u64) {
         let seq = seq.min(self.header.tail);
-        if seq > self.header.head {
-            self.header.head = seq;
+        while self.header.head < seq {
+            let slot = self.at(self.header.head);
+            if slot.kind == MARKER {
+                self.header.head_committed_at = slot.key;
+            } else {
+                self.header.keys -= 1;
+            }
+            self.header.head += 1;
         }
     }
 
-    /// Visits every queued entry, oldest first (for status views).
+    /// Visits every queued key, oldest first, with its commit time (for status views).
     pub fn for_each(&self, mut f: impl FnMut(&QueueEntry)) {
+        let mut committed_at = self.header.head_committed_at;
         for seq in self.header.head..self.header.tail {
-            f(&self.entries[self.slot(seq)]);
+            let slot = self.at(seq);
+            if slot.kind == MARKER {
+                committed_at = slot.key;
+            } else {
+                f(&QueueEntry {
+                    tview_oid: slot.tview_oid,
+                    kind: slot.kind,
+                    key: slot.key,
+                    committed_at,
+                });
+            }
         }
     }
 }
@@ -174,130 +241,159 @@ mod tests {
         }
     }
 
-    fn keys(ring: &Ring, max: usize) -> Vec<i64> {
+    /// Pushes one transaction (marker + keys) if it fits, like `queue::publish` does.
+    fn push_txn(ring: &mut Ring, committed_at: i64, keys: &[i64]) -> bool {
+        if ring.header().free() < slots_for(keys.len()) {
+            return false;
+        }
+        ring.push_marker(committed_at);
+        for &k in keys {
+            ring.push_key(&entry(k));
+        }
+        true
+    }
+
+    fn peek(ring: &Ring, max: usize) -> (Vec<(i64, i64)>, u64) {
         let mut out = Vec::new();
-        ring.peek_into(max, &mut out);
-        out.iter().map(|e| e.key).collect()
+        let slots = ring.peek_into(max, &mut out);
+        (out.iter().map(|e| (e.key, e.committed_at)).collect(), slots)
+    }
+
+    fn storage(n: usize) -> (RingHeader, Vec<RingSlot>) {
+        (RingHeader::new(n), vec![RingSlot::default(); n])
+    }
+
+    #[test]
+    fn slots_are_16_bytes() {
+        assert_eq!(std::mem::size_of::<RingSlot>(), 16);
     }
 
     #[test]
     fn empty_ring_has_nothing_to_peek() {
-        let mut header = RingHeader::new(4);
-        let mut storage = vec![QueueEntry::default(); 4];
-        let ring = Ring::new(&mut header, &mut storage);
+        let (mut header, mut slots) = storage(4);
+        let ring = Ring::new(&mut header, &mut slots);
         assert!(ring.header().is_empty());
         assert_eq!(ring.header().free(), 4);
-        assert_eq!(keys(&ring, 10), Vec::<i64>::new());
+        assert_eq!(peek(&ring, 10), (vec![], 0));
     }
 
     #[test]
-    fn advance_on_empty_ring_is_a_no_op() {
-        let mut header = RingHeader::new(4);
-        let mut storage = vec![QueueEntry::default(); 4];
-        let mut ring = Ring::new(&mut header, &mut storage);
+    fn consuming_an_empty_ring_is_a_no_op() {
+        let (mut header, mut slots) = storage(4);
+        let mut ring = Ring::new(&mut header, &mut slots);
         ring.consume_until(3);
         assert_eq!(ring.header().head, 0);
-        assert!(ring.push_all(&[entry(1)]));
-        ring.consume_until(5);
+        assert!(push_txn(&mut ring, 5, &[1]));
+        ring.consume_until(9);
         assert!(ring.header().is_empty());
-        assert_eq!(ring.header().head, 1);
+        assert_eq!(ring.header().keys, 0);
+        assert_eq!(ring.header().head, 2);
     }
 
     #[test]
-    fn fifo_order_and_peek_does_not_consume() {
-        let mut header = RingHeader::new(8);
-        let mut storage = vec![QueueEntry::default(); 8];
-        let mut ring = Ring::new(&mut header, &mut storage);
-        assert!(ring.push_all(&[entry(1), entry(2), entry(3)]));
-        assert_eq!(keys(&ring, 2), vec![1, 2]);
-        assert_eq!(keys(&ring, 2), vec![1, 2]);
-        ring.consume_until(2);
-        assert_eq!(keys(&ring, 10), vec![3]);
+    fn keys_carry_their_transactions_commit_time_and_peek_does_not_consume() {
+        let (mut header, mut slots) = storage(16);
+        let mut ring = Ring::new(&mut header, &mut slots);
+        assert!(push_txn(&mut ring, 100, &[1, 2]));
+        assert!(push_txn(&mut ring, 200, &[3]));
+        assert_eq!(ring.header().keys, 3);
+        assert_eq!(ring.header().len(), 5);
+        assert_eq!(peek(&ring, 2), (vec![(1, 100), (2, 100)], 3));
+        assert_eq!(peek(&ring, 2).1, 3, "peeking twice gives the same");
+        assert_eq!(peek(&ring, 10), (vec![(1, 100), (2, 100), (3, 200)], 5));
+    }
+
+    #[test]
+    fn a_batch_may_end_inside_a_transaction() {
+        let (mut header, mut slots) = storage(16);
+        let mut ring = Ring::new(&mut header, &mut slots);
+        assert!(push_txn(&mut ring, 100, &[1, 2, 3]));
+        assert!(push_txn(&mut ring, 200, &[4]));
+        let (first, slots_used) = peek(&ring, 2);
+        assert_eq!(first, vec![(1, 100), (2, 100)]);
+        ring.consume_until(ring.header().head + slots_used);
+        // The rest of the first transaction keeps its commit time, the marker being gone.
+        assert_eq!(peek(&ring, 10).0, vec![(3, 100), (4, 200)]);
+        assert_eq!(ring.header().keys, 2);
+        let mut seen = Vec::new();
+        ring.for_each(|e| seen.push((e.key, e.committed_at)));
+        assert_eq!(seen, vec![(3, 100), (4, 200)]);
+    }
+
+    #[test]
+    fn consuming_is_monotonic_and_idempotent() {
+        let (mut header, mut slots) = storage(8);
+        let mut ring = Ring::new(&mut header, &mut slots);
+        assert!(push_txn(&mut ring, 1, &[1, 2, 3]));
+        ring.consume_until(3);
+        assert_eq!(peek(&ring, 10).0, vec![(3, 1)]);
         ring.consume_until(1);
-        assert_eq!(keys(&ring, 10), vec![3], "consuming is monotonic");
+        ring.consume_until(3);
+        assert_eq!(peek(&ring, 10).0, vec![(3, 1)], "consuming is monotonic");
+        assert_eq!(ring.header().keys, 1);
     }
 
     #[test]
-    fn full_ring_rejects_whole_batch_and_keeps_contents() {
-        let mut header = RingHeader::new(4);
-        let mut storage = vec![QueueEntry::default(); 4];
-        let mut ring = Ring::new(&mut header, &mut storage);
-        assert!(ring.push_all(&[entry(1), entry(2), entry(3)]));
+    fn a_full_ring_rejects_a_whole_transaction_and_keeps_its_contents() {
+        let (mut header, mut slots) = storage(5);
+        let mut ring = Ring::new(&mut header, &mut slots);
+        assert!(push_txn(&mut ring, 1, &[1, 2, 3]));
         assert!(
-            !ring.push_all(&[entry(4), entry(5)]),
-            "2 keys cannot fit in 1 free slot"
+            !push_txn(&mut ring, 2, &[4, 5]),
+            "2 keys + marker cannot fit in 1 free slot"
         );
-        assert_eq!(
-            ring.header().len(),
-            3,
-            "a rejected batch must not be partially written"
-        );
-        assert!(ring.push_all(&[entry(4)]));
-        assert_eq!(ring.header().free(), 0);
-        assert!(!ring.push_all(&[entry(5)]));
-        assert_eq!(keys(&ring, 10), vec![1, 2, 3, 4]);
+        assert_eq!(ring.header().len(), 4, "nothing of it was written");
+        assert_eq!(slots_for(0), 0);
+        assert!(!push_txn(&mut ring, 2, &[4]));
+        assert_eq!(peek(&ring, 10).0, vec![(1, 1), (2, 1), (3, 1)]);
     }
 
     #[test]
     fn wraps_around_many_times() {
-        let mut header = RingHeader::new(5);
-        let mut storage = vec![QueueEntry::default(); 5];
-        let mut ring = Ring::new(&mut header, &mut storage);
+        let (mut header, mut slots) = storage(7);
+        let mut ring = Ring::new(&mut header, &mut slots);
         let mut next = 0i64;
         let mut expected = 0i64;
-        for round in 0..100 {
-            let batch: Vec<_> = (0..(round % 4 + 1))
+        for round in 0..200 {
+            let keys: Vec<i64> = (0..(round % 4 + 1))
                 .map(|_| {
                     next += 1;
-                    entry(next)
+                    next
                 })
                 .collect();
-            assert!(ring.push_all(&batch));
-            let mut out = Vec::new();
-            ring.peek_into(usize::MAX, &mut out);
-            for e in &out {
-                expected += 1;
-                assert_eq!(e.key, expected);
-                assert_eq!(e.committed_at, expected * 10);
+            assert!(push_txn(&mut ring, round, &keys));
+            // Drain in batches of 2 keys, across transaction boundaries.
+            loop {
+                let mut out = Vec::new();
+                let used = ring.peek_into(2, &mut out);
+                if out.is_empty() {
+                    break;
+                }
+                for e in &out {
+                    expected += 1;
+                    assert_eq!(e.key, expected);
+                    assert_eq!(e.committed_at, round);
+                }
+                let head = ring.header().head;
+                ring.consume_until(head + used);
             }
-            let head = ring.header().head;
-            ring.consume_until(head + out.len() as u64);
-            assert!(ring.header().is_empty());
+            assert_eq!(ring.header().keys, 0);
         }
-        assert!(
-            ring.header().tail > 5 * 20,
-            "sequence numbers keep growing past capacity"
-        );
+        assert!(ring.header().tail > 7 * 20, "sequence numbers keep growing");
     }
 
     #[test]
     fn capacity_comes_from_the_header() {
-        for capacity in [1usize, 16, 1000] {
-            let mut header = RingHeader::new(capacity);
-            let mut storage = vec![QueueEntry::default(); capacity];
-            let mut ring = Ring::new(&mut header, &mut storage);
-            let batch: Vec<_> = (0..capacity as i64).map(entry).collect();
-            assert!(ring.push_all(&batch));
-            assert!(!ring.push_all(&[entry(-1)]));
+        for capacity in [2usize, 16, 1000] {
+            let (mut header, mut slots) = storage(capacity);
+            let mut ring = Ring::new(&mut header, &mut slots);
+            let keys: Vec<i64> = (0..capacity as i64 - 1).collect();
+            assert!(push_txn(&mut ring, 0, &keys));
+            assert!(!push_txn(&mut ring, 0, &[-1]));
             let mut seen = 0;
             ring.for_each(|_| seen += 1);
-            assert_eq!(seen, capacity);
+            assert_eq!(seen, capacity - 1);
         }
-    }
-
-    #[test]
-    fn single_pushes_wrap_like_batches() {
-        let mut header = RingHeader::new(3);
-        let mut storage = vec![QueueEntry::default(); 3];
-        let mut ring = Ring::new(&mut header, &mut storage);
-        for k in 1..=3 {
-            ring.push(entry(k));
-        }
-        assert_eq!(ring.header().free(), 0);
-        ring.consume_until(2);
-        ring.push(entry(4));
-        ring.push(entry(5));
-        assert_eq!(keys(&ring, 10), vec![3, 4, 5]);
     }
 
     #[test]
@@ -340,8 +436,8 @@ mod tests {
     #[test]
     #[should_panic(expected = "disagree")]
     fn header_and_storage_must_agree() {
-        let mut header = RingHeader::new(4);
-        let mut storage = vec![QueueEntry::default(); 3];
-        let _ = Ring::new(&mut header, &mut storage);
+        let (mut header, _) = storage(4);
+        let mut slots = vec![RingSlot::default(); 3];
+        let _ = Ring::new(&mut header, &mut slots);
     }
 }

@@ -2,12 +2,12 @@
 //! Set up by the postmaster at preload; attached (inherited) by every backend and worker.
 //!
 //! Layout (one `ShmemInitStruct` block, sized from postmaster GUCs):
-//! `[SharedHeader][WorkerSlot; max_workers][QueueEntry; max_workers * queue_size]`.
+//! `[SharedHeader][WorkerSlot; max_workers][RingSlot; max_workers * queue_size]`.
 //! Everything in it is plain old data; process-local pointers never go in, except latch pointers
 //! that themselves point into shared memory (`PGPROC.procLatch`).
 
 use super::journal::{Journal, MAX_PARTITIONS};
-use super::ring::{QueueEntry, Ring, RingHeader};
+use super::ring::{Ring, RingHeader, RingSlot};
 use crate::gucs;
 use pgrx::pg_sys;
 use std::cell::UnsafeCell;
@@ -309,9 +309,9 @@ impl Layout {
         let slots_offset = align_up(size_of::<SharedHeader>(), align_of::<WorkerSlot>());
         let entries_offset = align_up(
             slots_offset + max_workers * size_of::<WorkerSlot>(),
-            align_of::<QueueEntry>(),
+            align_of::<RingSlot>(),
         );
-        let total = entries_offset + max_workers * queue_size * size_of::<QueueEntry>();
+        let total = entries_offset + max_workers * queue_size * size_of::<RingSlot>();
         Layout {
             slots_offset,
             entries_offset,
@@ -449,7 +449,7 @@ impl Locked {
         unsafe {
             let slot = (self.base.add(layout.slots_offset) as *mut WorkerSlot).add(i);
             let entries =
-                (self.base.add(layout.entries_offset) as *mut QueueEntry).add(i * self.queue_size);
+                (self.base.add(layout.entries_offset) as *mut RingSlot).add(i * self.queue_size);
             Ring::new(
                 &mut (*slot).ring,
                 std::slice::from_raw_parts_mut(entries, self.queue_size),
@@ -494,14 +494,14 @@ mod tests {
         assert!(deep.total > small.total);
         assert_eq!(
             deep.total - small.total,
-            (1024 - 16) * size_of::<QueueEntry>()
+            (1024 - 16) * size_of::<RingSlot>()
         );
         for l in [&small, &wide, &deep] {
             assert_eq!(l.slots_offset % align_of::<WorkerSlot>(), 0);
-            assert_eq!(l.entries_offset % align_of::<QueueEntry>(), 0);
+            assert_eq!(l.entries_offset % align_of::<RingSlot>(), 0);
             assert!(l.entries_offset >= l.slots_offset);
         }
-        assert_eq!(size_of::<QueueEntry>(), 24);
+        assert_eq!(size_of::<RingSlot>(), 16);
     }
 
     #[test]

@@ -49,7 +49,7 @@ pub fn slots() -> Vec<SlotSnapshot> {
             partition: s.partition,
             partitions: s.partitions,
             state: s.state(),
-            pending: s.ring.len() as u64,
+            pending: s.ring.keys,
             capacity: s.ring.capacity,
             recovery_pending: s.partition == 0 && s.db.recovery_due(),
             batches: s.batches,

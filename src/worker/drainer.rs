@@ -39,6 +39,13 @@ pub extern "C-unwind" fn pg_tviews_bgw_drainer_main(arg: pg_sys::Datum) {
         exit(0)
     };
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    // pgrx's SIGTERM handler only sets a flag, which a long refresh statement would not look at
+    // until it finished: fast shutdown and pg_terminate_backend would wait for it. PostgreSQL's
+    // own handler makes the running statement stop at its next interrupt check (FATAL, exit 1,
+    // the batch stays queued; the postmaster restarts us unless it is shutting down).
+    // SAFETY: replaces a signal handler with PostgreSQL's standard one for backends (the C
+    // symbol: pgrx's `pg_sys::die` is a Rust shim, not a signal handler).
+    unsafe { pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(postgres_die)) };
 
     // SAFETY: MyProcPid and MyLatch are set for every background worker before its main runs.
     let (pid, latch) = unsafe { (pg_sys::MyProcPid, pg_sys::MyLatch) };
@@ -99,6 +106,12 @@ fn set_option(name: &std::ffi::CStr, value: &std::ffi::CStr) {
             pg_sys::GucSource::PGC_S_SESSION,
         );
     }
+}
+
+extern "C-unwind" {
+    /// PostgreSQL's SIGTERM handler for backends (`tcop/postgres.c`).
+    #[link_name = "die"]
+    fn postgres_die(postgres_signal_arg: std::ffi::c_int);
 }
 
 thread_local! {
@@ -262,7 +275,14 @@ impl Drainer {
                 continue;
             }
             let allowed = self.take_tokens(batch.entries.len());
-            let entries = &batch.entries[..allowed.min(batch.entries.len())];
+            // A smaller grant than the batch: take it again with the grant as its size, so the
+            // slots to consume match the keys refreshed.
+            let batch = if allowed < batch.entries.len() {
+                drain::next_batch(self.slot, allowed)
+            } else {
+                batch
+            };
+            let entries = &batch.entries[..];
             drain::set_state(self.slot, WorkerState::Draining);
             let started = Instant::now();
             let locking = self.locking();
@@ -286,7 +306,7 @@ impl Drainer {
                         .collect();
                     self.completed(
                         &lags,
-                        batch.start,
+                        (batch.start, batch.slots),
                         entries.len() as u64,
                         &outcome,
                         elapsed_ms,
@@ -302,7 +322,7 @@ impl Drainer {
     fn completed(
         &mut self,
         lags: &[(u32, i64)],
-        start: u64,
+        (start, slots): (u64, u64),
         consumed: u64,
         outcome: &refresh::Outcome,
         busy_ms: u64,
@@ -313,6 +333,7 @@ impl Drainer {
             drain::Completed {
                 lags,
                 start,
+                slots,
                 consumed,
                 rows: outcome.rows,
                 applied: &outcome.per_tview,
@@ -390,7 +411,7 @@ impl Drainer {
                         .iter()
                         .map(|e| (e.tview_oid, e.committed_at))
                         .collect();
-                    self.completed(&lags, 0, 0, &outcome, elapsed_ms);
+                    self.completed(&lags, (0, 0), 0, &outcome, elapsed_ms);
                 }
                 failure => {
                     self.failed(format!("journal replay: {}", describe(failure)));
@@ -434,7 +455,7 @@ impl Drainer {
                         applied.keys = 0;
                     }
                     let elapsed_ms = started.elapsed().as_millis() as u64;
-                    self.completed(&[], 0, 0, &outcome, elapsed_ms);
+                    self.completed(&[], (0, 0), 0, &outcome, elapsed_ms);
                 }
                 failure => {
                     self.failed(format!("full reconcile: {}", describe(failure)));
@@ -478,7 +499,7 @@ impl Drainer {
         match run_in_transaction(|| refresh::retry_deferred(limit, max_retries, locking)) {
             Ok(Ok(outcome)) => {
                 if !outcome.per_tview.is_empty() || !outcome.failed.is_empty() {
-                    self.completed(&[], 0, 0, &outcome, 0);
+                    self.completed(&[], (0, 0), 0, &outcome, 0);
                 }
             }
             failure => {
