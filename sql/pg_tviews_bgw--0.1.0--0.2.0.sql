@@ -62,6 +62,15 @@ CREATE POLICY owner_manages ON pg_tview_deferred
 REVOKE EXECUTE ON FUNCTION @extschema@._pg_tviews_attach_database() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION @extschema@.pg_tviews_install_stmt_triggers() FROM PUBLIC;
 
+-- Per-TVIEW mode (pg_tview_meta.mode): set with pg_tviews_set_mode.
+CREATE FUNCTION "pg_tviews_set_mode"(
+	"name" TEXT, /* & str */
+	"mode" TEXT /* & str */
+) RETURNS TEXT /* String */
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'pg_tviews_set_mode_wrapper';
+
 -- The monitoring functions changed shape: drop the views built on them, then recreate all.
 DROP VIEW pg_tviews_metrics;
 DROP VIEW pg_tviews_worker_status;

@@ -139,7 +139,7 @@ fn pg_tviews_cascade(source_oid: pg_sys::Oid, pk: i64) -> i64 {
         );
     };
     let count = keys.len() as i64;
-    dispatch(keys);
+    dispatch(keys, false);
     count
 }
 
@@ -147,34 +147,41 @@ fn pg_tviews_cascade(source_oid: pg_sys::Oid, pk: i64) -> i64 {
 /// (e.g. after someone dropped them). Returns the number of TVIEWs whose triggers were installed.
 #[pg_extern(volatile, parallel_unsafe)]
 fn pg_tviews_install_stmt_triggers() -> i64 {
+    reinstall_triggers(None)
+}
+
+/// Recreates the capture triggers of one TVIEW (or of all), carrying its mode in their arguments.
+fn reinstall_triggers(only: Option<pg_sys::Oid>) -> i64 {
     let _busy = tview::BusyGuard::enter();
     let schema = quote_identifier(tview::extension_schema());
     let plan = Spi::connect(|client| {
         let rows = client.select(
-            "SELECT m.entity, m.table_oid, l.source_oid, l.source_oid::regclass::text, \
+            "SELECT m.entity, m.table_oid, m.mode = 'sync', l.source_oid, l.source_oid::regclass::text, \
                     array_agg(l.capture_column ORDER BY l.capture_column), array_agg(l.rule ORDER BY l.capture_column) \
              FROM pg_tview_meta m JOIN pg_tview_lineage l ON l.tview_oid = m.table_oid \
              JOIN pg_class c ON c.oid = l.source_oid \
-             GROUP BY 1, 2, 3, 4 ORDER BY 1, 4",
+             WHERE $1::oid IS NULL OR m.table_oid = $1 \
+             GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 5",
             None,
-            &[],
+            &[only.into()],
         )?;
         let mut out = Vec::new();
         for row in rows {
             out.push((
                 row.get::<String>(1)?.unwrap_or_default(),
                 row.get::<pg_sys::Oid>(2)?.unwrap_or(pg_sys::InvalidOid),
-                row.get::<pg_sys::Oid>(3)?.unwrap_or(pg_sys::InvalidOid),
-                row.get::<String>(4)?.unwrap_or_default(),
-                row.get::<Vec<String>>(5)?.unwrap_or_default(),
-                row.get::<Vec<i32>>(6)?.unwrap_or_default(),
+                row.get::<bool>(3)?.unwrap_or(false),
+                row.get::<pg_sys::Oid>(4)?.unwrap_or(pg_sys::InvalidOid),
+                row.get::<String>(5)?.unwrap_or_default(),
+                row.get::<Vec<String>>(6)?.unwrap_or_default(),
+                row.get::<Vec<i32>>(7)?.unwrap_or_default(),
             ));
         }
         Ok::<_, spi::Error>(out)
     })
     .unwrap_or_else(|e| raise(Code::ERRCODE_INTERNAL_ERROR, format!("could not read lineage: {e}"), None, None));
     let mut tviews = std::collections::BTreeSet::new();
-    for (entity, table_oid, source_oid, relation, columns, rules) in plan {
+    for (entity, table_oid, sync, source_oid, relation, columns, rules) in plan {
         for trigger in tview::trigger_names(&entity) {
             let exists = Spi::get_one_with_args::<bool>(
                 "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = $1 AND tgname = $2)",
@@ -194,10 +201,48 @@ fn pg_tviews_install_stmt_triggers() -> i64 {
             .into_iter()
             .zip(rules.into_iter().map(|r| r as u32))
             .collect();
-        tview::install_capture_triggers(&entity, &schema, table_oid.to_u32(), &relation, &captures);
+        tview::install_capture_triggers(
+            &entity,
+            &schema,
+            table_oid.to_u32(),
+            sync,
+            &relation,
+            &captures,
+        );
         tviews.insert(entity);
     }
     tviews.len() as i64
+}
+
+/// Sets where one TVIEW is refreshed: `sync` also refreshes it inside every statement that
+/// changes its sources (read-your-writes for that TVIEW in every session), `async` (the
+/// default) only in the background. Returns the mode now in effect.
+#[pg_extern(volatile, parallel_unsafe)]
+fn pg_tviews_set_mode(name: &str, mode: &str) -> String {
+    let mode = mode.trim().to_ascii_lowercase();
+    if mode != "sync" && mode != "async" {
+        raise(
+            Code::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("invalid TVIEW mode \"{mode}\""),
+            None,
+            Some("Use 'async' (refresh in the background) or 'sync' (also inside each writing statement)."),
+        );
+    }
+    let oid = owned_tview_oid(name);
+    Spi::run_with_args(
+        "UPDATE pg_tview_meta SET mode = $2 WHERE table_oid = $1",
+        &[oid.into(), mode.as_str().into()],
+    )
+    .unwrap_or_else(|e| {
+        raise(
+            Code::ERRCODE_INTERNAL_ERROR,
+            format!("could not record the mode: {e}"),
+            None,
+            None,
+        )
+    });
+    reinstall_triggers(Some(oid));
+    mode
 }
 
 /// Compatibility with the pg_tviews runbook: reports whether the jsonb_ivm extension is

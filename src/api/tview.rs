@@ -254,7 +254,7 @@ pub fn create(name: &str, query: &str) -> String {
             .iter()
             .map(|(c, r, _, _)| (c.clone(), *r))
             .collect();
-        install_capture_triggers(&entity, &schema, oid, &source.qualified, &columns);
+        install_capture_triggers(&entity, &schema, oid, false, &source.qualified, &columns);
         for (column, rule, resolve_sql, description) in captures {
             Spi::run_with_args(
                 "INSERT INTO pg_tview_lineage (tview_oid, source_oid, rule, capture_column, resolve_sql, description) \
@@ -341,11 +341,16 @@ pub fn install_capture_triggers(
     entity: &str,
     schema: &str,
     tview_oid: u32,
+    sync: bool,
     source: &str,
     columns: &[(String, u32)],
 ) {
     let [ins, upd, del, trunc, full] = trigger_names(entity);
-    let mut args = vec![format!("'{tview_oid}'")];
+    let mut args = vec![if sync {
+        format!("'{tview_oid}:sync'")
+    } else {
+        format!("'{tview_oid}'")
+    }];
     for (column, rule) in columns {
         args.push(quote_literal(column));
         args.push(format!("'{rule}'"));
@@ -525,7 +530,7 @@ pub fn require_owner(table_oid: pg_sys::Oid, entity: &str) {
             Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
             format!("must be owner of TVIEW \"tv_{entity}\""),
             None,
-            Some("Only members of the role that owns the TVIEW table (or superusers) can drop, refresh, pause, resume or retry it."),
+            Some("Only members of the role that owns the TVIEW table (or superusers) can drop, refresh, pause, resume, retry or change the mode of it."),
         );
     }
 }

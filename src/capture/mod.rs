@@ -11,11 +11,13 @@ use staging::StagedKey;
 
 /// Routes changed keys. With the queue (shared_preload_libraries) they are always staged for
 /// the worker, whose refresh runs after this transaction commits and is therefore the last one
-/// for each key, even next to sync-mode sessions (invariant 4). In sync mode, or without the
-/// queue, the rows are also refreshed right now, inside the writing statement.
-pub fn dispatch(keys: Vec<StagedKey>) {
+/// for each key, even next to sync-mode sessions (invariant 4). In sync mode (of the session
+/// or of the TVIEW), or without the queue, the rows are also refreshed right now, inside the
+/// writing statement.
+/// `tview_sync`: the TVIEW itself is in sync mode (`pg_tviews_set_mode`).
+pub fn dispatch(keys: Vec<StagedKey>, tview_sync: bool) {
     let queued = queue::is_attached();
-    if !queued || gucs::MODE.get() == gucs::RefreshMode::Sync {
+    if !queued || tview_sync || gucs::MODE.get() == gucs::RefreshMode::Sync {
         refresh_synchronously(&keys);
     }
     if queued {

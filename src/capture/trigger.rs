@@ -1,8 +1,9 @@
 //! The statement-level `tview_*` trigger function on `tb_*` tables. Runs in user backends,
 //! inside the writing statement: it only reads transition tables and stages keys in memory.
 //!
-//! Trigger arguments: `(tview table oid, column, kind [, column, kind]...)`: the values of each
-//! column are staged as queue entries of that kind (see `catalog::lineage`). An empty column
+//! Trigger arguments: `(tview table oid[:sync], column, kind [, column, kind]...)`: the values of
+//! each column are staged as queue entries of that kind (see `catalog::lineage`); `:sync` marks
+//! a TVIEW refreshed inside the writing statement too (`pg_tviews_set_mode`). An empty column
 //! means "any change here recomputes the whole TVIEW". The transition tuplestores are read
 //! directly (no SPI) with a read pointer of our own, because other AFTER triggers of the same
 //! statement share them.
@@ -34,6 +35,12 @@ fn pg_tviews_capture<'a>(
             "pg_tviews_capture() expects (TVIEW oid, column, kind, ...)".into(),
         ));
     };
+    // "<oid>" or "<oid>:sync" (a TVIEW in sync mode; see pg_tviews_set_mode).
+    let (oid, tview_sync) = match oid.split_once(':') {
+        Some((oid, "sync")) => (oid, true),
+        Some((oid, _)) => (oid, false),
+        None => (oid.as_str(), false),
+    };
     let tview_oid = parse("TVIEW oid", oid)?;
     let mut captures: SmallVec<[(&str, u32); 4]> = SmallVec::new();
     match rest {
@@ -58,7 +65,7 @@ fn pg_tviews_capture<'a>(
             kind: kind::FULL,
             key: 0,
         };
-        dispatch(vec![full]);
+        dispatch(vec![full], tview_sync);
         return Ok(None);
     }
     // SAFETY: tg_relation is valid for the duration of the trigger call.
@@ -80,7 +87,7 @@ fn pg_tviews_capture<'a>(
                     kind: kind::FULL,
                     key: 0,
                 };
-                dispatch(vec![full]);
+                dispatch(vec![full], tview_sync);
                 return Ok(None);
             }
         }
@@ -100,7 +107,7 @@ fn pg_tviews_capture<'a>(
         kind: entry_kind,
         key,
     });
-    dispatch(staged.collect());
+    dispatch(staged.collect(), tview_sync);
     Ok(None)
 }
 

@@ -32,7 +32,8 @@ pub fn load_shape(
     table_oid: pg_sys::Oid,
 ) -> spi::Result<Option<TviewShape>> {
     let meta = client.select(
-        "SELECT m.table_oid::regclass::text, m.view_oid::regclass::text, quote_ident(m.key_column) \
+        "SELECT m.table_oid::regclass::text, m.view_oid::regclass::text, quote_ident(m.key_column), \
+                (SELECT c.oid::regclass::text FROM pg_class c WHERE c.oid = m.root_table) \
          FROM pg_tview_meta m \
          WHERE m.table_oid = $1 \
            AND to_regclass(m.table_oid::regclass::text) IS NOT NULL \
@@ -46,6 +47,7 @@ pub fn load_shape(
     let table: String = row.get(1)?.unwrap_or_default();
     let view: String = row.get(2)?.unwrap_or_default();
     let key: String = row.get(3)?.unwrap_or_default();
+    let root: Option<String> = row.get(4)?;
     let columns = client.select(
         "SELECT quote_ident(attname) FROM pg_attribute \
          WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
@@ -64,6 +66,7 @@ pub fn load_shape(
         view,
         key,
         values,
+        root,
     }))
 }
 

@@ -544,6 +544,91 @@ pub fn truncate_journal(table: usize) -> spi::Result<bool> {
     Ok(true)
 }
 
+/// What one batch of a ranged reconcile did.
+pub enum Reconciled {
+    /// Rows written; the first key of the next batch, `None` after the last one.
+    Range { rows: u64, next: Option<i64> },
+    /// No longer a TVIEW (dropped meanwhile): nothing to do.
+    Gone,
+    /// Paused, or its recompute raised: deferred as a whole-TVIEW entry (retried with backoff,
+    /// then dead-lettered, like any failing key), so the other TVIEWs still reconcile.
+    Deferred(Outcome),
+}
+
+/// One bounded batch of a full reconcile of `table_oid`: the keys from `from` on, at most
+/// about `batch` of them (`TviewShape::range_end_sql`), in the caller's transaction.
+pub fn reconcile_range(
+    table_oid: pg_sys::Oid,
+    from: i64,
+    batch: usize,
+    locking: Locking,
+) -> spi::Result<Reconciled> {
+    if locking != Locking::Alone {
+        lock_tview(table_oid, true)?;
+    }
+    let whole = [QueueEntry {
+        tview_oid: table_oid.to_u32(),
+        kind: kind::FULL,
+        key: 0,
+        committed_at: 0,
+    }];
+    if is_paused(table_oid)? {
+        defer(table_oid, &whole, "paused", None)?;
+        return Ok(Reconciled::Deferred(Outcome::default()));
+    }
+    let Some(owner) = Spi::get_one_with_args::<pg_sys::Oid>(
+        "SELECT (SELECT relowner FROM pg_class WHERE oid = $1)",
+        &[table_oid.into()],
+    )?
+    else {
+        return Ok(Reconciled::Gone);
+    };
+    let attempt = isolate::in_subtransaction(|| {
+        let _as_owner = AsOwner::switch_to(owner);
+        Spi::connect_mut(|client| {
+            let Some(shape) = catalog::load_shape(client, table_oid)? else {
+                return Ok(None);
+            };
+            let end = client
+                .select(
+                    &shape.range_end_sql(),
+                    None,
+                    &[from.into(), (batch.max(1) as i64).into()],
+                )?
+                .first()
+                .get_one::<i64>()?;
+            let (to, next) = match end {
+                Some(end) if end < i64::MAX => (end, Some(end + 1)),
+                _ => (i64::MAX, None),
+            };
+            let rows = client
+                .update(&shape.refresh_range_sql(), None, &[from.into(), to.into()])?
+                .first()
+                .get_one::<i64>()?
+                .unwrap_or(0)
+                .max(0) as u64;
+            Ok::<_, spi::Error>(Some((rows, next)))
+        })
+    });
+    match attempt {
+        Ok(result) => Ok(match result? {
+            Some((rows, next)) => Reconciled::Range { rows, next },
+            None => Reconciled::Gone,
+        }),
+        Err(failure) => {
+            defer(table_oid, &whole, "failed", Some(&failure))?;
+            let mut outcome = Outcome::default();
+            let isolated = Isolated {
+                exists: true,
+                failed: vec![(whole[0], failure)],
+                ..Isolated::default()
+            };
+            outcome.add(table_oid.to_u32(), &isolated);
+            Ok(Reconciled::Deferred(outcome))
+        }
+    }
+}
+
 /// Fully refreshes one TVIEW now, in the caller's transaction (pg_tviews_refresh()).
 pub fn refresh_one(table_oid: pg_sys::Oid) -> spi::Result<Option<u64>> {
     Spi::connect_mut(|client| match catalog::load_shape(client, table_oid)? {

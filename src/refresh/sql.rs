@@ -9,6 +9,8 @@ pub struct TviewShape {
     pub key: String,
     /// Every column of the table except the key, in table order.
     pub values: Vec<String>,
+    /// The root table (it has the key column), when it still exists.
+    pub root: Option<String>,
 }
 
 impl TviewShape {
@@ -70,6 +72,40 @@ impl TviewShape {
         )
     }
 
+    /// Reconciles the keys `$1 <= key <= $2` with the view: one bounded batch of a full
+    /// reconcile, so a large TVIEW is reconciled in short transactions.
+    pub fn refresh_range_sql(&self) -> String {
+        format!(
+            "WITH src AS MATERIALIZED (SELECT {cols} FROM {view} WHERE {key} >= $1 AND {key} <= $2), \
+             up AS ({upsert}), \
+             del AS (DELETE FROM {table} t WHERE t.{key} >= $1 AND t.{key} <= $2 \
+                     AND NOT EXISTS (SELECT 1 FROM src WHERE src.{key} = t.{key}) RETURNING 1) \
+             SELECT ((SELECT count(*) FROM up) + (SELECT count(*) FROM del))::bigint",
+            cols = self.all_columns(),
+            view = self.view,
+            key = self.key,
+            table = self.table,
+            upsert = self.upsert()
+        )
+    }
+
+    /// The upper end of the next reconcile batch starting at key `$1`: it holds at most `$2`
+    /// keys of the TVIEW and `$2` keys of the root table (both read through their key index).
+    /// NULL when neither has a key left from `$1` on.
+    pub fn range_end_sql(&self) -> String {
+        let root = self.root.as_ref().map_or(String::new(), |root| {
+            format!(
+                " UNION ALL (SELECT r.{key}::bigint FROM {root} r WHERE r.{key} >= $1 ORDER BY r.{key} LIMIT $2)",
+                key = self.key
+            )
+        });
+        format!(
+            "SELECT max(k) FROM ((SELECT t.{key}::bigint AS k FROM {table} t WHERE t.{key} >= $1 ORDER BY t.{key} LIMIT $2){root}) s",
+            key = self.key,
+            table = self.table,
+        )
+    }
+
     /// Reconciles the whole table with its view (after overflow, TRUNCATE, a restart).
     pub fn refresh_all_sql(&self) -> String {
         format!(
@@ -97,6 +133,7 @@ mod tests {
             view: "public.v_post".into(),
             key: "pk_post".into(),
             values: values.iter().map(|s| s.to_string()).collect(),
+            root: Some("public.tb_post".into()),
         }
     }
 
@@ -117,6 +154,25 @@ mod tests {
         let sql = shape(&["data"]).refresh_all_sql();
         assert!(!sql.contains("$1"));
         assert!(sql.contains("WHERE NOT EXISTS (SELECT 1 FROM src WHERE src.pk_post = t.pk_post)"));
+    }
+
+    #[test]
+    fn range_batches_bound_both_the_recompute_and_the_delete() {
+        let s = shape(&["data"]);
+        let sql = s.refresh_range_sql();
+        assert!(sql.contains("FROM public.v_post WHERE pk_post >= $1 AND pk_post <= $2"));
+        assert!(
+            sql.contains("DELETE FROM public.tv_post t WHERE t.pk_post >= $1 AND t.pk_post <= $2")
+        );
+        let end = s.range_end_sql();
+        assert!(
+            end.contains("FROM public.tv_post t WHERE t.pk_post >= $1 ORDER BY t.pk_post LIMIT $2")
+        );
+        assert!(
+            end.contains("FROM public.tb_post r WHERE r.pk_post >= $1 ORDER BY r.pk_post LIMIT $2")
+        );
+        let rootless = TviewShape { root: None, ..s };
+        assert!(!rootless.range_end_sql().contains("UNION ALL"));
     }
 
     #[test]

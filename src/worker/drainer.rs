@@ -423,8 +423,10 @@ impl Drainer {
         true
     }
 
-    /// Recomputes every TVIEW of the database and writes only what differs, one TVIEW per
-    /// transaction. A TVIEW whose refresh raises is deferred (retried like any failed key).
+    /// Recomputes every TVIEW of the database and writes only what differs, in key ranges of
+    /// about `batch_size` keys, each its own short transaction (online: readers never wait,
+    /// writers wait only for the rows of one range). A TVIEW whose recompute raises is deferred
+    /// (retried like any failed key) and the others still reconcile.
     fn reconcile_all(&mut self, why: &str) -> bool {
         drain::set_state(self.slot, WorkerState::FullRefresh);
         let tviews = match run_in_transaction(|| pgrx::Spi::connect(catalog::all_tviews)) {
@@ -436,30 +438,39 @@ impl Drainer {
         };
         let count = tviews.len();
         for oid in tviews {
-            self.check_slot();
-            let full = [QueueEntry {
-                tview_oid: oid.to_u32(),
-                kind: crate::queue::kind::FULL,
-                key: 0,
-                committed_at: 0,
-            }];
-            let started = Instant::now();
-            let locking = self.locking().for_foreign_keys();
-            let slot = self.slot;
-            let result = run_in_transaction(|| {
-                refresh::apply_batch(&full, refresh::OnError::Defer, locking, Some(slot))
-            });
-            match result {
-                Ok(Ok(mut outcome)) => {
-                    for applied in &mut outcome.per_tview {
-                        applied.keys = 0;
+            let mut from = Some(i64::MIN);
+            while let Some(start) = from {
+                self.check_slot();
+                let batch = self.take_tokens(gucs::batch_size());
+                drain::set_state(self.slot, WorkerState::FullRefresh);
+                let started = Instant::now();
+                let locking = self.locking().for_foreign_keys();
+                let result =
+                    run_in_transaction(|| refresh::reconcile_range(oid, start, batch, locking));
+                let elapsed_ms = started.elapsed().as_millis() as u64;
+                match result {
+                    Ok(Ok(refresh::Reconciled::Range { rows, next })) => {
+                        self.bucket.spend(batch as u64, self.now_us());
+                        let outcome = refresh::Outcome {
+                            rows,
+                            per_tview: vec![drain::Applied {
+                                tview_oid: oid.to_u32(),
+                                keys: 0,
+                            }],
+                            ..Default::default()
+                        };
+                        self.completed(&[], (0, 0), 0, &outcome, elapsed_ms);
+                        from = next;
                     }
-                    let elapsed_ms = started.elapsed().as_millis() as u64;
-                    self.completed(&[], (0, 0), 0, &outcome, elapsed_ms);
-                }
-                failure => {
-                    self.failed(format!("full reconcile: {}", describe(failure)));
-                    return false;
+                    Ok(Ok(refresh::Reconciled::Gone)) => from = None,
+                    Ok(Ok(refresh::Reconciled::Deferred(outcome))) => {
+                        self.completed(&[], (0, 0), 0, &outcome, elapsed_ms);
+                        from = None;
+                    }
+                    failure => {
+                        self.failed(format!("full reconcile: {}", describe(failure)));
+                        return false;
+                    }
                 }
             }
         }

@@ -1,5 +1,6 @@
--- DDL spellings (CREATE TABLE tv_x AS / DROP TABLE tv_x), sync mode, and the manual
--- operations of the runbook: verify, cascade, reinstalling triggers, health check.
+-- DDL spellings (CREATE TABLE tv_x AS / DROP TABLE tv_x), sync mode (per session and per
+-- TVIEW), and the manual operations of the runbook: verify, cascade, reinstalling triggers,
+-- health check.
 \set SHOW_CONTEXT never
 \set VERBOSITY default
 
@@ -33,6 +34,22 @@ RESET pg_tviews_bgw.mode;
 -- DDL below does not race it.
 SELECT pg_tviews_wait('5s');
 SHOW pg_tviews_bgw.mode;
+
+-- Sync mode of one TVIEW: every session sees its own writes in tv_post, without SET.
+SELECT pg_tviews_set_mode('tv_post', 'sync');
+SELECT mode FROM pg_tview_meta WHERE entity = 'post';
+SELECT count(*) AS sync_triggers FROM pg_trigger
+WHERE tgname LIKE 'tview\_post\_%' AND encode(tgargs, 'escape') LIKE '%:sync%';
+BEGIN;
+UPDATE tb_post SET title = 'one, edited' WHERE pk_post = 1;
+SELECT pk_post, data->>'title' AS title FROM tv_post WHERE pk_post = 1;
+ROLLBACK;
+SELECT pg_tviews_set_mode('post', 'ASYNC');
+SELECT pg_tviews_set_mode('tv_post', 'eventually');
+\echo :LAST_ERROR_SQLSTATE
+SELECT pg_tviews_set_mode('tv_nope', 'sync');
+\echo :LAST_ERROR_SQLSTATE
+SELECT pg_tviews_wait('5s');
 
 -- verify: nothing differs; then damage two rows behind the extension's back.
 SELECT * FROM pg_tviews_verify('tv_post');

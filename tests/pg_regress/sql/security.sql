@@ -40,6 +40,8 @@ SELECT pg_tviews_refresh('tv_secret');
 \echo :LAST_ERROR_SQLSTATE
 SELECT pg_tviews_retry_failed('tv_secret');
 \echo :LAST_ERROR_SQLSTATE
+SELECT pg_tviews_set_mode('tv_secret', 'sync');
+\echo :LAST_ERROR_SQLSTATE
 -- The metadata is readable, but row level security hides every other owner's rows from writes.
 SELECT count(*) AS visible FROM pg_tview_meta WHERE entity = 'secret';
 UPDATE pg_tview_meta SET paused = true WHERE entity = 'secret';
