@@ -47,6 +47,7 @@ QUEUE_SIZE=${QUEUE_SIZE:-1048576}
 MAX_WORKERS=${MAX_WORKERS:-4}
 OVERFLOW=${OVERFLOW:-1}             # run phase E
 NONE_ROUNDS=${NONE_ROUNDS:-$ROUNDS} # phase A2 (durability = none) rounds; 0 skips it
+BULK_ROUNDS=${BULK_ROUNDS:-3}       # phase C rounds (medians reported)
 TWO_WORKERS=${TWO_WORKERS:-1}       # run phase G (workers_per_database = 2)
 SAMPLE_S=${SAMPLE_S:-0.05}          # queue sampling interval while draining
 DEADLINE_S=${DEADLINE_S:-600}       # any single convergence wait longer than this = broken
@@ -147,7 +148,7 @@ restart_with() {
     printf 'loadavg_start\t%s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
     for v in SEED USERS POSTS ROUNDS ROUND_S CLIENTS LAG_PROBES LAG_PROBE_IDS LAG_LOAD_S \
         LAG_LOAD_CLIENTS LAG_LOAD_RATE POLL_SLEEP_US DRAIN_KEYS BATCH_SIZES BS_LAG_S QUEUE_SIZE \
-        MAX_WORKERS OVERFLOW NONE_ROUNDS TWO_WORKERS SAMPLE_S DEADLINE_S; do
+        MAX_WORKERS OVERFLOW NONE_ROUNDS BULK_ROUNDS TWO_WORKERS SAMPLE_S DEADLINE_S; do
         printf 'param.%s\t%s\n' "$v" "${!v}"
     done
 } >"$RAW/meta.tsv"
@@ -416,40 +417,42 @@ finish_load lag
 check_converged "lag probes"
 
 # ---- C: bulk catch-up ------------------------------------------------------------------------
-log "C: bulk catch-up: UPDATE of all $POSTS posts"
-vacuum_all
-ms=$(timed_ms "UPDATE base.tb_post SET votes = votes + 1")
-metric bulk.base_write_ms "$ms"; log "   baseline UPDATE (no TVIEW): $ms ms"
-ms=$(timed_ms "REFRESH MATERIALIZED VIEW CONCURRENTLY base.mv_post")
-metric bulk.mv_post_ms "$ms"
-ms2=$(timed_ms "REFRESH MATERIALIZED VIEW CONCURRENTLY base.mv_user")
-metric bulk.mv_user_ms "$ms2"; log "   REFRESH MATERIALIZED VIEW CONCURRENTLY: post $ms ms, user $ms2 ms"
-# Not a no-op: every materialized post now carries the new vote count.
-n=$(q "SELECT count(*) FROM base.mv_post m JOIN base.tb_post p USING (pk_post)
-       WHERE (m.data->>'votes')::int = p.votes")
-[[ $n == "$POSTS" ]] || die "mv_post has $n/$POSTS up-to-date rows after REFRESH"
+log "C: bulk catch-up: UPDATE of all $POSTS posts, $BULK_ROUNDS round(s)"
 upsert() {   # the bare set-based recompute of every row, as the worker's full refresh does it
     echo "INSERT INTO base.tv_$1 AS t SELECT * FROM base.v_$1
           ON CONFLICT (pk_$1) DO UPDATE SET id = EXCLUDED.id, data = EXCLUDED.data
           WHERE (t.id, t.data) IS DISTINCT FROM (EXCLUDED.id, EXCLUDED.data)"
 }
-ms=$(timed_ms "$(upsert post)"); rows=$(last_insert_rows)
-metric bulk.upsert_post_ms "$ms"; metric bulk.upsert_post_rows "$rows"
-[[ $rows == "$POSTS" ]] || die "set-based recompute changed $rows/$POSTS posts"
-ms2=$(timed_ms "$(upsert user)"); rows2=$(last_insert_rows)
-metric bulk.upsert_user_ms "$ms2"; metric bulk.upsert_user_rows "$rows2"
-log "   set-based upsert: post $ms ms ($rows rows), user $ms2 ms ($rows2 rows)"
-rows_before=$(worker_totals); rows_before=${rows_before#* }
-start_rss "$RAW/rss_bulk.csv"
-ms=$(timed_ms "UPDATE public.tb_post SET votes = votes + 1")
-metric bulk.tview_write_ms "$ms"
-metric bulk.tview_write_end "$(epoch)"
-sample_drain "$RAW/bulk_samples.csv"
-stop_rss
-rows_after=$(worker_totals)
-metric bulk.worker_rows "$((${rows_after#* } - rows_before))"
-check_converged "bulk update"
-log "   TVIEW UPDATE: $ms ms, then drained (samples in bulk_samples.csv)"
+echo -e "round\tbase_ms\tcap_ms\tmv_ms\tupsert_ms\ttview_ms\tcatchup_ms\tworker_rows" >"$RAW/bulk.tsv"
+for ((r = 0; r < BULK_ROUNDS; r++)); do
+    vacuum_all   # every copy starts the round in the same state
+    base_ms=$(timed_ms "UPDATE base.tb_post SET votes = votes + 1")
+    cap_ms=$(timed_ms "UPDATE cap.tb_post SET votes = votes + 1")
+    mv1=$(timed_ms "REFRESH MATERIALIZED VIEW CONCURRENTLY base.mv_post")
+    mv2=$(timed_ms "REFRESH MATERIALIZED VIEW CONCURRENTLY base.mv_user")
+    # Not a no-op: every materialized post now carries the new vote count.
+    n=$(q "SELECT count(*) FROM base.mv_post m JOIN base.tb_post p USING (pk_post)
+           WHERE (m.data->>'votes')::int = p.votes")
+    [[ $n == "$POSTS" ]] || die "mv_post has $n/$POSTS up-to-date rows after REFRESH"
+    up1=$(timed_ms "$(upsert post)"); rows=$(last_insert_rows)
+    [[ $rows == "$POSTS" ]] || die "set-based recompute changed $rows/$POSTS posts"
+    up2=$(timed_ms "$(upsert user)")
+    vacuum_all
+    rows_before=$(worker_totals); rows_before=${rows_before#* }
+    ((r == 0)) && start_rss "$RAW/rss_bulk.csv"
+    tview_ms=$(timed_ms "UPDATE public.tb_post SET votes = votes + 1")
+    end=$(epoch)
+    sample_drain "$RAW/bulk_samples_$r.csv"
+    ((r == 0)) && stop_rss
+    rows_after=$(worker_totals)
+    # Catch-up: from the bulk transaction's commit (the oldest pending commit at the first
+    # sample; when the UPDATE returned if nothing was pending any more) to converged.
+    catchup=$(awk -F, -v end="$end" 'NR == 2 { c = ($3 == "" ? end : $3) } { last = $1 }
+                                     END { printf "%.0f", (last - c) * 1000 }' "$RAW/bulk_samples_$r.csv")
+    check_converged "bulk update"
+    echo -e "$r\t$base_ms\t$cap_ms\t$(awk -v a="$mv1" -v b="$mv2" 'BEGIN { print a + b }')\t$(awk -v a="$up1" -v b="$up2" 'BEGIN { print a + b }')\t$tview_ms\t$catchup\t$((${rows_after#* } - rows_before))" >>"$RAW/bulk.tsv"
+    log "   round $((r + 1)): baseline $base_ms ms, capture floor $cap_ms ms, MV refresh $mv1 + $mv2 ms, upsert $up1 + $up2 ms, TVIEW UPDATE $tview_ms ms, caught up ${catchup} ms after commit"
+done
 
 # ---- D: drain throughput and lag per batch size ----------------------------------------------
 log "D: drain throughput: $DRAIN_KEYS posts queued with the worker disabled; batch sizes $BATCH_SIZES"

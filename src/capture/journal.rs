@@ -55,9 +55,27 @@ impl Target {
     }
 }
 
+thread_local! {
+    /// `durability = none`: the journal table (by OID, which changes if the extension is
+    /// re-created) whose "not journaled" marker this backend knows to exist, so that it does
+    /// not ask shared memory on every commit.
+    static MARKER_KNOWN: Cell<Option<pg_sys::Oid>> = const { Cell::new(None) };
+}
+
+/// Whether this backend already knows the marker row of journal table `relid` exists.
+pub fn marker_known(relid: pg_sys::Oid) -> bool {
+    MARKER_KNOWN.with(Cell::get) == Some(relid)
+}
+
+/// Remembers that the marker of journal table `relid` exists (it committed, or shared memory
+/// says another transaction committed it). Cannot raise.
+pub fn remember_marker(relid: pg_sys::Oid) {
+    MARKER_KNOWN.with(|c| c.set(Some(relid)));
+}
+
 /// OID of the target table, or `None` when the extension (or this version's table) is not
 /// installed here.
-fn relid(target: Target) -> Option<pg_sys::Oid> {
+pub fn relid(target: Target) -> Option<pg_sys::Oid> {
     let name = target.relname();
     for attempt in 0..2 {
         let namespace = match NAMESPACE.with(Cell::get) {

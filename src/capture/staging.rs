@@ -31,8 +31,10 @@ struct Staging {
     attach: bool,
     /// The journal table this transaction's row went to, counted in flight until it ends.
     journal: Option<JournalTicket>,
-    /// `durability = none`: this transaction wrote the run's "not journaled" marker row.
+    /// `durability = none`: this transaction wrote the run's "not journaled" marker row
+    /// (into `marker_table`).
     marker_written: bool,
+    marker_table: Option<pg_sys::Oid>,
 }
 
 const FIRST_COMPACTION: usize = 8192;
@@ -99,6 +101,7 @@ fn clear(s: &mut Staging) {
     s.attach = false;
     s.journal = None;
     s.marker_written = false;
+    s.marker_table = None;
     // Give memory back after an unusually large transaction.
     if s.keys.capacity() > 1 << 20 {
         s.keys.shrink_to(FIRST_COMPACTION);
@@ -176,15 +179,29 @@ fn pre_commit() {
             STAGING.with(|s| s.borrow_mut().ready = ready);
         }
         Durability::None => {
-            if queue::unjournaled_marker_missing(dboid) {
-                let marker = QueueEntry {
-                    tview_oid: 0,
-                    kind: queue::kind::FULL,
-                    key: 0,
-                    committed_at: 0,
-                };
-                let written = super::journal::write(super::journal::Target::Journal(0), &[marker]);
-                STAGING.with(|s| s.borrow_mut().marker_written = written);
+            use super::journal::{self, Target};
+            let Some(table) = journal::relid(Target::Journal(0)) else {
+                return;
+            };
+            if journal::marker_known(table) {
+                return;
+            }
+            if !queue::unjournaled_marker_missing(dboid) {
+                journal::remember_marker(table);
+                return;
+            }
+            let marker = QueueEntry {
+                tview_oid: 0,
+                kind: queue::kind::FULL,
+                key: 0,
+                committed_at: 0,
+            };
+            if journal::write(Target::Journal(0), &[marker]) {
+                STAGING.with(|s| {
+                    let mut s = s.borrow_mut();
+                    s.marker_written = true;
+                    s.marker_table = Some(table);
+                });
             }
         }
     }
@@ -209,6 +226,9 @@ fn commit() {
             }
             let ticket = s.journal.take();
             queue::publish(dboid, &s.ready, ticket, s.marker_written);
+            if let Some(table) = s.marker_table {
+                super::journal::remember_marker(table);
+            }
         }
         clear(&mut s);
     });
