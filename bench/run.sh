@@ -30,17 +30,17 @@ SEED=${SEED:-0.42}                  # setseed() for the data; the lag probe uses
 USERS=${USERS:-10000}
 POSTS=${POSTS:-100000}
 ROUNDS=${ROUNDS:-5}                 # writer-overhead rounds per variant (median reported)
-ROUND_S=${ROUND_S:-8}               # seconds per pgbench round
+ROUND_S=${ROUND_S:-6}               # seconds per pgbench round
 CLIENTS=${CLIENTS:-4}               # pgbench clients in the writer-overhead phase
 LAG_PROBES=${LAG_PROBES:-500}       # probes per lag measurement (idle: all of them)
 LAG_PROBE_IDS=${LAG_PROBE_IDS:-1000}  # probes touch posts 1..this; load writers the others
-LAG_LOAD_S=${LAG_LOAD_S:-20}        # duration of each loaded lag measurement
+LAG_LOAD_S=${LAG_LOAD_S:-15}        # duration of each loaded lag measurement
 LAG_LOAD_CLIENTS=${LAG_LOAD_CLIENTS:-2}
 LAG_LOAD_RATE=${LAG_LOAD_RATE:-2000}  # total tps (pgbench -R) of the paced load
 POLL_SLEEP_US=${POLL_SLEEP_US:-200} # lag probe sleep between visibility polls
 DRAIN_KEYS=${DRAIN_KEYS:-50000}     # posts updated (in one statement) for the drain phase
 BATCH_SIZES=${BATCH_SIZES:-100 1000 10000}
-BS_LAG_S=${BS_LAG_S:-8}             # loaded lag measurement per batch size
+BS_LAG_S=${BS_LAG_S:-6}             # loaded lag measurement per batch size
 # Ring keys: must hold a whole round of writers with the worker paused (~2 keys per UPDATE),
 # or that round overflows into a full refresh. 24 bytes a key, times MAX_WORKERS.
 QUEUE_SIZE=${QUEUE_SIZE:-1048576}
