@@ -83,8 +83,6 @@ pub struct Completed<'a> {
     /// Ring slots `[start, start + slots)` to consume (none for deferred retries).
     pub start: u64,
     pub slots: u64,
-    /// Keys among them.
-    pub consumed: u64,
     /// TVIEW rows written.
     pub rows: u64,
     pub applied: &'a [Applied],
@@ -125,8 +123,11 @@ pub fn complete_batch(slot: usize, dboid: u32, done: Completed<'_>) {
     };
     let at = now();
     if done.slots > 0 {
+        // Counts only what is consumed now: a recovery may have consumed some of it already.
+        let before = q.slot(slot).ring.keys;
         q.ring(slot).consume_until(done.start + done.slots);
-        q.header().counters.applied += done.consumed;
+        let consumed = before - q.slot(slot).ring.keys;
+        q.header().counters.applied += consumed;
     }
     let outcomes = done
         .applied

@@ -304,13 +304,7 @@ impl Drainer {
                         .iter()
                         .map(|e| (e.tview_oid, e.committed_at))
                         .collect();
-                    self.completed(
-                        &lags,
-                        (batch.start, batch.slots),
-                        entries.len() as u64,
-                        &outcome,
-                        elapsed_ms,
-                    )
+                    self.completed(&lags, (batch.start, batch.slots), &outcome, elapsed_ms)
                 }
                 failure => self.failed(describe(failure)),
             }
@@ -323,7 +317,6 @@ impl Drainer {
         &mut self,
         lags: &[(u32, i64)],
         (start, slots): (u64, u64),
-        consumed: u64,
         outcome: &refresh::Outcome,
         busy_ms: u64,
     ) {
@@ -334,7 +327,6 @@ impl Drainer {
                 lags,
                 start,
                 slots,
-                consumed,
                 rows: outcome.rows,
                 applied: &outcome.per_tview,
                 failed: &outcome.failed,
@@ -411,7 +403,7 @@ impl Drainer {
                         .iter()
                         .map(|e| (e.tview_oid, e.committed_at))
                         .collect();
-                    self.completed(&lags, (0, 0), 0, &outcome, elapsed_ms);
+                    self.completed(&lags, (0, 0), &outcome, elapsed_ms);
                 }
                 failure => {
                     self.failed(format!("journal replay: {}", describe(failure)));
@@ -459,12 +451,12 @@ impl Drainer {
                             }],
                             ..Default::default()
                         };
-                        self.completed(&[], (0, 0), 0, &outcome, elapsed_ms);
+                        self.completed(&[], (0, 0), &outcome, elapsed_ms);
                         from = next;
                     }
                     Ok(Ok(refresh::Reconciled::Gone)) => from = None,
                     Ok(Ok(refresh::Reconciled::Deferred(outcome))) => {
-                        self.completed(&[], (0, 0), 0, &outcome, elapsed_ms);
+                        self.completed(&[], (0, 0), &outcome, elapsed_ms);
                         from = None;
                     }
                     failure => {
@@ -510,7 +502,7 @@ impl Drainer {
         match run_in_transaction(|| refresh::retry_deferred(limit, max_retries, locking)) {
             Ok(Ok(outcome)) => {
                 if !outcome.per_tview.is_empty() || !outcome.failed.is_empty() {
-                    self.completed(&[], (0, 0), 0, &outcome, 0);
+                    self.completed(&[], (0, 0), &outcome, 0);
                 }
             }
             failure => {
