@@ -5,7 +5,8 @@ set -euo pipefail
 
 PGRX_VERSION=0.18.1
 PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
-APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo)
+# bsdextrautils (column) and procps (free) are used by the benchmark harness (bench-smoke tier).
+APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo bsdextrautils procps)
 
 # apt: only touch the network when a package is actually missing.
 missing=()
