@@ -27,6 +27,14 @@ def read_tsv_pairs(path):
     return out
 
 
+def read_tsv_rows(path):
+    """Rows (dicts by header) of a tab-separated file; none when it does not exist."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
 def read_csv(path):
     if not os.path.exists(path):
         return []
@@ -86,10 +94,7 @@ def drain_curve(path):
 
 def writer_stats(path):
     """Variants in order of appearance and, per variant, medians and per-round ratios."""
-    if not os.path.exists(path):
-        return [], {}
-    with open(path) as f:
-        writer = list(csv.DictReader(f, delimiter="\t"))
+    writer = read_tsv_rows(path)
     variants = []
     for r in writer:
         if r["variant"] not in variants:
@@ -150,11 +155,7 @@ def main():
     lag_paced = lags_ms(os.path.join(raw, "lag_paced.csv"))
 
     # ---- C: bulk (medians over the rounds) ------------------------------------------------
-    bulk_rounds = []
-    bp = os.path.join(raw, "bulk.tsv")
-    if os.path.exists(bp):
-        with open(bp) as f:
-            bulk_rounds = list(csv.DictReader(f, delimiter="\t"))
+    bulk_rounds = read_tsv_rows(os.path.join(raw, "bulk.tsv"))
 
     def bulk_median(col):
         vals = [fnum(r[col]) for r in bulk_rounds if fnum(r.get(col)) is not None]

@@ -190,13 +190,17 @@ impl Cluster {
         client.unwrap()
     }
 
-    /// Creates a database with the extension and the example `tb_post` / `tv_post`.
-    pub fn database_with_tview(&self, dbname: &str, rows: i64) -> Client {
-        let mut admin = self.connect("postgres");
-        admin
+    /// Creates database `dbname` and returns a connection to it.
+    pub fn create_database(&self, dbname: &str) -> Client {
+        self.connect("postgres")
             .batch_execute(&format!("CREATE DATABASE {dbname}"))
             .unwrap();
-        let mut db = self.connect(dbname);
+        self.connect(dbname)
+    }
+
+    /// Creates a database with the extension and the example `tb_post` / `tv_post`.
+    pub fn database_with_tview(&self, dbname: &str, rows: i64) -> Client {
+        let mut db = self.create_database(dbname);
         db.batch_execute(&format!(
             "CREATE EXTENSION pg_tviews_bgw;
              CREATE TABLE tb_post (
@@ -318,11 +322,7 @@ impl Cluster {
     /// shapes: `tv_user` (children aggregated into their parent), `tv_post` (parent embedded
     /// through fk_user, children aggregated into an array) and `tv_comment` (root plus parent).
     pub fn blog(&self, dbname: &str, users: i64, posts: i64, comments_per_post: i64) -> Client {
-        let mut admin = self.connect("postgres");
-        admin
-            .batch_execute(&format!("CREATE DATABASE {dbname}"))
-            .unwrap();
-        let mut db = self.connect(dbname);
+        let mut db = self.create_database(dbname);
         db.batch_execute(&format!(
             "CREATE EXTENSION pg_tviews_bgw;
              CREATE TABLE tb_user (pk_user bigint PRIMARY KEY, id uuid NOT NULL DEFAULT gen_random_uuid(),

@@ -63,9 +63,7 @@ fn source_ddl_while_writers_and_the_worker_run() {
 #[test]
 fn fast_shutdown_interrupts_a_long_refresh() {
     let cluster = Cluster::start("fast-stop", &[]);
-    let mut admin = cluster.connect("postgres");
-    admin.batch_execute("CREATE DATABASE app").unwrap();
-    let mut db = cluster.connect("app");
+    let mut db = cluster.create_database("app");
     // Refreshing a row titled 'slow' takes two minutes.
     db.batch_execute(
         "CREATE EXTENSION pg_tviews_bgw;
@@ -97,7 +95,6 @@ fn fast_shutdown_interrupts_a_long_refresh() {
     db.batch_execute("ALTER SYSTEM SET pg_tviews_bgw.enabled = off")
         .unwrap();
     drop(db);
-    drop(admin);
     let started = Instant::now();
     cluster.stop_fast();
     let took = started.elapsed();

@@ -12,11 +12,7 @@ INSERT INTO tb_post (pk_post, fk_user, title) SELECT g, 1 + g % 10, 'post ' || g
 ";
 
 fn blog(cluster: &Cluster, extra: &str) -> Client {
-    cluster
-        .connect("postgres")
-        .batch_execute("CREATE DATABASE app")
-        .unwrap();
-    let mut db = cluster.connect("app");
+    let mut db = cluster.create_database("app");
     db.batch_execute(&format!("CREATE EXTENSION pg_tviews_bgw; {BLOG} {extra}"))
         .unwrap();
     db

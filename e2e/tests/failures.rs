@@ -7,11 +7,7 @@ use postgres::Client;
 use std::time::Duration;
 
 fn setup(cluster: &Cluster) -> Client {
-    cluster
-        .connect("postgres")
-        .batch_execute("CREATE DATABASE app")
-        .unwrap();
-    let mut db = cluster.connect("app");
+    let mut db = cluster.create_database("app");
     db.batch_execute(
         "CREATE EXTENSION pg_tviews_bgw;
          CREATE TABLE tb_post (pk_post int PRIMARY KEY, votes int NOT NULL, title text NOT NULL);

@@ -78,9 +78,7 @@ fn converge(db: &mut Client, step: &str) {
 }
 
 fn setup(cluster: &Cluster) -> Client {
-    let mut admin = cluster.connect("postgres");
-    admin.batch_execute("CREATE DATABASE app").unwrap();
-    let mut db = cluster.connect("app");
+    let mut db = cluster.create_database("app");
     db.batch_execute("CREATE EXTENSION pg_tviews_bgw").unwrap();
     db.batch_execute(SCHEMA).unwrap();
     converge(&mut db, "creation");

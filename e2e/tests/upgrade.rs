@@ -45,9 +45,7 @@ fn extension_objects(db: &mut Client) -> Vec<String> {
 #[test]
 fn upgrading_from_the_previous_release_keeps_tviews_working() {
     let cluster = Cluster::start("upgrade", &[]);
-    let mut admin = cluster.connect("postgres");
-    admin.batch_execute("CREATE DATABASE app").unwrap();
-    let mut db = cluster.connect("app");
+    let mut db = cluster.create_database("app");
     db.batch_execute(&format!(
         "CREATE EXTENSION pg_tviews_bgw VERSION '{PREVIOUS}';
          CREATE TABLE tb_user (pk_user bigint PRIMARY KEY, name text NOT NULL);
@@ -106,8 +104,7 @@ fn upgrading_from_the_previous_release_keeps_tviews_working() {
     assert_eq!(journal_tables, 3);
 
     // Same objects as a fresh install of the new version.
-    admin.batch_execute("CREATE DATABASE fresh").unwrap();
-    let mut fresh = cluster.connect("fresh");
+    let mut fresh = cluster.create_database("fresh");
     fresh
         .batch_execute("CREATE EXTENSION pg_tviews_bgw")
         .unwrap();

@@ -60,12 +60,7 @@ fn pg_tviews_capture<'a>(
     let op = trigger.op().map_err(|e| CaptureError(e.to_string()))?;
     // TRUNCATE, or a change to a source without derived lineage: recompute the whole TVIEW.
     if matches!(op, PgTriggerOperation::Truncate) || captures.iter().any(|(c, _)| c.is_empty()) {
-        let full = StagedKey {
-            tview_oid,
-            kind: kind::FULL,
-            key: 0,
-        };
-        dispatch(vec![full], tview_sync);
+        stage_whole_tview(tview_oid, tview_sync);
         return Ok(None);
     }
     // SAFETY: tg_relation is valid for the duration of the trigger call.
@@ -82,12 +77,7 @@ fn pg_tviews_capture<'a>(
                     trigger.table_name().unwrap_or_default(),
                     &problem,
                 );
-                let full = StagedKey {
-                    tview_oid,
-                    kind: kind::FULL,
-                    key: 0,
-                };
-                dispatch(vec![full], tview_sync);
+                stage_whole_tview(tview_oid, tview_sync);
                 return Ok(None);
             }
         }
@@ -109,6 +99,16 @@ fn pg_tviews_capture<'a>(
     });
     dispatch(staged.collect(), tview_sync);
     Ok(None)
+}
+
+/// Asks for a refresh of every row of the TVIEW (TRUNCATE, or a source without usable lineage).
+fn stage_whole_tview(tview_oid: u32, tview_sync: bool) {
+    let full = StagedKey {
+        tview_oid,
+        kind: kind::FULL,
+        key: 0,
+    };
+    dispatch(vec![full], tview_sync);
 }
 
 #[derive(Debug)]

@@ -32,6 +32,33 @@ fn find_leader(q: &mut Locked, dboid: u32) -> Option<usize> {
     })
 }
 
+/// Whether `dboid`'s group is still only a probe (or gone): its followers wait, and the views
+/// do not show it.
+fn leader_probing(q: &mut Locked, dboid: u32) -> bool {
+    find_leader(q, dboid).is_none_or(|l| q.slot(l).probing)
+}
+
+/// Calls `f` for every claimed slot under one hold of the lock and collects what it returns.
+/// Allocates: not for the commit callbacks.
+fn collect_claimed<T>(
+    mut f: impl FnMut(&mut Locked, usize, shmem::WorkerSlot) -> Option<T>,
+) -> Vec<T> {
+    let Some(mut q) = shmem::lock_exclusive() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for i in 0..q.max_workers() {
+        let slot = *q.slot(i);
+        if slot.is_free() {
+            continue;
+        }
+        if let Some(item) = f(&mut q, i, slot) {
+            out.push(item);
+        }
+    }
+    out
+}
+
 /// Slot index of partition `p` of the group led by `leader`.
 fn member(q: &mut Locked, leader: usize, p: usize) -> usize {
     usize::from(q.slot(leader).db.members[p])

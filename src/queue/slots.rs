@@ -3,7 +3,7 @@
 //! State machine: ARCHITECTURE.md "Slot life cycle".
 
 use super::shmem::{self, WorkerState};
-use super::{claim_group, find_leader, now, wake};
+use super::{claim_group, collect_claimed, find_leader, leader_probing, now, wake};
 use crate::gucs;
 use pgrx::pg_sys;
 
@@ -33,44 +33,22 @@ pub struct Unstarted {
 /// Claimed slots without a registered drainer. Partitions other than 0 wait until the leader
 /// confirmed that the database really has the extension.
 pub fn slots_without_worker() -> Vec<Unstarted> {
-    let Some(mut q) = shmem::lock_exclusive() else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for i in 0..q.max_workers() {
-        let slot = *q.slot(i);
-        if slot.is_free() || slot.worker_registered || slot.stop_requested {
-            continue;
-        }
-        if slot.partition != 0 {
-            let leader_probing = find_leader(&mut q, slot.dboid).is_none_or(|l| q.slot(l).probing);
-            if leader_probing {
-                continue;
-            }
-        }
-        out.push(Unstarted {
+    collect_claimed(|q, i, slot| {
+        let waiting = slot.worker_registered
+            || slot.stop_requested
+            || (slot.partition != 0 && leader_probing(q, slot.dboid));
+        (!waiting).then_some(Unstarted {
             slot: i,
             dboid: slot.dboid,
             generation: slot.generation,
             partition: slot.partition,
-        });
-    }
-    out
+        })
+    })
 }
 
 /// Databases that own a slot group.
 pub fn served_databases() -> Vec<u32> {
-    let Some(mut q) = shmem::lock_exclusive() else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for i in 0..q.max_workers() {
-        let slot = q.slot(i);
-        if !slot.is_free() && slot.partition == 0 {
-            out.push(slot.dboid);
-        }
-    }
-    out
+    collect_claimed(|_, _, slot| (slot.partition == 0).then_some(slot.dboid))
 }
 
 pub fn mark_worker_registered(slot: usize, generation: u64) {

@@ -3,7 +3,7 @@
 
 use super::journal::MAX_PARTITIONS;
 use super::shmem::{self, Counters, WorkerState};
-use super::{find_leader, member};
+use super::{collect_claimed, find_leader, leader_probing, member};
 use pgrx::pg_sys;
 
 #[derive(Clone, Debug)]
@@ -29,20 +29,11 @@ pub struct SlotSnapshot {
 }
 
 pub fn slots() -> Vec<SlotSnapshot> {
-    let Some(mut q) = shmem::lock_exclusive() else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for i in 0..q.max_workers() {
-        let s = *q.slot(i);
-        if s.is_free() {
-            continue;
+    collect_claimed(|q, i, s| {
+        if leader_probing(q, s.dboid) {
+            return None;
         }
-        let leader_probing = find_leader(&mut q, s.dboid).is_none_or(|l| q.slot(l).probing);
-        if leader_probing {
-            continue;
-        }
-        out.push(SlotSnapshot {
+        Some(SlotSnapshot {
             slot: i,
             dboid: s.dboid,
             pid: s.pid,
@@ -60,9 +51,8 @@ pub fn slots() -> Vec<SlotSnapshot> {
             last_activity: s.last_activity,
             last_error: s.last_error(),
             last_error_at: s.last_error_at,
-        });
-    }
-    out
+        })
+    })
 }
 
 #[derive(Clone, Debug, Default)]

@@ -55,14 +55,22 @@ impl TviewShape {
         )
     }
 
-    /// Recomputes the rows whose key is in `$1 bigint[]`: upsert what the view returns, delete
-    /// what it no longer returns. Returns one row: the number of rows written.
-    pub fn refresh_keys_sql(&self) -> String {
+    /// Recomputes the view's rows that satisfy `filter` (a condition on the key column, or
+    /// none), upserts them, and deletes the table's rows in the same key set that the view no
+    /// longer returns. Returns one row: the number of rows written.
+    fn reconcile_sql(&self, filter: Option<&str>) -> String {
+        let (src_where, del_where) = match filter {
+            Some(f) => (
+                format!(" WHERE {}", f.replace("{k}", &self.key)),
+                format!("{} AND ", f.replace("{k}", &format!("t.{}", self.key))),
+            ),
+            None => (String::new(), String::new()),
+        };
         format!(
-            "WITH src AS MATERIALIZED (SELECT {cols} FROM {view} WHERE {key} = ANY($1)), \
+            "WITH src AS MATERIALIZED (SELECT {cols} FROM {view}{src_where}), \
              up AS ({upsert}), \
-             del AS (DELETE FROM {table} t WHERE t.{key} = ANY($1) \
-                     AND NOT EXISTS (SELECT 1 FROM src WHERE src.{key} = t.{key}) RETURNING 1) \
+             del AS (DELETE FROM {table} t WHERE {del_where}\
+                     NOT EXISTS (SELECT 1 FROM src WHERE src.{key} = t.{key}) RETURNING 1) \
              SELECT ((SELECT count(*) FROM up) + (SELECT count(*) FROM del))::bigint",
             cols = self.all_columns(),
             view = self.view,
@@ -72,21 +80,16 @@ impl TviewShape {
         )
     }
 
+    /// Recomputes the rows whose key is in `$1 bigint[]`: upsert what the view returns, delete
+    /// what it no longer returns. Returns one row: the number of rows written.
+    pub fn refresh_keys_sql(&self) -> String {
+        self.reconcile_sql(Some("{k} = ANY($1)"))
+    }
+
     /// Reconciles the keys `$1 <= key <= $2` with the view: one bounded batch of a full
     /// reconcile, so a large TVIEW is reconciled in short transactions.
     pub fn refresh_range_sql(&self) -> String {
-        format!(
-            "WITH src AS MATERIALIZED (SELECT {cols} FROM {view} WHERE {key} >= $1 AND {key} <= $2), \
-             up AS ({upsert}), \
-             del AS (DELETE FROM {table} t WHERE t.{key} >= $1 AND t.{key} <= $2 \
-                     AND NOT EXISTS (SELECT 1 FROM src WHERE src.{key} = t.{key}) RETURNING 1) \
-             SELECT ((SELECT count(*) FROM up) + (SELECT count(*) FROM del))::bigint",
-            cols = self.all_columns(),
-            view = self.view,
-            key = self.key,
-            table = self.table,
-            upsert = self.upsert()
-        )
+        self.reconcile_sql(Some("{k} >= $1 AND {k} <= $2"))
     }
 
     /// The upper end of the next reconcile batch starting at key `$1`: it holds at most `$2`
@@ -108,18 +111,7 @@ impl TviewShape {
 
     /// Reconciles the whole table with its view (after overflow, TRUNCATE, a restart).
     pub fn refresh_all_sql(&self) -> String {
-        format!(
-            "WITH src AS MATERIALIZED (SELECT {cols} FROM {view}), \
-             up AS ({upsert}), \
-             del AS (DELETE FROM {table} t \
-                     WHERE NOT EXISTS (SELECT 1 FROM src WHERE src.{key} = t.{key}) RETURNING 1) \
-             SELECT ((SELECT count(*) FROM up) + (SELECT count(*) FROM del))::bigint",
-            cols = self.all_columns(),
-            view = self.view,
-            key = self.key,
-            table = self.table,
-            upsert = self.upsert()
-        )
+        self.reconcile_sql(None)
     }
 }
 

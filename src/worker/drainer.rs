@@ -282,33 +282,40 @@ impl Drainer {
             } else {
                 batch
             };
-            let entries = &batch.entries[..];
             drain::set_state(self.slot, WorkerState::Draining);
-            let started = Instant::now();
             let locking = self.locking();
-            let slot = self.slot;
-            let result = run_in_transaction(|| {
-                refresh::apply_batch(entries, refresh::OnError::Defer, locking, Some(slot))
-            });
-            match result {
-                Ok(Ok(outcome)) => {
-                    let elapsed_ms = started.elapsed().as_millis() as u64;
-                    self.bucket.spend(entries.len() as u64, self.now_us());
+            match self.refresh_entries(&batch.entries, locking) {
+                (Ok(Ok(outcome)), elapsed_ms) => {
                     self.planner.observe(
-                        entries.len(),
+                        batch.entries.len(),
                         elapsed_ms,
                         gucs::MAX_BATCH_MS.get().max(0) as u64,
                         gucs::batch_size(),
                     );
-                    let lags: Vec<(u32, i64)> = entries
-                        .iter()
-                        .map(|e| (e.tview_oid, e.committed_at))
-                        .collect();
+                    let lags = lags_of(&batch.entries);
                     self.completed(&lags, (batch.start, batch.slots), &outcome, elapsed_ms)
                 }
-                failure => self.failed(describe(failure)),
+                (failure, _) => self.failed(describe(failure)),
             }
         }
+    }
+
+    /// Refreshes `entries` in a transaction of their own; on success their keys are charged to
+    /// the rate limit. Returns the result and how long the transaction took (ms).
+    fn refresh_entries(
+        &mut self,
+        entries: &[QueueEntry],
+        locking: refresh::Locking,
+    ) -> (Result<spi::Result<refresh::Outcome>, String>, u64) {
+        let started = Instant::now();
+        let slot = self.slot;
+        let result = run_in_transaction(|| {
+            refresh::apply_batch(entries, refresh::OnError::Defer, locking, Some(slot))
+        });
+        if matches!(result, Ok(Ok(_))) {
+            self.bucket.spend(entries.len() as u64, self.now_us());
+        }
+        (result, started.elapsed().as_millis() as u64)
     }
 
     /// The refresh transaction committed: consume its entries. TVIEWs that failed inside it
@@ -389,23 +396,12 @@ impl Drainer {
             let allowed = self.take_tokens(wanted);
             drain::set_state(self.slot, WorkerState::Replaying);
             let chunk = &entries[next..next + allowed];
-            let started = Instant::now();
             let locking = self.locking().for_foreign_keys();
-            let slot = self.slot;
-            let result = run_in_transaction(|| {
-                refresh::apply_batch(chunk, refresh::OnError::Defer, locking, Some(slot))
-            });
-            match result {
-                Ok(Ok(outcome)) => {
-                    let elapsed_ms = started.elapsed().as_millis() as u64;
-                    self.bucket.spend(chunk.len() as u64, self.now_us());
-                    let lags: Vec<(u32, i64)> = chunk
-                        .iter()
-                        .map(|e| (e.tview_oid, e.committed_at))
-                        .collect();
-                    self.completed(&lags, (0, 0), &outcome, elapsed_ms);
+            match self.refresh_entries(chunk, locking) {
+                (Ok(Ok(outcome)), elapsed_ms) => {
+                    self.completed(&lags_of(chunk), (0, 0), &outcome, elapsed_ms);
                 }
-                failure => {
+                (failure, _) => {
                     self.failed(format!("journal replay: {}", describe(failure)));
                     return false;
                 }
@@ -546,6 +542,14 @@ impl Drainer {
             self.check_slot();
         }
     }
+}
+
+/// `(TVIEW, commit time)` of each refreshed key, for the lag histograms.
+fn lags_of(entries: &[QueueEntry]) -> Vec<(u32, i64)> {
+    entries
+        .iter()
+        .map(|e| (e.tview_oid, e.committed_at))
+        .collect()
 }
 
 fn describe<T>(failure: Result<spi::Result<T>, String>) -> String {
