@@ -10,7 +10,14 @@ CREATE TABLE pg_tview_meta (
     root_table   oid,
     mode         text        NOT NULL DEFAULT 'async' CHECK (mode IN ('async', 'sync')),
     paused       boolean     NOT NULL DEFAULT false,
-    created_at   timestamptz NOT NULL DEFAULT now()
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    -- The root table's column the keys are selected from (pk_post of a TVIEW keyed
+    -- pk_post AS pk_post_card); NULL: the same name as key_column.
+    root_key     text,
+    -- Opt-in for reads that cannot be captured (pg_tviews_create(..., reconcile_interval)):
+    -- the worker recomputes the whole TVIEW this often; NULL: every read is captured.
+    reconcile_interval interval CHECK (reconcile_interval > interval '0'),
+    last_reconciled_at timestamptz
 );
 COMMENT ON TABLE pg_tview_meta IS 'One row per TVIEW (tv_<entity>) managed by pg_tviews_bgw';
 
@@ -23,6 +30,9 @@ CREATE TABLE pg_tview_helpers (
 );
 
 -- How changed rows of each source table map to TVIEW keys (see ARCHITECTURE.md "Lineage").
+-- rule: 0 = the captured values are TVIEW keys, 1 = any change refreshes the whole TVIEW,
+-- >= 2 = resolve_sql maps the values to keys, -1 = not captured at all (a foreign table, a
+-- materialized view, a volatile function: only the reconcile_interval keeps it fresh).
 CREATE TABLE pg_tview_lineage (
     tview_oid      oid     NOT NULL,
     source_oid     oid     NOT NULL,

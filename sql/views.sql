@@ -23,7 +23,9 @@ SELECT m.entity,
        s.lag_p50_ms,
        s.lag_p95_ms,
        s.lag_p99_ms,
-       m.paused
+       m.paused,
+       m.reconcile_interval,
+       m.last_reconciled_at
 FROM pg_tview_meta m
 LEFT JOIN @extschema@._pg_tviews_queue_stats() s ON s.table_oid = m.table_oid
 LEFT JOIN (SELECT tview_oid,
@@ -145,7 +147,34 @@ BEGIN
     LOOP
         PERFORM @extschema@._pg_tviews_forget(dropped.objid);
     END LOOP;
+    -- A capture trigger that went with its table (a dropped partition of a partitioned
+    -- source): those rows left the source without DML.
+    FOR dropped IN
+        SELECT DISTINCT split_part(object_identity, ' on ', 1) AS name
+        FROM pg_event_trigger_dropped_objects()
+        WHERE object_type = 'trigger' AND object_identity LIKE 'tview\_%'
+    LOOP
+        PERFORM @extschema@._pg_tviews_trigger_dropped(dropped.name);
+    END LOOP;
 END $$;
 CREATE EVENT TRIGGER pg_tviews_bgw_drop ON sql_drop
     WHEN TAG IN ('DROP TABLE')
     EXECUTE FUNCTION _pg_tviews_on_drop();
+
+-- Partitions of partitioned sources created or attached later get their TRUNCATE capture
+-- trigger; ATTACH / DETACH PARTITION recompute the TVIEWs over that table.
+CREATE FUNCTION _pg_tviews_on_table_ddl() RETURNS event_trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    command record;
+BEGIN
+    FOR command IN
+        SELECT DISTINCT objid, command_tag FROM pg_event_trigger_ddl_commands()
+        WHERE command_tag IN ('CREATE TABLE', 'ALTER TABLE') AND object_type = 'table'
+    LOOP
+        PERFORM @extschema@._pg_tviews_partitions_changed(command.objid, command.command_tag);
+    END LOOP;
+END $$;
+CREATE EVENT TRIGGER pg_tviews_bgw_partitions ON ddl_command_end
+    WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE')
+    EXECUTE FUNCTION _pg_tviews_on_table_ddl();

@@ -1,11 +1,10 @@
-//! `ALTER EXTENSION pg_tviews_bgw UPDATE` from the previous release (its install script is
+//! `ALTER EXTENSION pg_tviews_bgw UPDATE` from each earlier release (their install scripts are
 //! kept in sql/released/) keeps existing TVIEWs working, and leaves exactly the objects,
 //! definitions and privileges of a fresh install.
 
 use pg_tviews_bgw_e2e::*;
 use postgres::Client;
 
-const PREVIOUS: &str = "0.1.0";
 
 /// One line per extension member (what it is, its definition and its privileges), plus the
 /// row level security policies on its tables.
@@ -43,11 +42,20 @@ fn extension_objects(db: &mut Client) -> Vec<String> {
 }
 
 #[test]
-fn upgrading_from_the_previous_release_keeps_tviews_working() {
-    let cluster = Cluster::start("upgrade", &[]);
+fn upgrading_from_0_1_0_keeps_tviews_working() {
+    upgrade_from("0.1.0");
+}
+
+#[test]
+fn upgrading_from_0_2_0_keeps_tviews_working() {
+    upgrade_from("0.2.0");
+}
+
+fn upgrade_from(previous: &str) {
+    let cluster = Cluster::start(&format!("upgrade-{previous}"), &[]);
     let mut db = cluster.create_database("app");
     db.batch_execute(&format!(
-        "CREATE EXTENSION pg_tviews_bgw VERSION '{PREVIOUS}';
+        "CREATE EXTENSION pg_tviews_bgw VERSION '{previous}';
          CREATE TABLE tb_user (pk_user bigint PRIMARY KEY, name text NOT NULL);
          CREATE TABLE tb_post (pk_post bigint PRIMARY KEY, fk_user bigint REFERENCES tb_user, title text NOT NULL);
          INSERT INTO tb_user SELECT g, 'user ' || g FROM generate_series(1, 20) g;
@@ -64,7 +72,7 @@ fn upgrading_from_the_previous_release_keeps_tviews_working() {
         )
         .unwrap()
         .get(0);
-    assert_eq!(version, PREVIOUS);
+    assert_eq!(version, previous);
     // The new library serves the old schema until the update: TVIEWs keep converging.
     db.batch_execute("UPDATE tb_user SET name = name || ' (old)' WHERE pk_user <= 5")
         .unwrap();
@@ -81,7 +89,7 @@ fn upgrading_from_the_previous_release_keeps_tviews_working() {
         .map(|r| (r.get(0), r.get(1)))
         .unwrap();
     assert_eq!(version, library, "updated to the library's version");
-    assert_ne!(version, PREVIOUS);
+    assert_ne!(version, previous);
 
     // The TVIEW created under the old version is maintained, now through the journal.
     db.batch_execute(

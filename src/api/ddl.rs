@@ -5,6 +5,7 @@
 use super::tview;
 use crate::errors::raise;
 use pgrx::prelude::*;
+use pgrx::spi::quote_identifier;
 use pgrx::PgSqlErrorCode as Code;
 
 /// Splits SQL text into statements at top-level semicolons, skipping quotes, dollar quotes and
@@ -107,6 +108,15 @@ fn bare_name(token: &str) -> String {
     }
 }
 
+/// `name` cut to PostgreSQL's identifier length (63 bytes, on a character boundary).
+fn truncate_identifier(name: &str) -> String {
+    let mut end = name.len().min(63);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name[..end].to_string()
+}
+
 /// The SELECT of the `CREATE TABLE <table> AS SELECT ...` statement found in `sql`.
 pub fn ctas_query(sql: &str, table: &str) -> Result<String, &'static str> {
     for statement in statements(sql) {
@@ -138,7 +148,8 @@ pub fn ctas_query(sql: &str, table: &str) -> Result<String, &'static str> {
         else {
             continue;
         };
-        if bare_name(name) != table {
+        // PostgreSQL truncates a long name to 63 bytes; compare what it created.
+        if truncate_identifier(&bare_name(name)) != table {
             continue;
         }
         if words.last().is_some_and(|w| w.starts_with('(')) {
@@ -162,14 +173,17 @@ pub fn ctas_query(sql: &str, table: &str) -> Result<String, &'static str> {
     Err("no matching CREATE TABLE ... AS statement")
 }
 
-/// Event trigger body for `CREATE TABLE tv_x AS ...`: turns the plain table into a TVIEW.
+/// Event trigger body for `CREATE TABLE tv_x AS ...`: turns the plain table into a TVIEW, in the
+/// schema it was created in.
 #[pg_extern(volatile, parallel_unsafe)]
 fn _pg_tviews_adopt_ctas(table_oid: pg_sys::Oid, current_query: &str) {
     if tview::busy() {
         return;
     }
-    let Ok(Some(name)) = Spi::get_one_with_args::<String>(
-        "SELECT relname::text FROM pg_class WHERE oid = $1 AND relkind = 'r' AND relname LIKE 'tv\\_%'",
+    let Ok((Some(schema), Some(name))) = Spi::get_two_with_args::<String, String>(
+        "SELECT n.nspname::text, c.relname::text FROM pg_catalog.pg_class c \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.oid = $1 AND c.relkind = 'r' AND c.relname LIKE 'tv\\_%'",
         &[table_oid.into()],
     ) else {
         return;
@@ -182,32 +196,122 @@ fn _pg_tviews_adopt_ctas(table_oid: pg_sys::Oid, current_query: &str) {
             Some(&format!("Use SELECT pg_tviews_create('{name}', $$<query>$$);")),
         )
     });
+    let qualified = format!("{}.{}", quote_identifier(&schema), quote_identifier(&name));
     let _busy = tview::BusyGuard::enter();
-    Spi::run(&format!(
-        "DROP TABLE {}",
-        pgrx::spi::quote_identifier(&name)
-    ))
-    .unwrap_or_else(|e| raise(Code::ERRCODE_INTERNAL_ERROR, format!("{e}"), None, None));
-    tview::create(&name, &query);
+    Spi::run(&format!("DROP TABLE {qualified}"))
+        .unwrap_or_else(|e| raise(Code::ERRCODE_INTERNAL_ERROR, format!("{e}"), None, None));
+    super::create::create(&qualified, &query, None);
 }
 
 /// Event trigger body for `DROP TABLE`: if a TVIEW table went, drop its view, triggers, metadata.
 #[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, @extschema@)]
 fn _pg_tviews_forget(table_oid: pg_sys::Oid) {
     if tview::busy() {
         return;
     }
     // Only after the table is really gone (this runs from sql_drop): called directly on a live
     // TVIEW it does nothing.
-    let Ok((Some(entity), dependencies)) = Spi::get_two_with_args::<String, Vec<pg_sys::Oid>>(
-        "SELECT entity, dependencies FROM pg_tview_meta m WHERE table_oid = $1 \
+    let Ok(Some(entity)) = Spi::get_one_with_args::<String>(
+        "SELECT entity FROM pg_tview_meta m WHERE table_oid = $1 \
          AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = m.table_oid)",
         &[table_oid.into()],
     ) else {
         return;
     };
     let _busy = tview::BusyGuard::enter();
-    tview::drop_objects(&entity, dependencies.unwrap_or_default(), false);
+    tview::drop_objects(&entity, false);
+}
+
+/// Event trigger body for `DROP TABLE` of a table carrying a TVIEW's capture trigger but not a
+/// source itself (a partition of a partitioned source): its rows left the source without any
+/// DML, so the TVIEW is recomputed in full.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, @extschema@)]
+fn _pg_tviews_trigger_dropped(trigger_name: &str) {
+    if tview::busy() {
+        return;
+    }
+    let tviews = Spi::get_one_with_args::<Vec<pg_sys::Oid>>(
+        "SELECT coalesce(array_agg(m.table_oid), '{}') FROM pg_tview_meta m \
+         WHERE $1 LIKE 'tview\\_' || m.entity || '\\_%' \
+           AND EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = m.table_oid)",
+        &[trigger_name.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_default();
+    for tview in tviews {
+        refresh_whole(tview);
+    }
+}
+
+/// Queues (or, without the queue, runs) a refresh of every row of a TVIEW.
+fn refresh_whole(tview: pg_sys::Oid) {
+    let sync = Spi::get_one_with_args::<bool>(
+        "SELECT mode = 'sync' FROM pg_tview_meta WHERE table_oid = $1",
+        &[tview.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false);
+    crate::capture::dispatch(
+        vec![crate::capture::staging::StagedKey {
+            tview_oid: tview.to_u32(),
+            kind: crate::queue::kind::FULL,
+            key: 0,
+        }],
+        sync,
+    );
+}
+
+/// Event trigger body for `CREATE TABLE` and `ALTER TABLE` (`ddl_command_end`): when the table
+/// is, or belongs to the partition tree of, a partitioned TVIEW source, give every partition
+/// its `_trunc` trigger (statement triggers are not cloned; the row trigger is), and recompute
+/// the TVIEW after `ALTER TABLE` on the partitioned source itself (`ATTACH PARTITION` of a
+/// filled table and `DETACH PARTITION` move rows in or out without any DML). Only the new
+/// partitions are touched, which the user running the DDL owns.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, @extschema@)]
+fn _pg_tviews_partitions_changed(table_oid: pg_sys::Oid, command_tag: &str) {
+    if tview::busy() {
+        return;
+    }
+    let affected = Spi::connect(|client| {
+        let rows = client.select(
+            "SELECT m.table_oid, s.oid \
+             FROM pg_tview_meta m CROSS JOIN unnest(m.dependencies) s(oid) \
+             JOIN pg_catalog.pg_class c ON c.oid = s.oid \
+             WHERE c.relkind = 'p' \
+               AND (s.oid = $1 OR s.oid IN (SELECT relid FROM pg_catalog.pg_partition_ancestors($1)))",
+            None,
+            &[table_oid.into()],
+        )?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push((
+                row.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
+                row.get::<pg_sys::Oid>(2)?.unwrap_or(pg_sys::InvalidOid),
+            ));
+        }
+        Ok::<_, spi::Error>(out)
+    })
+    .unwrap_or_default();
+    if affected.is_empty() {
+        return;
+    }
+    let _busy = tview::BusyGuard::enter();
+    let schema = quote_identifier(tview::extension_schema());
+    let mut refreshed = Vec::new();
+    for (tview, source) in affected {
+        for capture in super::ops::source_captures(Some(tview), Some(source)) {
+            capture.with(&schema, |c| c.cover_partitions());
+        }
+        if source == table_oid && command_tag == "ALTER TABLE" && !refreshed.contains(&tview) {
+            refreshed.push(tview);
+            refresh_whole(tview);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -230,6 +334,13 @@ mod tests {
             ctas_query(sql, "tv_post").unwrap(),
             "select 1 as pk_post, $x$;$x$ as data from t"
         );
+    }
+
+    #[test]
+    fn compares_names_as_postgres_truncates_them() {
+        let long = format!("tv_{}", "x".repeat(70));
+        let sql = format!("CREATE TABLE {long} AS SELECT 1 AS pk, '{{}}'::jsonb AS data");
+        assert!(ctas_query(&sql, &long[..63]).is_ok());
     }
 
     #[test]

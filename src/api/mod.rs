@@ -1,8 +1,10 @@
 //! The SQL surface: TVIEW life cycle, monitoring functions, and the utility hook.
 
+pub mod create;
 pub mod ddl;
 pub mod ops;
 pub mod status;
+pub mod triggers;
 pub mod tview;
 pub mod utility_hook;
 

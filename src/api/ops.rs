@@ -1,7 +1,7 @@
 //! Manual operations from the runbook: verify, cascade, reinstall triggers, health check.
 //! Run in user backends, in the caller's transaction.
 
-use super::tview;
+use super::{triggers, tview};
 use crate::capture::dispatch;
 use crate::capture::staging::StagedKey;
 use crate::errors::raise;
@@ -32,6 +32,7 @@ fn tview_oid(name: &str) -> pg_sys::Oid {
 /// Keys whose TVIEW row differs from the defining query: `missing`, `extra` or `stale`.
 /// An empty result means the TVIEW is exactly its query.
 #[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, @extschema@)]
 fn pg_tviews_verify(
     name: &str,
 ) -> TableIterator<'static, (name!(key, i64), name!(problem, String))> {
@@ -72,6 +73,7 @@ fn pg_tviews_verify(
 /// Queues (or, in sync mode, applies) the refresh of every TVIEW row that the row `pk` of
 /// `source_oid` feeds, as if that row had just changed. Returns the number of keys staged.
 #[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, @extschema@)]
 fn pg_tviews_cascade(source_oid: pg_sys::Oid, pk: i64) -> i64 {
     let keys = Spi::connect(|client| {
         let pk_column = client
@@ -146,70 +148,85 @@ fn pg_tviews_cascade(source_oid: pg_sys::Oid, pk: i64) -> i64 {
 /// Drops and recreates every TVIEW's statement-level capture triggers from `pg_tview_lineage`
 /// (e.g. after someone dropped them). Returns the number of TVIEWs whose triggers were installed.
 #[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, @extschema@)]
 fn pg_tviews_install_stmt_triggers() -> i64 {
     reinstall_triggers(None)
 }
 
-/// Recreates the capture triggers of one TVIEW (or of all), carrying its mode in their arguments.
-fn reinstall_triggers(only: Option<pg_sys::Oid>) -> i64 {
-    let _busy = tview::BusyGuard::enter();
-    let schema = quote_identifier(tview::extension_schema());
-    let plan = Spi::connect(|client| {
+/// What `pg_tview_lineage` says the capture triggers of one TVIEW on one source carry.
+pub struct SourceCapture {
+    pub entity: String,
+    pub table_oid: pg_sys::Oid,
+    pub sync: bool,
+    pub source_oid: pg_sys::Oid,
+    pub columns: Vec<(String, u32)>,
+}
+
+impl SourceCapture {
+    pub fn with<R>(&self, schema: &str, f: impl FnOnce(&triggers::Capture<'_>) -> R) -> R {
+        f(&triggers::Capture {
+            entity: &self.entity,
+            schema,
+            tview_oid: self.table_oid.to_u32(),
+            sync: self.sync,
+            source_oid: self.source_oid,
+            columns: &self.columns,
+        })
+    }
+}
+
+/// The captures of one TVIEW (or of all), optionally on one source only, of sources that exist.
+pub fn source_captures(
+    only: Option<pg_sys::Oid>,
+    source: Option<pg_sys::Oid>,
+) -> Vec<SourceCapture> {
+    Spi::connect(|client| {
         let rows = client.select(
-            "SELECT m.entity, m.table_oid, m.mode = 'sync', l.source_oid, l.source_oid::regclass::text, \
+            "SELECT m.entity, m.table_oid, m.mode = 'sync', l.source_oid, \
                     array_agg(l.capture_column ORDER BY l.capture_column), array_agg(l.rule ORDER BY l.capture_column) \
              FROM pg_tview_meta m JOIN pg_tview_lineage l ON l.tview_oid = m.table_oid \
              JOIN pg_class c ON c.oid = l.source_oid \
-             WHERE $1::oid IS NULL OR m.table_oid = $1 \
-             GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 5",
+             WHERE ($1::oid IS NULL OR m.table_oid = $1) AND ($2::oid IS NULL OR l.source_oid = $2) \
+               AND l.rule >= 0 \
+             GROUP BY 1, 2, 3, 4 ORDER BY 1, 4",
             None,
-            &[only.into()],
+            &[only.into(), source.into()],
         )?;
         let mut out = Vec::new();
         for row in rows {
-            out.push((
-                row.get::<String>(1)?.unwrap_or_default(),
-                row.get::<pg_sys::Oid>(2)?.unwrap_or(pg_sys::InvalidOid),
-                row.get::<bool>(3)?.unwrap_or(false),
-                row.get::<pg_sys::Oid>(4)?.unwrap_or(pg_sys::InvalidOid),
-                row.get::<String>(5)?.unwrap_or_default(),
-                row.get::<Vec<String>>(6)?.unwrap_or_default(),
-                row.get::<Vec<i32>>(7)?.unwrap_or_default(),
-            ));
+            let columns = row.get::<Vec<String>>(5)?.unwrap_or_default();
+            let rules = row.get::<Vec<i32>>(6)?.unwrap_or_default();
+            out.push(SourceCapture {
+                entity: row.get::<String>(1)?.unwrap_or_default(),
+                table_oid: row.get::<pg_sys::Oid>(2)?.unwrap_or(pg_sys::InvalidOid),
+                sync: row.get::<bool>(3)?.unwrap_or(false),
+                source_oid: row.get::<pg_sys::Oid>(4)?.unwrap_or(pg_sys::InvalidOid),
+                columns: columns
+                    .into_iter()
+                    .zip(rules.into_iter().map(|r| r as u32))
+                    .collect(),
+            });
         }
         Ok::<_, spi::Error>(out)
     })
-    .unwrap_or_else(|e| raise(Code::ERRCODE_INTERNAL_ERROR, format!("could not read lineage: {e}"), None, None));
+    .unwrap_or_else(|e| raise(Code::ERRCODE_INTERNAL_ERROR, format!("could not read lineage: {e}"), None, None))
+}
+
+/// Recreates the capture triggers of one TVIEW (or of all) from `pg_tview_lineage`, carrying
+/// its mode in their arguments, on every source and every partition of one; also removes its
+/// triggers from tables no longer among them (a detached partition).
+pub fn reinstall_triggers(only: Option<pg_sys::Oid>) -> i64 {
+    let _busy = tview::BusyGuard::enter();
+    let schema = quote_identifier(tview::extension_schema());
+    let plan = source_captures(only, None);
     let mut tviews = std::collections::BTreeSet::new();
-    for (entity, table_oid, sync, source_oid, relation, columns, rules) in plan {
-        for trigger in tview::trigger_names(&entity) {
-            let exists = Spi::get_one_with_args::<bool>(
-                "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = $1 AND tgname = $2)",
-                &[source_oid.into(), trigger.as_str().into()],
-            );
-            if matches!(exists, Ok(Some(true))) {
-                Spi::run(&format!(
-                    "DROP TRIGGER {} ON {relation}",
-                    quote_identifier(&trigger)
-                ))
-                .unwrap_or_else(|e| {
-                    raise(Code::ERRCODE_INTERNAL_ERROR, format!("{e}"), None, None)
-                });
-            }
+    for capture in &plan {
+        if tviews.insert(capture.entity.clone()) {
+            triggers::drop_all(&capture.entity);
         }
-        let captures: Vec<(String, u32)> = columns
-            .into_iter()
-            .zip(rules.into_iter().map(|r| r as u32))
-            .collect();
-        tview::install_capture_triggers(
-            &entity,
-            &schema,
-            table_oid.to_u32(),
-            sync,
-            &relation,
-            &captures,
-        );
-        tviews.insert(entity);
+    }
+    for capture in &plan {
+        capture.with(&schema, |c| c.install());
     }
     tviews.len() as i64
 }
@@ -218,6 +235,7 @@ fn reinstall_triggers(only: Option<pg_sys::Oid>) -> i64 {
 /// changes its sources (read-your-writes for that TVIEW in every session), `async` (the
 /// default) only in the background. Returns the mode now in effect.
 #[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, @extschema@)]
 fn pg_tviews_set_mode(name: &str, mode: &str) -> String {
     let mode = mode.trim().to_ascii_lowercase();
     if mode != "sync" && mode != "async" {
@@ -248,6 +266,7 @@ fn pg_tviews_set_mode(name: &str, mode: &str) -> String {
 /// Compatibility with the pg_tviews runbook: reports whether the jsonb_ivm extension is
 /// installed. pg_tviews_bgw does not need it (rows are recomputed set-based in the worker).
 #[pg_extern(volatile, parallel_safe)]
+#[search_path(pg_catalog, @extschema@)]
 fn pg_tviews_check_jsonb_ivm() -> bool {
     let installed = Spi::get_one::<bool>(
         "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'jsonb_ivm')",
@@ -269,8 +288,51 @@ fn check(name: &str, status: &str, detail: impl Into<String>) -> Check {
     (name.to_string(), status.to_string(), detail.into())
 }
 
+/// `<entity> on <table>` for every capture trigger that should exist and does not.
+fn missing_triggers() -> Vec<String> {
+    let expected = Spi::connect(|client| {
+        let rows = client.select(
+            "SELECT m.entity, l.source_oid, bool_and(l.capture_column = ''), \
+                    (SELECT relkind = 'p' FROM pg_class WHERE oid = l.source_oid) \
+             FROM pg_tview_meta m JOIN pg_tview_lineage l ON l.tview_oid = m.table_oid \
+             WHERE EXISTS (SELECT 1 FROM pg_class WHERE oid = l.source_oid) AND l.rule >= 0 \
+             GROUP BY 1, 2 ORDER BY 1, 2",
+            None,
+            &[],
+        )?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push((
+                row.get::<String>(1)?.unwrap_or_default(),
+                row.get::<pg_sys::Oid>(2)?.unwrap_or(pg_sys::InvalidOid),
+                row.get::<bool>(3)?.unwrap_or(false),
+                row.get::<bool>(4)?.unwrap_or(false),
+            ));
+        }
+        Ok::<_, spi::Error>(out)
+    })
+    .unwrap_or_default();
+    let mut missing = Vec::new();
+    for (entity, source, full_only, partitioned) in expected {
+        let names = triggers::expected(&entity, partitioned, full_only);
+        let trunc = format!("tview_{entity}_trunc");
+        let absent = Spi::get_one_with_args::<String>(
+            "SELECT string_agg(DISTINCT format('%s on %s', $4, r.relid::regclass), ', ') \
+             FROM (SELECT $1::oid AS relid, n FROM unnest($2::text[]) n \
+                   UNION ALL SELECT p.relid, $3 FROM pg_partition_tree($1) p WHERE p.level > 0) r \
+             WHERE NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = r.relid AND t.tgname = r.n)",
+            &[source.into(), names.into(), trunc.as_str().into(), entity.as_str().into()],
+        )
+        .ok()
+        .flatten();
+        missing.extend(absent);
+    }
+    missing
+}
+
 /// One row per check: `OK`, `WARNING` or `CRITICAL`, with a detail saying why and what to do.
 #[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, @extschema@)]
 fn pg_tviews_health_check() -> TableIterator<
     'static,
     (
@@ -458,32 +520,24 @@ fn pg_tviews_health_check() -> TableIterator<
             });
         }
     }
-    // Each source needs its four transition-table triggers, or the single full-refresh one.
-    let missing = Spi::get_one::<String>(
-        "SELECT string_agg(format('%s on %s', m.entity, l.source_oid::regclass), ', ') \
-         FROM pg_tview_meta m \
-         JOIN (SELECT tview_oid, source_oid, bool_and(capture_column = '') AS full_only \
-               FROM pg_tview_lineage GROUP BY 1, 2) l ON l.tview_oid = m.table_oid \
-         WHERE (SELECT count(*) FROM pg_trigger t WHERE t.tgrelid = l.source_oid AND t.tgname = ANY ( \
-                  CASE WHEN l.full_only THEN ARRAY['tview_' || m.entity || '_full'] \
-                  ELSE ARRAY['tview_' || m.entity || '_ins', 'tview_' || m.entity || '_upd', \
-                             'tview_' || m.entity || '_del', 'tview_' || m.entity || '_trunc'] END)) \
-               < CASE WHEN l.full_only THEN 1 ELSE 4 END",
-    )
-    .ok()
-    .flatten();
-    out.push(match missing {
-        Some(m) => check(
+    // Each source needs the triggers of its kind (api::triggers), and every partition of a
+    // partitioned source its TRUNCATE trigger.
+    let missing = missing_triggers();
+    out.push(if missing.is_empty() {
+        check("triggers", "OK", "every source table has its capture triggers")
+    } else {
+        check(
             "triggers",
             "CRITICAL",
-            format!("capture triggers missing for {m}: those TVIEWs go stale; run SELECT pg_tviews_install_stmt_triggers();"),
-        ),
-        None => check("triggers", "OK", "every source table has its capture triggers"),
+            format!("capture triggers missing for {}: those TVIEWs go stale; run SELECT pg_tviews_install_stmt_triggers();", missing.join(", ")),
+        )
     });
     let orphaned = Spi::get_one::<String>(
         "SELECT string_agg(format('%s on %s', t.tgname, t.tgrelid::regclass), ', ') FROM pg_trigger t \
-         WHERE t.tgname LIKE 'tview\\_%' AND NOT EXISTS (SELECT 1 FROM pg_tview_meta m \
-               WHERE t.tgname LIKE 'tview\\_' || m.entity || '\\_%' AND t.tgrelid = ANY (m.dependencies))",
+         WHERE t.tgname LIKE 'tview\\_%' AND t.tgparentid = 0 AND NOT EXISTS (SELECT 1 FROM pg_tview_meta m \
+               CROSS JOIN unnest(m.dependencies) d(oid) \
+               WHERE t.tgname LIKE 'tview\\_' || m.entity || '\\_%' \
+                 AND (t.tgrelid = d.oid OR t.tgrelid IN (SELECT relid FROM pg_partition_tree(d.oid))))",
     )
     .ok()
     .flatten();
@@ -532,6 +586,7 @@ fn set_paused(name: &str, paused: bool) -> bool {
 /// Stops refreshing one TVIEW: its changed keys keep being captured and are parked durably
 /// in `pg_tview_deferred` until `pg_tviews_resume`. Returns true.
 #[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, @extschema@)]
 fn pg_tviews_pause(name: &str) -> bool {
     set_paused(name, true)
 }
@@ -539,6 +594,7 @@ fn pg_tviews_pause(name: &str) -> bool {
 /// Resumes a paused TVIEW; the worker applies the parked keys within a second. Returns how
 /// many keys were parked.
 #[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, @extschema@)]
 fn pg_tviews_resume(name: &str) -> i64 {
     let oid = owned_tview_oid(name);
     set_paused(name, false);
@@ -554,6 +610,7 @@ fn pg_tviews_resume(name: &str) -> i64 {
 /// Gives the failed and dead-lettered keys of one TVIEW (or of all, without a name) a fresh
 /// set of attempts, due now. Returns how many.
 #[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, @extschema@)]
 fn pg_tviews_retry_failed(name: default!(Option<&str>, "NULL")) -> i64 {
     // Without a name: every TVIEW the caller may manage (row level security filters the rest).
     let only = name.map(owned_tview_oid);
@@ -566,4 +623,49 @@ fn pg_tviews_retry_failed(name: default!(Option<&str>, "NULL")) -> i64 {
     .ok()
     .flatten()
     .unwrap_or(0)
+}
+
+/// How each read of a TVIEW's definition reaches its rows: one row per captured column of
+/// each source (`key`: the values are TVIEW keys; `resolved`: the worker maps them to keys
+/// with `resolve_sql`; `full refresh`: any change recomputes the whole TVIEW), plus reads no
+/// trigger captures (`not captured`: only the reconcile interval keeps them fresh).
+#[pg_extern(volatile, parallel_safe)]
+#[search_path(pg_catalog, @extschema@)]
+fn pg_tviews_explain(
+    name: &str,
+) -> TableIterator<
+    'static,
+    (
+        name!(source, String),
+        name!(capture, String),
+        name!(captured_column, Option<String>),
+        name!(reaches, String),
+    ),
+> {
+    let oid = tview_oid(name);
+    let rows = Spi::connect(|client| {
+        let mut out = Vec::new();
+        for row in client.select(
+            "SELECT coalesce((SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
+                              JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = l.source_oid), \
+                             CASE WHEN l.source_oid = 0 THEN '(expression)' ELSE l.source_oid::text END), \
+                    CASE WHEN l.rule = -1 THEN 'not captured' WHEN l.rule = 0 THEN 'key' \
+                         WHEN l.rule = 1 THEN 'full refresh' ELSE 'resolved' END, \
+                    nullif(l.capture_column, ''), l.description \
+             FROM pg_tview_lineage l WHERE l.tview_oid = $1 \
+             ORDER BY l.source_oid = (SELECT root_table FROM pg_tview_meta WHERE table_oid = $1) DESC, 1, l.rule, 3",
+            None,
+            &[oid.into()],
+        )? {
+            out.push((
+                row.get::<String>(1)?.unwrap_or_default(),
+                row.get::<String>(2)?.unwrap_or_default(),
+                row.get::<String>(3)?,
+                row.get::<String>(4)?.unwrap_or_default(),
+            ));
+        }
+        Ok::<_, spi::Error>(out)
+    })
+    .unwrap_or_else(|e| raise(Code::ERRCODE_INTERNAL_ERROR, format!("explain failed: {e}"), None, None));
+    TableIterator::new(rows)
 }

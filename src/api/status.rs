@@ -21,6 +21,7 @@ fn current_dboid() -> u32 {
 // pgrx reads the column names from `name!()` in the signature, so it cannot be a type alias.
 #[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_safe)]
+#[search_path(pg_catalog, @extschema@)]
 fn _pg_tviews_queue_stats() -> TableIterator<
     'static,
     (
@@ -57,6 +58,7 @@ fn _pg_tviews_queue_stats() -> TableIterator<
 // pgrx reads the column names from `name!()` in the signature, so it cannot be a type alias.
 #[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_safe)]
+#[search_path(pg_catalog, @extschema@)]
 fn _pg_tviews_worker_stats() -> TableIterator<
     'static,
     (
@@ -109,6 +111,7 @@ fn _pg_tviews_worker_stats() -> TableIterator<
 // pgrx reads the column names from `name!()` in the signature, so it cannot be a type alias.
 #[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_safe)]
+#[search_path(pg_catalog, @extschema@)]
 fn _pg_tviews_counters() -> TableIterator<
     'static,
     (
@@ -140,6 +143,7 @@ fn _pg_tviews_counters() -> TableIterator<
 
 /// Waits until everything this database committed before the call has been applied.
 #[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, @extschema@)]
 fn _pg_tviews_wait_ms(timeout_ms: i64) -> bool {
     let deadline = Instant::now() + Duration::from_millis(timeout_ms.max(0) as u64);
     // A refresh of a TVIEW that another TVIEW reads publishes cascade keys before its own keys
@@ -172,6 +176,7 @@ fn _pg_tviews_wait_ms(timeout_ms: i64) -> bool {
 
 /// State of this database's three journal tables (empty without a worker slot).
 #[pg_extern(volatile, parallel_safe)]
+#[search_path(pg_catalog, @extschema@)]
 fn _pg_tviews_journal_stats() -> TableIterator<
     'static,
     (
@@ -202,6 +207,7 @@ fn _pg_tviews_journal_stats() -> TableIterator<
 
 /// Keys staged by the current transaction, not yet published (diagnostics and tests).
 #[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, @extschema@)]
 fn pg_tviews_staged_keys() -> TableIterator<
     'static,
     (
@@ -225,6 +231,7 @@ fn pg_tviews_staged_keys() -> TableIterator<
 }
 
 #[pg_extern(stable, parallel_safe)]
+#[search_path(pg_catalog, @extschema@)]
 fn pg_tviews_version() -> &'static str {
     env!("CARGO_PKG_VERSION")
 }

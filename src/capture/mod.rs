@@ -28,6 +28,9 @@ pub fn dispatch(keys: Vec<StagedKey>, tview_sync: bool) {
 /// Sync mode, or no queue at all (the extension warned about that at CREATE EXTENSION):
 /// refresh inside the writing statement, which then sees its own changes in the TVIEW.
 pub fn refresh_synchronously(keys: &[StagedKey]) {
+    // The statements name the extension's tables unqualified; the writer's search_path is
+    // the application's.
+    let _path = crate::catalog::PinnedSearchPath::enter();
     let entries: Vec<queue::QueueEntry> = keys
         .iter()
         .map(|k| queue::QueueEntry {

@@ -1,5 +1,13 @@
-//! The statement-level `tview_*` trigger function on `tb_*` tables. Runs in user backends,
-//! inside the writing statement: it only reads transition tables and stages keys in memory.
+//! The `tview_*` trigger function on TVIEW source tables. Runs in user backends (and in
+//! logical-replication apply workers), inside the writing statement: it only reads the changed
+//! rows and stages keys in memory.
+//!
+//! Statement-level firings read the transition tables (plain tables, ordinary sessions).
+//! Row-level firings read OLD/NEW of one row: partitioned sources (a statement aimed at a
+//! partition fires none of the parent's statement triggers, but the parent's row triggers are
+//! cloned onto every partition, present and future) and rows applied with
+//! `session_replication_role = replica` (a subscription's apply worker fires only row
+//! triggers). See `api::tview::install_capture_triggers` for which trigger fires when.
 //!
 //! Trigger arguments: `(tview table oid[:sync], column, kind [, column, kind]...)`: the values of
 //! each column are staged as queue entries of that kind (see `catalog::lineage`); `:sync` marks
@@ -65,6 +73,7 @@ fn pg_tviews_capture<'a>(
     }
     // SAFETY: tg_relation is valid for the duration of the trigger call.
     let tupdesc = unsafe { (*data.tg_relation).rd_att };
+    let row_level = matches!(trigger.level(), PgTriggerLevel::Row);
     let mut columns: SmallVec<[(i32, pg_sys::Oid, u32); 4]> = SmallVec::new();
     for (column, entry_kind) in &captures {
         match key_attno(tupdesc, column) {
@@ -83,11 +92,24 @@ fn pg_tviews_capture<'a>(
         }
     }
     let mut keys = StatementKeys::new();
-    for store in [data.tg_oldtable, data.tg_newtable] {
-        if !store.is_null() {
-            // SAFETY: the tuplestore belongs to the current statement's transition capture and
-            // stays valid while AFTER STATEMENT triggers run; the descriptor matches its tuples.
-            unsafe { read_keys(store, tupdesc, &columns, &mut keys) };
+    if row_level {
+        // INSERT: tg_trigtuple is NEW; UPDATE: tg_trigtuple is OLD, tg_newtuple NEW; DELETE:
+        // tg_trigtuple is OLD. Both versions of an update count (a key may move).
+        for tuple in [data.tg_trigtuple, data.tg_newtuple] {
+            if !tuple.is_null() {
+                // SAFETY: the trigger tuples are valid for the duration of the trigger call and
+                // match the trigger relation's descriptor.
+                unsafe { read_tuple_keys(tuple, tupdesc, &columns, &mut keys) };
+            }
+        }
+    } else {
+        for store in [data.tg_oldtable, data.tg_newtable] {
+            if !store.is_null() {
+                // SAFETY: the tuplestore belongs to the current statement's transition capture
+                // and stays valid while AFTER STATEMENT triggers run; the descriptor matches
+                // its tuples.
+                unsafe { read_keys(store, tupdesc, &columns, &mut keys) };
+            }
         }
     }
     keys.sort_unstable();
@@ -174,6 +196,32 @@ fn key_attno(tupdesc: pg_sys::TupleDesc, column: &str) -> Result<(i32, pg_sys::O
     )))
 }
 
+/// The integer value of a captured column, widened to `i64`.
+fn key_value(datum: pg_sys::Datum, typid: pg_sys::Oid) -> i64 {
+    match typid {
+        pg_sys::INT2OID => i64::from(datum.value() as i16),
+        pg_sys::INT4OID => i64::from(datum.value() as i32),
+        _ => datum.value() as i64,
+    }
+}
+
+unsafe fn read_tuple_keys(
+    tuple: pg_sys::HeapTuple,
+    tupdesc: pg_sys::TupleDesc,
+    columns: &[(i32, pg_sys::Oid, u32)],
+    keys: &mut StatementKeys,
+) {
+    for &(attno, typid, entry_kind) in columns {
+        let mut isnull = false;
+        // SAFETY: caller guarantees `tuple` and `tupdesc` are valid and belong together; the
+        // columns are integer (pass-by-value) attributes of that descriptor.
+        let datum = unsafe { pg_sys::heap_getattr(tuple, attno, tupdesc, &mut isnull) };
+        if !isnull {
+            keys.push((entry_kind, key_value(datum, typid)));
+        }
+    }
+}
+
 unsafe fn read_keys(
     store: *mut pg_sys::Tuplestorestate,
     tupdesc: pg_sys::TupleDesc,
@@ -194,12 +242,7 @@ unsafe fn read_keys(
                 if isnull {
                     continue;
                 }
-                let key = match typid {
-                    pg_sys::INT2OID => i64::from(datum.value() as i16),
-                    pg_sys::INT4OID => i64::from(datum.value() as i32),
-                    _ => datum.value() as i64,
-                };
-                keys.push((entry_kind, key));
+                keys.push((entry_kind, key_value(datum, typid)));
             }
         }
         pg_sys::ExecDropSingleTupleTableSlot(slot);

@@ -129,8 +129,114 @@ fn paths(edges: &[Edge], from: u32, goal: u32) -> Vec<Vec<Step>> {
     out
 }
 
-/// Plans how changes to `source` reach the TVIEW rooted at `root` with key column `key`.
-pub fn plan(root: &Table, key: &str, source: &Table, tables: &[Table], edges: &[Edge]) -> Plan {
+/// How the definition reads its root table besides the row of the key itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RootReads {
+    /// Range table entries reading the root (2 or more: a self-join, a correlated subquery
+    /// over other rows of the root).
+    pub count: u32,
+    /// The definition is `WITH RECURSIVE`: a self-reference may be followed to any depth.
+    pub recursive: bool,
+}
+
+impl RootReads {
+    #[cfg(test)]
+    pub const ONCE: RootReads = RootReads {
+        count: 1,
+        recursive: false,
+    };
+}
+
+/// The keys a change to root rows `$1` (their keys, or their parents' keys) can reach along
+/// the self-references `self_edges` (`fk_parent -> pk`): ancestors and descendants, up to
+/// `hops` references each way, or without bound (cycles end by UNION's de-duplication).
+fn self_closure_sql(root: &Table, key: &str, self_edges: &[&Edge], hops: Option<u32>) -> String {
+    let k = q(key);
+    let parents = self_edges
+        .iter()
+        .map(|e| format!("t.{}", q(&e.from_column)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let child_of = self_edges
+        .iter()
+        .map(|e| format!("t.{} = down.k", q(&e.from_column)))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    let (cols, base_depth, step, bound) = match hops {
+        Some(h) => ("k, d", ", 0", ", d + 1", format!(" AND d < {h}")),
+        None => ("k", "", "", String::new()),
+    };
+    format!(
+        "WITH RECURSIVE up({cols}) AS (SELECT v{base_depth} FROM unnest($1::bigint[]) v \
+         UNION SELECT p.k{step} FROM {root} t JOIN up ON t.{k} = up.k, \
+         LATERAL unnest(ARRAY[{parents}]::bigint[]) p(k) WHERE p.k IS NOT NULL{bound}), \
+         down({cols}) AS (SELECT v{base_depth} FROM unnest($1::bigint[]) v \
+         UNION SELECT t.{k}::bigint{step} FROM {root} t JOIN down ON ({child_of}){bound}) \
+         SELECT k FROM up UNION SELECT k FROM down",
+        root = root.qualified,
+    )
+}
+
+/// The root's own lineage: its key, plus its self-references when the definition reads other
+/// rows of the root too.
+fn plan_root(root: &Table, key: &str, edges: &[Edge], reads: RootReads) -> Plan {
+    let own = Capture {
+        column: key.to_string(),
+        resolve_sql: None,
+        description: format!("root {}.{key}", root.qualified),
+    };
+    if reads.count <= 1 {
+        return Plan::Captures(vec![own]);
+    }
+    let self_edges: Vec<&Edge> = edges
+        .iter()
+        .filter(|e| e.from_table == root.oid && e.to_table == root.oid && e.to_column == key)
+        .collect();
+    if self_edges.is_empty() {
+        return Plan::Full {
+            reason: format!(
+                "the query reads {} {} times, and it has no self-reference (fk_<x> -> {key}) that says which other rows a change reaches",
+                root.qualified, reads.count
+            ),
+        };
+    }
+    let hops = (!reads.recursive).then_some(reads.count - 1);
+    let sql = self_closure_sql(root, key, &self_edges, hops);
+    let reach = match hops {
+        Some(h) => format!("up to {h} reference(s) up and down"),
+        None => "any number of references up and down (WITH RECURSIVE)".to_string(),
+    };
+    let mut captures = vec![Capture {
+        resolve_sql: Some(sql.clone()),
+        description: format!(
+            "{}; self-reference: the changed row's ancestors and descendants, {reach}",
+            own.description
+        ),
+        ..own
+    }];
+    for edge in &self_edges {
+        captures.push(Capture {
+            column: edge.from_column.clone(),
+            resolve_sql: Some(sql.clone()),
+            description: format!(
+                "self-reference {}.{} = {}.{key}: old and new parents and their relatives, {reach}",
+                root.qualified, edge.from_column, root.qualified
+            ),
+        });
+    }
+    Plan::Captures(captures)
+}
+
+/// Plans how changes to `source` reach the TVIEW rooted at `root` with key column `key` (the
+/// root table's column that TVIEW keys are selected from).
+pub fn plan(
+    root: &Table,
+    key: &str,
+    source: &Table,
+    tables: &[Table],
+    edges: &[Edge],
+    root_reads: RootReads,
+) -> Plan {
     let name = |oid: u32| {
         tables
             .iter()
@@ -138,11 +244,7 @@ pub fn plan(root: &Table, key: &str, source: &Table, tables: &[Table], edges: &[
             .map_or_else(|| oid.to_string(), |t| t.qualified.clone())
     };
     if source.oid == root.oid {
-        return Plan::Captures(vec![Capture {
-            column: key.to_string(),
-            resolve_sql: None,
-            description: format!("root {}.{key}", root.qualified),
-        }]);
+        return plan_root(root, key, edges, root_reads);
     }
     // Per captured column: whether some path makes its values TVIEW keys directly, the resolve
     // queries of the other paths, and the descriptions.
@@ -264,7 +366,14 @@ mod tests {
     fn plan_for(source: u32, edges: &[Edge]) -> Vec<Capture> {
         let tables = tables();
         let source = tables.iter().find(|x| x.oid == source).unwrap().clone();
-        match plan(&tables[0], "pk_post", &source, &tables, edges) {
+        match plan(
+            &tables[0],
+            "pk_post",
+            &source,
+            &tables,
+            edges,
+            RootReads::ONCE,
+        ) {
             Plan::Captures(c) => c,
             Plan::Full { reason } => panic!("unexpected full refresh: {reason}"),
         }
@@ -377,8 +486,75 @@ mod tests {
         let tables = tables();
         let tag = tables.iter().find(|x| x.oid == TAG).unwrap().clone();
         assert!(matches!(
-            plan(&tables[0], "pk_post", &tag, &tables, &edges()),
+            plan(&tables[0], "pk_post", &tag, &tables, &edges(), RootReads::ONCE),
             Plan::Full { reason } if reason.contains("tb_tag")
+        ));
+    }
+
+    #[test]
+    fn a_root_read_twice_follows_its_self_reference_both_ways() {
+        let tables = vec![t(POST, "tb_post")];
+        let parent = [e(POST, "fk_parent_post", POST, "pk_post")];
+        let reads = RootReads {
+            count: 2,
+            recursive: false,
+        };
+        let Plan::Captures(c) = plan(&tables[0], "pk_post", &tables[0], &tables, &parent, reads)
+        else {
+            panic!("expected captures");
+        };
+        let columns: Vec<&str> = c.iter().map(|c| c.column.as_str()).collect();
+        assert_eq!(columns, ["pk_post", "fk_parent_post"]);
+        let sql = c[0].resolve_sql.as_deref().unwrap();
+        assert_eq!(c[1].resolve_sql.as_deref(), Some(sql));
+        assert!(sql.contains(r#"JOIN up ON t."pk_post" = up.k"#), "{sql}");
+        assert!(sql.contains(r#"ARRAY[t."fk_parent_post"]"#), "{sql}");
+        assert!(
+            sql.contains(r#"JOIN down ON (t."fk_parent_post" = down.k) AND d < 1"#),
+            "{sql}"
+        );
+        // Read once, the same table needs only its own key.
+        let Plan::Captures(once) = plan(
+            &tables[0],
+            "pk_post",
+            &tables[0],
+            &tables,
+            &parent,
+            RootReads::ONCE,
+        ) else {
+            panic!("expected captures");
+        };
+        assert_eq!(once.len(), 1);
+        assert_eq!(once[0].resolve_sql, None);
+    }
+
+    #[test]
+    fn a_recursive_definition_follows_the_self_reference_without_bound() {
+        let tables = vec![t(POST, "tb_post")];
+        let parent = [e(POST, "fk_parent_post", POST, "pk_post")];
+        let reads = RootReads {
+            count: 3,
+            recursive: true,
+        };
+        let Plan::Captures(c) = plan(&tables[0], "pk_post", &tables[0], &tables, &parent, reads)
+        else {
+            panic!("expected captures");
+        };
+        let sql = c[0].resolve_sql.as_deref().unwrap();
+        assert!(!sql.contains(" d < "), "{sql}");
+        assert!(sql.starts_with("WITH RECURSIVE up(k) AS"), "{sql}");
+    }
+
+    #[test]
+    fn a_root_read_twice_without_a_self_reference_refreshes_in_full() {
+        let tables = tables();
+        let reads = RootReads {
+            count: 2,
+            recursive: false,
+        };
+        assert!(matches!(
+            plan(&tables[0], "pk_post", &tables[0], &tables, &edges(), reads),
+            Plan::Full { reason } if reason.contains("2 times")
         ));
     }
 

@@ -1,6 +1,7 @@
 //! Reads of the `pg_tview_meta` catalog and of PostgreSQL's own catalogs about a TVIEW.
 //! SPI only; runs in user backends (create/drop) and in drainers (inside their transaction).
 
+pub mod analyze;
 pub mod lineage;
 
 use crate::refresh::sql::TviewShape;
@@ -26,6 +27,58 @@ pub fn extension_schema() -> Option<String> {
     .flatten()
 }
 
+/// `search_path = pg_catalog, <extension schema>` until dropped, like the workers' (whose path
+/// is pinned for good): the extension's own statements name its tables unqualified, and must
+/// neither fail nor be shadowed whatever path the calling session (or an `ALTER DATABASE ...
+/// SET search_path`) chose. Restored on drop; an ERROR that unwinds past it is cleaned up by
+/// the (sub)transaction abort, which pops every GUC nesting level opened inside it.
+pub struct PinnedSearchPath {
+    level: Option<i32>,
+}
+
+impl PinnedSearchPath {
+    pub fn enter() -> PinnedSearchPath {
+        let Some(schema) = extension_schema() else {
+            return PinnedSearchPath { level: None };
+        };
+        let Ok(path) = std::ffi::CString::new(format!(
+            "pg_catalog, {}",
+            pgrx::spi::quote_identifier(&schema)
+        )) else {
+            return PinnedSearchPath { level: None };
+        };
+        // SAFETY: a transaction-local GUC change at a nesting level of our own, the way
+        // PostgreSQL's own maintenance commands pin search_path; undone in drop.
+        let level = unsafe {
+            let level = pg_sys::NewGUCNestLevel();
+            pg_sys::set_config_option(
+                c"search_path".as_ptr(),
+                path.as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                0,
+                false,
+            );
+            level
+        };
+        PinnedSearchPath { level: Some(level) }
+    }
+}
+
+impl Drop for PinnedSearchPath {
+    fn drop(&mut self) {
+        // While an ERROR unwinds, the abort of the (sub)transaction restores the setting.
+        if let Some(level) = self.level {
+            if !std::thread::panicking() {
+                // SAFETY: closes the nesting level opened in enter(), restoring the old value.
+                unsafe { pg_sys::AtEOXact_GUC(true, level) };
+            }
+        }
+    }
+}
+
 /// Shape of the TVIEW whose table has `table_oid`, or `None` if it is not (any more) a TVIEW.
 pub fn load_shape(
     client: &SpiClient<'_>,
@@ -33,7 +86,8 @@ pub fn load_shape(
 ) -> spi::Result<Option<TviewShape>> {
     let meta = client.select(
         "SELECT m.table_oid::regclass::text, m.view_oid::regclass::text, quote_ident(m.key_column), \
-                (SELECT c.oid::regclass::text FROM pg_class c WHERE c.oid = m.root_table) \
+                (SELECT c.oid::regclass::text FROM pg_class c WHERE c.oid = m.root_table), \
+                quote_ident(coalesce(m.root_key, m.key_column)) \
          FROM pg_tview_meta m \
          WHERE m.table_oid = $1 \
            AND to_regclass(m.table_oid::regclass::text) IS NOT NULL \
@@ -48,6 +102,7 @@ pub fn load_shape(
     let view: String = row.get(2)?.unwrap_or_default();
     let key: String = row.get(3)?.unwrap_or_default();
     let root: Option<String> = row.get(4)?;
+    let root_key: String = row.get(5)?.unwrap_or_else(|| key.clone());
     let columns = client.select(
         "SELECT quote_ident(attname) FROM pg_attribute \
          WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
@@ -65,6 +120,7 @@ pub fn load_shape(
         table,
         view,
         key,
+        root_key,
         values,
         root,
     }))

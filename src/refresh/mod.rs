@@ -12,7 +12,7 @@ use crate::catalog;
 use crate::queue::drain::Applied;
 use crate::queue::{journal, kind, QueueEntry};
 use pgrx::prelude::*;
-use pgrx::spi::SpiClient;
+use pgrx::spi::{SpiClient, SpiTupleTable};
 
 /// Totals of one refresh transaction.
 #[derive(Default)]
@@ -43,13 +43,46 @@ impl Outcome {
     }
 }
 
-fn run_count(client: &mut SpiClient<'_>, sql: &str, keys: Option<Vec<i64>>) -> spi::Result<u64> {
+fn run_count(
+    client: &mut SpiClient<'_>,
+    table_oid: pg_sys::Oid,
+    sql: &str,
+    keys: Option<Vec<i64>>,
+) -> spi::Result<u64> {
     let table = match keys {
         Some(keys) => client.update(sql, None, &[keys.into()])?,
         None => client.update(sql, None, &[])?,
     };
-    let rows = table.first().get_one::<i64>()?.unwrap_or(0);
-    Ok(rows.max(0) as u64)
+    written(table, table_oid)
+}
+
+/// The rows a refresh statement (`refresh::sql`) wrote. Raises `cardinality_violation` when the
+/// view returned several rows for one key (a join that became one-to-many): the enclosing
+/// subtransaction rolls the statement back, and the keys end as dead letters with that
+/// SQLSTATE, never as one silently chosen row.
+fn written(table: SpiTupleTable<'_>, table_oid: pg_sys::Oid) -> spi::Result<u64> {
+    let (rows, repeated) = table.first().get_two::<i64, i64>()?;
+    let repeated = repeated.unwrap_or(0);
+    if repeated > 0 {
+        // SAFETY: a syscache lookup by OID; NULL (handled) when the relation is gone.
+        let name = unsafe {
+            let name = pg_sys::get_rel_name(table_oid);
+            if name.is_null() {
+                table_oid.to_u32().to_string()
+            } else {
+                std::ffi::CStr::from_ptr(name)
+                    .to_string_lossy()
+                    .into_owned()
+            }
+        };
+        crate::errors::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_CARDINALITY_VIOLATION,
+            format!("the query of TVIEW \"{name}\" returns {repeated} more row(s) than keys"),
+            Some("A TVIEW has exactly one row per key; a join in its definition matches several rows for one key now."),
+            Some("Aggregate the joined rows (e.g. jsonb_agg) or make the join unique, then run pg_tviews_retry_failed()."),
+        );
+    }
+    Ok(rows.unwrap_or(0).max(0) as u64)
 }
 
 /// How a drainer keeps one refresher per TVIEW row when its database has several partitions
@@ -150,14 +183,19 @@ fn refresh_group(table_oid: pg_sys::Oid, group: &[QueueEntry]) -> spi::Result<Op
     Spi::connect_mut(|client| {
         if group.iter().any(|e| e.kind == kind::FULL) {
             return match catalog::load_shape(client, table_oid)? {
-                Some(shape) => Ok(Some(run_count(client, &shape.refresh_all_sql(), None)?)),
+                Some(shape) => Ok(Some(run_count(
+                    client,
+                    table_oid,
+                    &shape.refresh_all_sql(),
+                    None,
+                )?)),
                 None => Ok(None),
             };
         }
         plans::with_plans(client, table_oid, |client, plans| {
             let keys = tview_keys(client, plans, table_oid, group)?;
             let table = client.update(&plans.keyed, None, &[keys.into()])?;
-            Ok(table.first().get_one::<i64>()?.unwrap_or(0).max(0) as u64)
+            written(table, table_oid)
         })
     })
 }
@@ -359,8 +397,26 @@ fn collect_prepared() -> spi::Result<()> {
     )
 }
 
+/// TVIEWs whose `reconcile_interval` (the opt-in for reads no trigger captures) has passed get
+/// a whole-TVIEW refresh, as a deferred key due now: applied by the `retry_deferred` that
+/// scheduled it, in the same transaction (so nobody sees it), or retried with backoff and
+/// dead-lettered like any failed key.
+fn schedule_reconciles() -> spi::Result<()> {
+    Spi::run(&format!(
+        "WITH due AS ( \
+             UPDATE pg_tview_meta SET last_reconciled_at = now() \
+             WHERE reconcile_interval IS NOT NULL AND NOT paused \
+               AND coalesce(last_reconciled_at, created_at) + reconcile_interval <= now() \
+             RETURNING table_oid) \
+         INSERT INTO pg_tview_deferred (tview_oid, kind, key, reason) \
+         SELECT table_oid, {}, 0, 'failed' FROM due ON CONFLICT DO NOTHING",
+        kind::FULL
+    ))
+}
+
 pub fn retry_deferred(limit: usize, max_retries: i32, locking: Locking) -> spi::Result<Outcome> {
     collect_prepared()?;
+    schedule_reconciles()?;
     // Keys of TVIEWs dropped while their keys were deferred have nothing left to refresh.
     Spi::run(
         "DELETE FROM pg_tview_deferred WHERE ctid IN ( \
@@ -601,12 +657,10 @@ pub fn reconcile_range(
                 Some(end) if end < i64::MAX => (end, Some(end + 1)),
                 _ => (i64::MAX, None),
             };
-            let rows = client
-                .update(&shape.refresh_range_sql(), None, &[from.into(), to.into()])?
-                .first()
-                .get_one::<i64>()?
-                .unwrap_or(0)
-                .max(0) as u64;
+            let rows = written(
+                client.update(&shape.refresh_range_sql(), None, &[from.into(), to.into()])?,
+                table_oid,
+            )?;
             Ok::<_, spi::Error>(Some((rows, next)))
         })
     });
@@ -632,7 +686,12 @@ pub fn reconcile_range(
 /// Fully refreshes one TVIEW now, in the caller's transaction (pg_tviews_refresh()).
 pub fn refresh_one(table_oid: pg_sys::Oid) -> spi::Result<Option<u64>> {
     Spi::connect_mut(|client| match catalog::load_shape(client, table_oid)? {
-        Some(shape) => Ok(Some(run_count(client, &shape.refresh_all_sql(), None)?)),
+        Some(shape) => Ok(Some(run_count(
+            client,
+            table_oid,
+            &shape.refresh_all_sql(),
+            None,
+        )?)),
         None => Ok(None),
     })
 }

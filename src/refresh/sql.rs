@@ -7,6 +7,9 @@ pub struct TviewShape {
     pub table: String,
     pub view: String,
     pub key: String,
+    /// The root table's column the TVIEW keys are selected from (`pk_post` of a read model
+    /// keyed `pk_post AS pk_post_card`); usually the same name as `key`.
+    pub root_key: String,
     /// Every column of the table except the key, in table order.
     pub values: Vec<String>,
     /// The root table (it has the key column), when it still exists.
@@ -57,7 +60,9 @@ impl TviewShape {
 
     /// Recomputes the view's rows that satisfy `filter` (a condition on the key column, or
     /// none), upserts them, and deletes the table's rows in the same key set that the view no
-    /// longer returns. Returns one row: the number of rows written.
+    /// longer returns. Returns one row: the number of rows written, and how many rows of the
+    /// view's result repeat a key (a join that became one-to-many; the caller raises, which
+    /// rolls the statement back, so a TVIEW never silently keeps one of them).
     fn reconcile_sql(&self, filter: Option<&str>) -> String {
         let (src_where, del_where) = match filter {
             Some(f) => (
@@ -71,7 +76,8 @@ impl TviewShape {
              up AS ({upsert}), \
              del AS (DELETE FROM {table} t WHERE {del_where}\
                      NOT EXISTS (SELECT 1 FROM src WHERE src.{key} = t.{key}) RETURNING 1) \
-             SELECT ((SELECT count(*) FROM up) + (SELECT count(*) FROM del))::bigint",
+             SELECT ((SELECT count(*) FROM up) + (SELECT count(*) FROM del))::bigint, \
+                    (SELECT count(*) - count(DISTINCT {key}) FROM src)::bigint",
             cols = self.all_columns(),
             view = self.view,
             key = self.key,
@@ -81,7 +87,7 @@ impl TviewShape {
     }
 
     /// Recomputes the rows whose key is in `$1 bigint[]`: upsert what the view returns, delete
-    /// what it no longer returns. Returns one row: the number of rows written.
+    /// what it no longer returns. Returns one row: rows written, repeated keys.
     pub fn refresh_keys_sql(&self) -> String {
         self.reconcile_sql(Some("{k} = ANY($1)"))
     }
@@ -99,7 +105,7 @@ impl TviewShape {
         let root = self.root.as_ref().map_or(String::new(), |root| {
             format!(
                 " UNION ALL (SELECT r.{key}::bigint FROM {root} r WHERE r.{key} >= $1 ORDER BY r.{key} LIMIT $2)",
-                key = self.key
+                key = self.root_key
             )
         });
         format!(
@@ -124,6 +130,7 @@ mod tests {
             table: "public.tv_post".into(),
             view: "public.v_post".into(),
             key: "pk_post".into(),
+            root_key: "pk_post".into(),
             values: values.iter().map(|s| s.to_string()).collect(),
             root: Some("public.tb_post".into()),
         }
@@ -163,8 +170,29 @@ mod tests {
         assert!(
             end.contains("FROM public.tb_post r WHERE r.pk_post >= $1 ORDER BY r.pk_post LIMIT $2")
         );
+        let aliased = TviewShape {
+            key: "pk_post_card".into(),
+            ..s.clone()
+        };
+        assert!(aliased
+            .range_end_sql()
+            .contains("FROM public.tb_post r WHERE r.pk_post >= $1 ORDER BY r.pk_post LIMIT $2"));
         let rootless = TviewShape { root: None, ..s };
         assert!(!rootless.range_end_sql().contains("UNION ALL"));
+    }
+
+    #[test]
+    fn every_refresh_counts_repeated_keys() {
+        for sql in [
+            shape(&["data"]).refresh_keys_sql(),
+            shape(&["data"]).refresh_all_sql(),
+            shape(&["data"]).refresh_range_sql(),
+        ] {
+            assert!(
+                sql.ends_with("(SELECT count(*) - count(DISTINCT pk_post) FROM src)::bigint"),
+                "{sql}"
+            );
+        }
     }
 
     #[test]

@@ -92,7 +92,7 @@ FROM pg_trigger t, pg_tview_meta m
 WHERE t.tgrelid = 'tb_post'::regclass AND NOT t.tgisinternal
 ORDER BY tgname;
 
--- A second create of the same TVIEW; and names must start with tv_.
+-- A second create of the same TVIEW, by either spelling (tv_post or the bare entity post).
 SELECT pg_tviews_create('tv_post', $$SELECT pk_post, id FROM tb_post$$);
 \echo :LAST_ERROR_SQLSTATE
 SELECT pg_tviews_create('post', $$SELECT pk_post, id FROM tb_post$$);
