@@ -5,7 +5,6 @@
 use pg_tviews_bgw_e2e::*;
 use postgres::Client;
 
-
 /// One line per extension member (what it is, its definition and its privileges), plus the
 /// row level security policies on its tables.
 fn extension_objects(db: &mut Client) -> Vec<String> {

@@ -61,6 +61,20 @@ fn statements(sql: &str) -> Vec<&str> {
     out.into_iter().filter(|s| !s.trim().is_empty()).collect()
 }
 
+/// `s` without the blank space and comments (`-- ...` lines, `/* ... */`) it starts with.
+fn skip_comments(mut s: &str) -> &str {
+    loop {
+        s = s.trim_start();
+        if let Some(rest) = s.strip_prefix("--") {
+            s = rest.split_once('\n').map_or("", |(_, tail)| tail);
+        } else if let Some(rest) = s.strip_prefix("/*") {
+            s = rest.split_once("*/").map_or("", |(_, tail)| tail);
+        } else {
+            return s;
+        }
+    }
+}
+
 /// Next word (identifier, possibly quoted and schema-qualified) and the rest.
 fn next_token(s: &str) -> Option<(String, &str)> {
     let s = s.trim_start();
@@ -120,7 +134,7 @@ fn truncate_identifier(name: &str) -> String {
 /// The SELECT of the `CREATE TABLE <table> AS SELECT ...` statement found in `sql`.
 pub fn ctas_query(sql: &str, table: &str) -> Result<String, &'static str> {
     for statement in statements(sql) {
-        let mut rest = statement;
+        let mut rest = skip_comments(statement);
         let mut words = Vec::new();
         // CREATE [UNLOGGED | TEMP | TEMPORARY] TABLE [IF NOT EXISTS] name [(columns)] AS
         while let Some((token, tail)) = next_token(rest) {
@@ -334,6 +348,12 @@ mod tests {
             ctas_query(sql, "tv_post").unwrap(),
             "select 1 as pk_post, $x$;$x$ as data from t"
         );
+    }
+
+    #[test]
+    fn finds_a_ctas_behind_comments() {
+        let sql = "SELECT 1; -- the read model\n/* of posts */ CREATE TABLE app.tv_post AS SELECT 1 AS pk_post";
+        assert_eq!(ctas_query(sql, "tv_post").unwrap(), "SELECT 1 AS pk_post");
     }
 
     #[test]

@@ -549,6 +549,58 @@ fn pg_tviews_health_check() -> TableIterator<
         ),
         None => check("orphaned_triggers", "OK", "none"),
     });
+    // Keys that gave up (a join that became one-to-many, a read-only database, a bug in a
+    // definition): their TVIEW rows are stale until someone acts, so this is critical.
+    let dead = Spi::get_one::<String>(
+        "SELECT string_agg(format('%s: %s key(s), SQLSTATE %s: %s', m.entity, d.n, d.sqlstate, d.last_error), '; ' ORDER BY m.entity) \
+         FROM (SELECT tview_oid, count(*) AS n, max(sqlstate) AS sqlstate, max(last_error) AS last_error \
+               FROM pg_tview_deferred WHERE reason = 'dead' GROUP BY tview_oid) d \
+         JOIN pg_tview_meta m ON m.table_oid = d.tview_oid",
+    )
+    .ok()
+    .flatten();
+    out.push(match dead {
+        Some(d) => check(
+            "dead_letters",
+            "CRITICAL",
+            format!("refreshes that gave up, those rows are stale: {d}; fix the cause, then SELECT pg_tviews_retry_failed();"),
+        ),
+        None => check("dead_letters", "OK", "none"),
+    });
+    // TVIEWs with reads no trigger captures (opt-in): fresh only up to their reconcile
+    // interval; critical when the worker has not reconciled them for twice that.
+    let uncaptured = Spi::get_one_with_args::<Vec<String>>(
+        "SELECT array[coalesce(string_agg(format('%s (every %s)', entity, reconcile_interval), ', ') \
+                        FILTER (WHERE NOT overdue), ''), \
+                      coalesce(string_agg(format('%s (last %s)', entity, last_reconciled_at), ', ') \
+                        FILTER (WHERE overdue), '')] \
+         FROM (SELECT entity, reconcile_interval, last_reconciled_at, \
+                      coalesce(last_reconciled_at, created_at) + 2 * reconcile_interval + interval '1 minute' < now() AS overdue \
+               FROM pg_tview_meta WHERE reconcile_interval IS NOT NULL AND NOT paused) r",
+        &[],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_default();
+    let (fresh, overdue) = (
+        uncaptured.first().cloned().unwrap_or_default(),
+        uncaptured.get(1).cloned().unwrap_or_default(),
+    );
+    out.push(if !overdue.is_empty() {
+        check(
+            "uncaptured",
+            "CRITICAL",
+            format!("TVIEWs with uncaptured reads not reconciled for over twice their interval: {overdue}; check the worker (pg_tviews_worker_status) and pg_tviews_dead_letters"),
+        )
+    } else if !fresh.is_empty() {
+        check(
+            "uncaptured",
+            "WARNING",
+            format!("TVIEWs reading what no trigger captures, fresh only up to their reconcile interval: {fresh}; see pg_tviews_explain()"),
+        )
+    } else {
+        check("uncaptured", "OK", "every read of every TVIEW is captured")
+    });
     let broken = Spi::get_one::<String>(
         "SELECT string_agg(entity, ', ') FROM pg_tview_meta m \
          WHERE NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = m.table_oid) \

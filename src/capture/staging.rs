@@ -1,8 +1,13 @@
 //! Keys staged in a user backend during its transaction, and the transaction callbacks that
 //! publish them at COMMIT or drop them on ABORT. Runs in every user backend.
 //!
-//! Invariant 1 (no key before its commit): keys reach shared memory only in the COMMIT callback,
-//! which PostgreSQL runs after the transaction became visible to other snapshots.
+//! Invariant 1 (no key before its commit): keys reach shared memory only after the transaction
+//! became visible to other snapshots, and after its catalog changes did: PostgreSQL runs the
+//! COMMIT callback before it sends the transaction's invalidation messages and releases its
+//! locks, so a worker woken there could still plan with a stale catalog (a partition attached
+//! in the same transaction would be missed). The COMMIT callback only marks the keys ready;
+//! they are published from the resource-release callback of the top-level transaction's
+//! AFTER_LOCKS phase, when invalidations are sent and locks released.
 
 use crate::gucs::{self, Durability};
 use crate::queue::{self, JournalTicket, QueueEntry};
@@ -25,8 +30,10 @@ struct Staging {
     subxacts: Vec<(pg_sys::SubTransactionId, usize)>,
     /// Length at which the open region is next sorted and de-duplicated.
     compact_at: usize,
-    /// Built at PRE_COMMIT (where allocating and raising are still allowed), sent at COMMIT.
+    /// Built at PRE_COMMIT (where allocating and raising are still allowed), sent after COMMIT.
     ready: Vec<QueueEntry>,
+    /// COMMIT happened: publish at the top-level AFTER_LOCKS resource release.
+    committed: bool,
     /// Claim a worker slot for this database at COMMIT (CREATE EXTENSION, pg_tviews_create).
     attach: bool,
     /// The journal table this transaction's row went to, counted in flight until it ends.
@@ -90,6 +97,7 @@ pub fn register_callbacks() {
     unsafe {
         pg_sys::RegisterXactCallback(Some(on_xact_event), std::ptr::null_mut());
         pg_sys::RegisterSubXactCallback(Some(on_subxact_event), std::ptr::null_mut());
+        pg_sys::RegisterResourceReleaseCallback(Some(on_resource_release), std::ptr::null_mut());
     }
 }
 
@@ -97,6 +105,7 @@ fn clear(s: &mut Staging) {
     s.keys.clear();
     s.subxacts.clear();
     s.ready.clear();
+    s.committed = false;
     s.compact_at = 0;
     s.attach = false;
     s.journal = None;
@@ -117,7 +126,13 @@ unsafe extern "C-unwind" fn on_xact_event(
     use pg_sys::XactEvent::*;
     match event {
         XACT_EVENT_PRE_COMMIT => pre_commit(),
-        XACT_EVENT_COMMIT => commit(),
+        XACT_EVENT_COMMIT => {
+            STAGING.with(|s| {
+                if let Ok(mut s) = s.try_borrow_mut() {
+                    s.committed = true;
+                }
+            });
+        }
         XACT_EVENT_ABORT => {
             STAGING.with(|s| {
                 if let Ok(mut s) = s.try_borrow_mut() {
@@ -207,12 +222,33 @@ fn pre_commit() {
     }
 }
 
-/// After the commit is visible. Must not raise: no allocation, no catalog, no SPI.
+/// Called for every resource owner release of the backend: cheap unless this is the last phase
+/// of a committed top-level transaction.
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn on_resource_release(
+    phase: pg_sys::ResourceReleasePhase::Type,
+    is_commit: bool,
+    is_top_level: bool,
+    _arg: *mut std::ffi::c_void,
+) {
+    if is_commit
+        && is_top_level
+        && phase == pg_sys::ResourceReleasePhase::RESOURCE_RELEASE_AFTER_LOCKS
+    {
+        commit();
+    }
+}
+
+/// After the commit, its invalidation messages and its lock releases are visible. Must not
+/// raise: no allocation, no catalog, no SPI.
 fn commit() {
     STAGING.with(|s| {
         let Ok(mut s) = s.try_borrow_mut() else {
             return;
         };
+        if !s.committed {
+            return;
+        }
         // SAFETY: reading the current database id cannot raise.
         let dboid = unsafe { pg_sys::MyDatabaseId }.to_u32();
         if s.attach {

@@ -186,11 +186,11 @@ unsafe extern "C-unwind" fn walker(
     }
 }
 
-/// Where the output column `attno` of `query` comes from: a table column, through joins and
-/// subqueries of the FROM clause.
+/// Where expression `expr` of `query` comes from: a table column, through joins, subqueries
+/// and common table expressions of the FROM clause.
 ///
 /// # Safety
-/// `query` is a valid Query.
+/// `query` is a valid Query and `expr` one of its expressions.
 unsafe fn origin(
     query: *mut pg_sys::Query,
     expr: *mut pg_sys::Node,
@@ -219,12 +219,72 @@ unsafe fn origin(
                 let aliases = list_ptrs::<pg_sys::Node>((*rte).joinaliasvars);
                 origin(query, *aliases.get(attno as usize - 1)?, depth + 1)
             }
-            pg_sys::RTEKind::RTE_SUBQUERY => {
-                let sub = (*rte).subquery;
-                let tle = list_ptrs::<pg_sys::TargetEntry>((*sub).targetList)
+            pg_sys::RTEKind::RTE_SUBQUERY => output_origin((*rte).subquery, attno, depth + 1),
+            pg_sys::RTEKind::RTE_CTE if (*rte).ctelevelsup == 0 => {
+                let name = std::ffi::CStr::from_ptr((*rte).ctename);
+                let cte = list_ptrs::<pg_sys::CommonTableExpr>((*query).cteList)
                     .into_iter()
-                    .find(|&t| (*t).resno == attno)?;
-                origin(sub, (*tle).expr as *mut pg_sys::Node, depth + 1)
+                    .find(|&c| std::ffi::CStr::from_ptr((*c).ctename) == name)?;
+                let cte_query = (*cte).ctequery as *mut pg_sys::Query;
+                if tag(cte_query as *mut pg_sys::Node) != pg_sys::NodeTag::T_Query {
+                    return None;
+                }
+                output_origin(cte_query, attno, depth + 1)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Where output column `attno` of `query` comes from; for a set operation (UNION, and the two
+/// terms of a recursive CTE) every arm must take it from the same table column.
+///
+/// # Safety
+/// `query` is a valid Query.
+unsafe fn output_origin(query: *mut pg_sys::Query, attno: i16, depth: u32) -> Option<(u32, i16)> {
+    // SAFETY: per the caller; only reads the tree.
+    unsafe {
+        if depth > 16 {
+            return None;
+        }
+        if !(*query).setOperations.is_null() {
+            return setop_origin(query, (*query).setOperations, attno, depth + 1);
+        }
+        let tle = list_ptrs::<pg_sys::TargetEntry>((*query).targetList)
+            .into_iter()
+            .find(|&t| (*t).resno == attno)?;
+        origin(query, (*tle).expr as *mut pg_sys::Node, depth + 1)
+    }
+}
+
+/// # Safety
+/// `query` is a valid Query whose `setOperations` tree contains `node`.
+unsafe fn setop_origin(
+    query: *mut pg_sys::Query,
+    node: *mut pg_sys::Node,
+    attno: i16,
+    depth: u32,
+) -> Option<(u32, i16)> {
+    // SAFETY: per the caller; only reads the tree.
+    unsafe {
+        if depth > 32 {
+            return None;
+        }
+        match tag(node) {
+            pg_sys::NodeTag::T_SetOperationStmt => {
+                let op = node as *mut pg_sys::SetOperationStmt;
+                let left = setop_origin(query, (*op).larg, attno, depth + 1)?;
+                let right = setop_origin(query, (*op).rarg, attno, depth + 1)?;
+                (left == right).then_some(left)
+            }
+            pg_sys::NodeTag::T_RangeTblRef => {
+                let index = (*(node as *mut pg_sys::RangeTblRef)).rtindex;
+                let rte =
+                    *list_ptrs::<pg_sys::RangeTblEntry>((*query).rtable).get(index as usize - 1)?;
+                if (*rte).rtekind != pg_sys::RTEKind::RTE_SUBQUERY {
+                    return None;
+                }
+                output_origin((*rte).subquery, attno, depth + 1)
             }
             _ => None,
         }
