@@ -356,3 +356,42 @@ fn a_join_that_becomes_one_to_many_is_dead_lettered_never_silently_wrong() {
     );
     check(&mut db, &["user"], "fix and retry");
 }
+
+#[test]
+fn an_opted_in_uncaptured_read_is_reconciled_on_its_interval() {
+    let cluster = Cluster::start("reconcile", &[]);
+    let mut db = cluster.create_database("app");
+    db.batch_execute(
+        "CREATE EXTENSION pg_tviews_bgw;
+         CREATE TABLE tb_shop (pk_shop int PRIMARY KEY, name text NOT NULL);
+         CREATE TABLE stock (fk_shop int, items int);
+         INSERT INTO tb_shop SELECT g, 'shop ' || g FROM generate_series(1, 20) g;
+         INSERT INTO stock SELECT 1 + g % 20, g FROM generate_series(1, 100) g;
+         CREATE MATERIALIZED VIEW mv_stock AS SELECT fk_shop, sum(items) AS items FROM stock GROUP BY 1;
+         SELECT pg_tviews_create('tv_shop', $$
+             SELECT s.pk_shop, jsonb_build_object('name', s.name, 'items', m.items) AS data
+             FROM tb_shop s LEFT JOIN mv_stock m ON m.fk_shop = s.pk_shop$$, reconcile_interval => '1 second');",
+    )
+    .unwrap();
+    check(&mut db, &["shop"], "creation");
+    // Captured reads still converge through the queue.
+    db.batch_execute("UPDATE tb_shop SET name = 'renamed' WHERE pk_shop = 3")
+        .unwrap();
+    check(&mut db, &["shop"], "a captured write");
+    // The materialized view changes behind every trigger: the reconcile catches up.
+    db.batch_execute("INSERT INTO stock VALUES (5, 1000); REFRESH MATERIALIZED VIEW mv_stock")
+        .unwrap();
+    eventually(
+        "the reconcile interval applies the uncaptured change",
+        Duration::from_secs(30),
+        || differences(&mut db, "shop") == 0,
+    );
+    let status: String = db
+        .query_one(
+            "SELECT status FROM pg_tviews_health_check() WHERE check_name = 'uncaptured'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "WARNING");
+}

@@ -204,9 +204,33 @@ pub fn run_sql(sql: &str) {
     }
 }
 
-/// Step 3: the backing view, with the caller's search_path.
+/// Step 3: the backing view, with the caller's search_path. PostgreSQL itself refuses a view
+/// over a temporary table in a permanent schema; that refusal is reported in our terms.
 fn create_view(target: &Target, query: &str) -> pg_sys::Oid {
-    run_sql(&format!("CREATE VIEW {} AS {query}", target.view()));
+    let sql = format!("CREATE VIEW {} AS {query}", target.view());
+    PgTryBuilder::new(|| run_sql(&sql))
+        .catch_when(Code::ERRCODE_INVALID_TABLE_DEFINITION, |e| {
+            let temporary = match &e {
+                pgrx::pg_sys::panic::CaughtError::PostgresError(report)
+                | pgrx::pg_sys::panic::CaughtError::ErrorReport(report) => {
+                    report.message().contains("temporary")
+                }
+                _ => false,
+            };
+            if temporary {
+                raise(
+                    Code::ERRCODE_FEATURE_NOT_SUPPORTED,
+                    format!(
+                        "TVIEW \"tv_{}\" cannot be kept up to date: its query reads a temporary table",
+                        target.entity
+                    ),
+                    Some("Background workers cannot read another session's temporary tables, and the TVIEW would outlive it."),
+                    Some("Use a permanent (or UNLOGGED) table."),
+                );
+            }
+            e.rethrow()
+        })
+        .execute();
     get_oid(
         "SELECT pg_catalog.to_regclass($1)::oid",
         &[target.view().as_str().into()],
@@ -738,10 +762,12 @@ fn record_uncaptured(
     for (oid, whats) in &by_source {
         Spi::run_with_args(
             "INSERT INTO pg_tview_lineage (tview_oid, source_oid, rule, capture_column, resolve_sql, description) \
-             VALUES ($1, $2, -1, '', NULL, $3)",
+             VALUES ($1, $2::oid, -1, '', NULL, $3)",
             &[
                 table_oid.into(),
-                pg_sys::Oid::from(*oid).into(),
+                // An expression's row has source_oid 0, which an Oid argument would turn into
+                // NULL.
+                i64::from(*oid).into(),
                 format!("not captured, reconciled every {interval}: {}", whats.join("; ")).into(),
             ],
         )
@@ -814,6 +840,15 @@ pub fn create(
             format!("TVIEW \"{table}\" could not be refreshed incrementally: {e}"),
             None,
             Some("Every column type must support equality (use jsonb rather than json)."),
+        );
+    }
+    // SAFETY: reading the current database id cannot raise.
+    let dboid = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    if queue::is_attached() && !queue::can_be_served(dboid) {
+        crate::errors::warn(
+            Code::ERRCODE_WARNING,
+            format!("no pg_tviews_bgw worker can serve this database: TVIEW \"{table}\" will not be refreshed until a worker slot frees up"),
+            "Every pg_tviews_bgw.max_workers slot is taken by other databases: raise pg_tviews_bgw.max_workers (and max_worker_processes) and restart.",
         );
     }
     if !super::tview::attach_current_database() && !queue::is_attached() {

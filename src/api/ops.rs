@@ -288,7 +288,8 @@ fn check(name: &str, status: &str, detail: impl Into<String>) -> Check {
     (name.to_string(), status.to_string(), detail.into())
 }
 
-/// `<entity> on <table>` for every capture trigger that should exist and does not.
+/// `<entity> on <table>` for every capture trigger that should exist and does not, or is
+/// disabled (`ALTER TABLE ... DISABLE TRIGGER`: as stale as a missing one).
 fn missing_triggers() -> Vec<String> {
     let expected = Spi::connect(|client| {
         let rows = client.select(
@@ -320,7 +321,8 @@ fn missing_triggers() -> Vec<String> {
             "SELECT string_agg(DISTINCT format('%s on %s', $4, r.relid::regclass), ', ') \
              FROM (SELECT $1::oid AS relid, n FROM unnest($2::text[]) n \
                    UNION ALL SELECT p.relid, $3 FROM pg_partition_tree($1) p WHERE p.level > 0) r \
-             WHERE NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = r.relid AND t.tgname = r.n)",
+             WHERE NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = r.relid AND t.tgname = r.n \
+                               AND t.tgenabled <> 'D')",
             &[source.into(), names.into(), trunc.as_str().into(), entity.as_str().into()],
         )
         .ok()

@@ -141,7 +141,30 @@ fn _pg_tviews_counters() -> TableIterator<
     TableIterator::once(row)
 }
 
-/// Waits until everything this database committed before the call has been applied.
+/// True (and a WARNING) when the queue exists but no worker slot serves this database while it
+/// has TVIEWs: nothing committed here is being applied, so no wait may claim it was.
+fn unserved_database() -> bool {
+    if !crate::queue::is_attached() {
+        // No queue: every TVIEW is refreshed inside the writing statements.
+        return false;
+    }
+    let tviews = Spi::get_one::<i64>("SELECT count(*) FROM pg_tview_meta")
+        .ok()
+        .flatten()
+        .unwrap_or(0);
+    if tviews == 0 {
+        return false;
+    }
+    crate::errors::warn(
+        pgrx::PgSqlErrorCode::ERRCODE_WARNING,
+        "no pg_tviews_bgw worker serves this database: its TVIEWs are not being refreshed",
+        "Every pg_tviews_bgw.max_workers slot is taken by other databases: raise pg_tviews_bgw.max_workers (and max_worker_processes) and restart, or drop the extension in a database that does not need it.",
+    );
+    true
+}
+
+/// Waits until everything this database committed before the call has been applied; false on
+/// timeout, and at once (with a WARNING) when no worker serves this database.
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, @extschema@)]
 fn _pg_tviews_wait_ms(timeout_ms: i64) -> bool {
@@ -158,7 +181,7 @@ fn _pg_tviews_wait_ms(timeout_ms: i64) -> bool {
     let mut previous_target = None;
     for _ in 0..rounds {
         let Some(target) = status::drain_target(current_dboid()) else {
-            return true;
+            return !unserved_database();
         };
         if previous_target == Some(target) {
             return true;

@@ -230,5 +230,14 @@ fn _pg_tviews_attach_database() -> bool {
         );
         return false;
     }
+    // SAFETY: reading the current database id cannot raise.
+    let dboid = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    if !queue::can_be_served(dboid) {
+        crate::errors::warn(
+            Code::ERRCODE_WARNING,
+            "no pg_tviews_bgw worker can serve this database: every worker slot is taken by other databases",
+            "Its TVIEWs will not be refreshed (and pg_tviews_wait() returns false) until a slot frees up: raise pg_tviews_bgw.max_workers (and max_worker_processes) and restart.",
+        );
+    }
     attach_current_database()
 }

@@ -283,6 +283,15 @@ pub fn publish(
 
 /// Makes sure the current database has a slot group so the launcher starts its drainers now
 /// rather than at its next scan (called at the commit of CREATE EXTENSION and pg_tviews_create).
+/// True when `dboid` has a worker slot group, or one slot is free to claim for it: false means
+/// its TVIEWs would not be refreshed until another database releases a slot.
+pub fn can_be_served(dboid: u32) -> bool {
+    let Some(mut q) = shmem::lock_exclusive() else {
+        return false;
+    };
+    find_leader(&mut q, dboid).is_some() || (0..q.max_workers()).any(|i| q.slot(i).is_free())
+}
+
 pub fn ensure_slot(dboid: u32) -> bool {
     let Some(mut q) = shmem::lock_exclusive() else {
         return false;

@@ -69,6 +69,11 @@ SELECT pg_tviews_install_stmt_triggers();
 SELECT check_name, status FROM pg_tviews_health_check() WHERE check_name = 'triggers';
 SELECT tgrelid::regclass AS on_table, count(*) FROM pg_trigger
 WHERE tgname LIKE 'tview\_post\_%' GROUP BY 1 ORDER BY tgrelid::regclass::text;
+-- A disabled capture trigger is as bad as a missing one.
+ALTER TABLE tb_user DISABLE TRIGGER tview_post_row;
+SELECT check_name, status FROM pg_tviews_health_check() WHERE check_name = 'triggers';
+ALTER TABLE tb_user ENABLE REPLICA TRIGGER tview_post_row;
+SELECT check_name, status FROM pg_tviews_health_check() WHERE check_name = 'triggers';
 
 -- The health check's rows (statuses depend on timing, so only names here; refresh_errors
 -- and enabled only appear when there is something to report).
