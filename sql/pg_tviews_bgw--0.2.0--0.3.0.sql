@@ -38,15 +38,15 @@ ALTER FUNCTION pg_tviews_staged_keys() SET search_path TO pg_catalog, @extschema
 ALTER FUNCTION pg_tviews_verify(text) SET search_path TO pg_catalog, @extschema@;
 ALTER FUNCTION pg_tviews_version() SET search_path TO pg_catalog, @extschema@;
 
-DROP FUNCTION pg_tviews_create(text, text);
+-- The opt-in for reads no trigger captures: an overload, so the two-argument function stays.
 CREATE FUNCTION "pg_tviews_create"(
 	"name" TEXT, /* & str */
 	"query" TEXT, /* & str */
-	"reconcile_interval" interval DEFAULT NULL /* Option < pgrx :: datum :: Interval > */
+	"reconcile_interval" interval /* pgrx :: datum :: Interval */
 ) RETURNS TEXT /* String */
-VOLATILE PARALLEL UNSAFE
+STRICT VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'pg_tviews_create_wrapper';
+AS 'MODULE_PATHNAME', 'pg_tviews_create_reconciled_wrapper';
 
 CREATE FUNCTION "pg_tviews_explain"(
 	"name" TEXT /* & str */

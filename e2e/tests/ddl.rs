@@ -64,7 +64,8 @@ fn source_ddl_while_writers_and_the_worker_run() {
 fn fast_shutdown_interrupts_a_long_refresh() {
     let cluster = Cluster::start("fast-stop", &[]);
     let mut db = cluster.create_database("app");
-    // Refreshing a row titled 'slow' takes two minutes.
+    // Refreshing a row titled 'slow' takes two minutes. pg_sleep is volatile: such a
+    // definition is accepted only with an explicit reconcile interval.
     db.batch_execute(
         "CREATE EXTENSION pg_tviews_bgw;
          CREATE TABLE tb_slow (pk_slow bigint PRIMARY KEY, title text NOT NULL);
@@ -72,7 +73,7 @@ fn fast_shutdown_interrupts_a_long_refresh() {
          SELECT pg_tviews_create('tv_slow', $$
              SELECT pk_slow, jsonb_build_object('title', title,
                     'paused', (SELECT pg_sleep(CASE WHEN title = 'slow' THEN 120 ELSE 0 END))::text) AS data
-             FROM tb_slow$$);",
+             FROM tb_slow$$, reconcile_interval => '1 day');",
     )
     .unwrap();
     wait_drained(&mut db);

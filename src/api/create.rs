@@ -724,22 +724,34 @@ fn record_metadata(
     .ok()
     .flatten()
     .unwrap_or_default();
+    // Through jsonb_populate_record: a schema not yet updated to this version lacks the newer
+    // columns, and the library serves it until ALTER EXTENSION ... UPDATE.
+    let row = serde_json::json!({
+        "entity": target.entity,
+        "table_oid": table_oid.to_u32(),
+        "view_oid": view_oid.to_u32(),
+        "definition": query,
+        "dependencies": dependencies.iter().map(|o| o.to_u32()).collect::<Vec<_>>(),
+        "fk_columns": fk_columns,
+        "key_column": target.key(),
+        "root_table": root.oid.to_u32(),
+        "root_key": root_key,
+        "mode": "async",
+        "paused": false,
+    });
     Spi::run_with_args(
-        "INSERT INTO pg_tview_meta (entity, table_oid, view_oid, definition, dependencies, fk_columns, key_column, root_table, root_key) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        &[
-            target.entity.as_str().into(),
-            table_oid.into(),
-            view_oid.into(),
-            query.into(),
-            dependencies.into(),
-            fk_columns.into(),
-            target.key().as_str().into(),
-            root.oid.into(),
-            root_key.into(),
-        ],
+        "INSERT INTO pg_tview_meta SELECT (jsonb_populate_record(NULL::pg_tview_meta, \
+             $1::jsonb || jsonb_build_object('created_at', now()))).*",
+        &[pgrx::JsonB(row).into()],
     )
-    .unwrap_or_else(|e| raise(Code::ERRCODE_INTERNAL_ERROR, format!("could not record TVIEW metadata: {e}"), None, None));
+    .unwrap_or_else(|e| {
+        raise(
+            Code::ERRCODE_INTERNAL_ERROR,
+            format!("could not record TVIEW metadata: {e}"),
+            None,
+            None,
+        )
+    });
 }
 
 /// Step 10 (opt-in only): the reconcile interval, and one lineage row (rule -1) per read that no

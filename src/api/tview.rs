@@ -43,16 +43,24 @@ pub fn busy() -> bool {
 /// Creates `tv_<entity>` materialized from `query`, with its backing view `v_<entity>`, the
 /// capture triggers on every source table, and its `pg_tview_meta` row (see `api::create`).
 /// `name` may be schema-qualified (`app.tv_post`) or a bare entity (`post`).
-/// `reconcile_interval` opts in to reads no trigger can capture (a foreign table, a
-/// materialized view, a volatile function): the TVIEW is then recomputed that often.
 #[pg_extern(volatile, parallel_unsafe)]
-fn pg_tviews_create(
+fn pg_tviews_create(name: &str, query: &str) -> String {
+    let _busy = BusyGuard::enter();
+    super::create::create(name, query, None)
+}
+
+/// The same with `reconcile_interval`, the opt-in for reads no trigger can capture (a foreign
+/// table, a materialized view, a volatile function): the TVIEW is then recomputed that often.
+/// An overload rather than a default argument, so that the library keeps serving the
+/// two-argument function of earlier versions' schemas until `ALTER EXTENSION ... UPDATE`.
+#[pg_extern(volatile, parallel_unsafe, name = "pg_tviews_create")]
+fn pg_tviews_create_reconciled(
     name: &str,
     query: &str,
-    reconcile_interval: default!(Option<pgrx::datum::Interval>, "NULL"),
+    reconcile_interval: pgrx::datum::Interval,
 ) -> String {
     let _busy = BusyGuard::enter();
-    super::create::create(name, query, reconcile_interval)
+    super::create::create(name, query, Some(reconcile_interval))
 }
 
 pub fn extension_schema() -> String {

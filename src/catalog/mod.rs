@@ -79,6 +79,19 @@ impl Drop for PinnedSearchPath {
     }
 }
 
+/// True when this database's extension schema has `column` in `pg_tview_meta` (a schema not
+/// yet updated by `ALTER EXTENSION ... UPDATE` lacks the newer ones; the library serves both).
+pub fn meta_has_column(column: &str) -> bool {
+    Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute \
+                        WHERE attrelid = to_regclass('pg_tview_meta') AND attname = $1 AND NOT attisdropped)",
+        &[column.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false)
+}
+
 /// Shape of the TVIEW whose table has `table_oid`, or `None` if it is not (any more) a TVIEW.
 pub fn load_shape(
     client: &SpiClient<'_>,
@@ -87,7 +100,7 @@ pub fn load_shape(
     let meta = client.select(
         "SELECT m.table_oid::regclass::text, m.view_oid::regclass::text, quote_ident(m.key_column), \
                 (SELECT c.oid::regclass::text FROM pg_class c WHERE c.oid = m.root_table), \
-                quote_ident(coalesce(m.root_key, m.key_column)) \
+                quote_ident(coalesce(to_jsonb(m) ->> 'root_key', m.key_column)) \
          FROM pg_tview_meta m \
          WHERE m.table_oid = $1 \
            AND to_regclass(m.table_oid::regclass::text) IS NOT NULL \

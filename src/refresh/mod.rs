@@ -402,6 +402,9 @@ fn collect_prepared() -> spi::Result<()> {
 /// scheduled it, in the same transaction (so nobody sees it), or retried with backoff and
 /// dead-lettered like any failed key.
 fn schedule_reconciles() -> spi::Result<()> {
+    if !catalog::meta_has_column("reconcile_interval") {
+        return Ok(());
+    }
     Spi::run(&format!(
         "WITH due AS ( \
              UPDATE pg_tview_meta SET last_reconciled_at = now() \
