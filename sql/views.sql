@@ -25,13 +25,15 @@ SELECT m.entity,
        s.lag_p99_ms,
        m.paused,
        m.reconcile_interval,
-       m.last_reconciled_at
+       m.last_reconciled_at,
+       coalesce(d.blocked, 0)                          AS blocked
 FROM pg_tview_meta m
 LEFT JOIN @extschema@._pg_tviews_queue_stats() s ON s.table_oid = m.table_oid
 LEFT JOIN (SELECT tview_oid,
                   count(*) FILTER (WHERE reason = 'failed') AS retrying,
                   count(*) FILTER (WHERE reason = 'dead')   AS dead,
-                  count(*) FILTER (WHERE reason = 'paused') AS parked
+                  count(*) FILTER (WHERE reason = 'paused') AS parked,
+                  count(*) FILTER (WHERE reason = 'failed' AND sqlstate = '55P03') AS blocked
            FROM pg_tview_deferred GROUP BY tview_oid) d ON d.tview_oid = m.table_oid;
 
 -- Keys whose refresh failed pg_tviews_bgw.max_retries times; pg_tviews_retry_failed() revives them.

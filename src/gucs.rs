@@ -81,6 +81,11 @@ pub static MAX_BATCH_MS: GucSetting<i32> = GucSetting::<i32>::new(0);
 /// Failed refresh attempts of a key before it becomes a dead letter.
 pub static MAX_RETRIES: GucSetting<i32> = GucSetting::<i32>::new(5);
 
+/// How long (ms) a worker's refresh of one TVIEW waits for a lock (a `LOCK TABLE`, a `SELECT
+/// ... FOR UPDATE` on its rows, DDL on a source) before it sets those keys aside and moves on
+/// to the other TVIEWs (0 = wait as long as it takes).
+pub static LOCK_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(200);
+
 pub const QUEUE_SIZE_MIN: i32 = 16;
 pub const QUEUE_SIZE_MAX: i32 = 16 * 1024 * 1024;
 pub const MAX_WORKERS_MAX: i32 = 64;
@@ -225,6 +230,16 @@ pub fn define() {
         1_000,
         GucContext::Sighup,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_tviews_bgw.lock_timeout",
+        c"How long a worker's refresh of one TVIEW waits for a lock before it sets the keys aside (ms).",
+        c"Keys that waited are retried every second without counting as failed attempts, so one locked TVIEW never stalls the others; 0 waits without limit.",
+        &LOCK_TIMEOUT_MS,
+        0,
+        600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
     );
     GucRegistry::define_int_guc(
         c"pg_tviews_bgw.journal_rotate_interval",

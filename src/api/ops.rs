@@ -569,6 +569,31 @@ fn pg_tviews_health_check() -> TableIterator<
         ),
         None => check("dead_letters", "OK", "none"),
     });
+    // Keys set aside because their TVIEW (or a source) was locked: which TVIEW, and who holds
+    // a lock on it now (the other TVIEWs keep flowing meanwhile).
+    let blocked = Spi::get_one::<String>(
+        "SELECT string_agg(format('%s: %s key(s) waiting for a lock (%s)', m.entity, d.n, \
+                    coalesce((SELECT string_agg(format('%s held by pid %s', l.mode, l.pid), ', ' ORDER BY l.pid) \
+                              FROM pg_locks l WHERE l.granted AND l.locktype = 'relation' \
+                                AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+                                AND l.relation IN (SELECT m.table_oid UNION SELECT unnest(m.dependencies)) \
+                                AND l.mode IN ('AccessExclusiveLock', 'ExclusiveLock', 'ShareRowExclusiveLock', 'ShareLock', 'RowShareLock') \
+                                AND l.pid <> pg_backend_pid()), 'no table lock now; row locks, or released')), \
+                    '; ' ORDER BY m.entity) \
+         FROM (SELECT tview_oid, count(*) AS n FROM pg_tview_deferred \
+               WHERE reason = 'failed' AND sqlstate = '55P03' GROUP BY tview_oid) d \
+         JOIN pg_tview_meta m ON m.table_oid = d.tview_oid",
+    )
+    .ok()
+    .flatten();
+    out.push(match blocked {
+        Some(b) => check(
+            "blocked",
+            "WARNING",
+            format!("{b}; retried every second, other TVIEWs are not held up (pg_tviews_bgw.lock_timeout)"),
+        ),
+        None => check("blocked", "OK", "no TVIEW waits for a lock"),
+    });
     // TVIEWs with reads no trigger captures (opt-in): fresh only up to their reconcile
     // interval; critical when the worker has not reconciled them for twice that.
     let uncaptured = Spi::get_one_with_args::<Vec<String>>(

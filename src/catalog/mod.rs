@@ -27,54 +27,68 @@ pub fn extension_schema() -> Option<String> {
     .flatten()
 }
 
+/// Settings changed until dropped, at a GUC nesting level of their own: restored on drop; an
+/// ERROR that unwinds past it is cleaned up by the (sub)transaction abort, which pops every GUC
+/// nesting level opened inside it.
+pub struct ScopedSettings {
+    level: Option<i32>,
+}
+
+impl ScopedSettings {
+    pub fn set(settings: &[(&std::ffi::CStr, &std::ffi::CStr)]) -> ScopedSettings {
+        // SAFETY: transaction-local GUC changes at a nesting level of our own, the way
+        // PostgreSQL's own maintenance commands pin settings; undone in drop.
+        let level = unsafe {
+            let level = pg_sys::NewGUCNestLevel();
+            for (name, value) in settings {
+                pg_sys::set_config_option(
+                    name.as_ptr(),
+                    value.as_ptr(),
+                    pg_sys::GucContext::PGC_USERSET,
+                    pg_sys::GucSource::PGC_S_SESSION,
+                    pg_sys::GucAction::GUC_ACTION_SAVE,
+                    true,
+                    0,
+                    false,
+                );
+            }
+            level
+        };
+        ScopedSettings { level: Some(level) }
+    }
+}
+
+impl Drop for ScopedSettings {
+    fn drop(&mut self) {
+        // While an ERROR unwinds, the abort of the (sub)transaction restores the settings.
+        if let Some(level) = self.level {
+            if !std::thread::panicking() {
+                // SAFETY: closes the nesting level opened in set(), restoring the old values.
+                unsafe { pg_sys::AtEOXact_GUC(true, level) };
+            }
+        }
+    }
+}
+
 /// `search_path = pg_catalog, <extension schema>` until dropped, like the workers' (whose path
 /// is pinned for good): the extension's own statements name its tables unqualified, and must
 /// neither fail nor be shadowed whatever path the calling session (or an `ALTER DATABASE ...
-/// SET search_path`) chose. Restored on drop; an ERROR that unwinds past it is cleaned up by
-/// the (sub)transaction abort, which pops every GUC nesting level opened inside it.
+/// SET search_path`) chose.
 pub struct PinnedSearchPath {
-    level: Option<i32>,
+    _settings: Option<ScopedSettings>,
 }
 
 impl PinnedSearchPath {
     pub fn enter() -> PinnedSearchPath {
-        let Some(schema) = extension_schema() else {
-            return PinnedSearchPath { level: None };
-        };
-        let Ok(path) = std::ffi::CString::new(format!(
-            "pg_catalog, {}",
-            pgrx::spi::quote_identifier(&schema)
-        )) else {
-            return PinnedSearchPath { level: None };
-        };
-        // SAFETY: a transaction-local GUC change at a nesting level of our own, the way
-        // PostgreSQL's own maintenance commands pin search_path; undone in drop.
-        let level = unsafe {
-            let level = pg_sys::NewGUCNestLevel();
-            pg_sys::set_config_option(
-                c"search_path".as_ptr(),
-                path.as_ptr(),
-                pg_sys::GucContext::PGC_USERSET,
-                pg_sys::GucSource::PGC_S_SESSION,
-                pg_sys::GucAction::GUC_ACTION_SAVE,
-                true,
-                0,
-                false,
-            );
-            level
-        };
-        PinnedSearchPath { level: Some(level) }
-    }
-}
-
-impl Drop for PinnedSearchPath {
-    fn drop(&mut self) {
-        // While an ERROR unwinds, the abort of the (sub)transaction restores the setting.
-        if let Some(level) = self.level {
-            if !std::thread::panicking() {
-                // SAFETY: closes the nesting level opened in enter(), restoring the old value.
-                unsafe { pg_sys::AtEOXact_GUC(true, level) };
-            }
+        let path = extension_schema().and_then(|schema| {
+            std::ffi::CString::new(format!(
+                "pg_catalog, {}",
+                pgrx::spi::quote_identifier(&schema)
+            ))
+            .ok()
+        });
+        PinnedSearchPath {
+            _settings: path.map(|p| ScopedSettings::set(&[(c"search_path", p.as_c_str())])),
         }
     }
 }

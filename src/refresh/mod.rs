@@ -9,6 +9,7 @@ pub mod plans;
 pub mod sql;
 
 use crate::catalog;
+use crate::gucs;
 use crate::queue::drain::Applied;
 use crate::queue::{journal, kind, QueueEntry};
 use pgrx::prelude::*;
@@ -107,6 +108,10 @@ impl Locking {
     }
 }
 
+/// SQLSTATE of a lock wait that reached `lock_timeout`: the keys are retried every second and
+/// the attempt is not counted towards `max_retries` (a lock is no fault of the definition).
+pub const LOCK_NOT_AVAILABLE: &str = "55P03";
+
 /// Namespace of the advisory locks on TVIEWs (`pg_advisory_xact_lock(bigint)`): "tv" << 32.
 const LOCK_SPACE: i64 = 0x7476 << 32;
 
@@ -150,7 +155,7 @@ pub fn defer(
     let backoff_ms = 1000i64;
     Spi::run_with_args(
         "INSERT INTO pg_tview_deferred AS d (tview_oid, kind, key, reason, attempts, last_error, sqlstate, next_attempt_at) \
-         SELECT $1, k.kind, k.key, $2, CASE WHEN $2 = 'failed' THEN 1 ELSE 0 END, $3, $7, \
+         SELECT $1, k.kind, k.key, $2, CASE WHEN $2 = 'failed' AND $7 IS DISTINCT FROM '55P03' THEN 1 ELSE 0 END, $3, $7, \
                 now() + make_interval(secs => $4::float8 / 1000) \
          FROM unnest($5::int[], $6::bigint[]) AS k(kind, key) \
          ON CONFLICT (tview_oid, kind, key) DO UPDATE \
@@ -252,7 +257,22 @@ fn refresh_bisect(
     group: &[QueueEntry],
     out: &mut Isolated,
 ) -> spi::Result<()> {
-    match isolate::in_subtransaction(|| refresh_group(table_oid, group)) {
+    let lock_timeout = std::ffi::CString::new(gucs::LOCK_TIMEOUT_MS.get().max(0).to_string())
+        .unwrap_or_else(|_| c"0".to_owned());
+    let attempt = isolate::in_subtransaction(|| {
+        // No head-of-line blocking: a TVIEW whose table or rows are locked gives up after
+        // lock_timeout, and the batch goes on with the other TVIEWs.
+        let _timeout = catalog::ScopedSettings::set(&[(c"lock_timeout", lock_timeout.as_c_str())]);
+        refresh_group(table_oid, group)
+    });
+    match attempt {
+        // Waiting for a lock says nothing about which keys are at fault: set them all aside
+        // (no bisection, each half would wait again).
+        Err(failure) if failure.sqlstate == LOCK_NOT_AVAILABLE => {
+            out.exists = true;
+            out.failed
+                .extend(group.iter().map(|entry| (*entry, failure.clone())));
+        }
         Ok(result) => {
             if let Some(rows) = result? {
                 out.exists = true;
@@ -478,9 +498,11 @@ pub fn retry_deferred(limit: usize, max_retries: i32, locking: Locking) -> spi::
         outcome.add(oid, &isolated);
         for (entry, failure) in &isolated.failed {
             Spi::run_with_args(
-                "UPDATE pg_tview_deferred d SET attempts = d.attempts + 1, last_error = $4, sqlstate = $6, \
-                     reason = CASE WHEN d.attempts + 1 >= $5 THEN 'dead' ELSE 'failed' END, \
-                     next_attempt_at = now() + least(interval '5 minutes', interval '1 second' * power(2, d.attempts)) \
+                "UPDATE pg_tview_deferred d SET last_error = $4, sqlstate = $6, \
+                     attempts = d.attempts + CASE WHEN $6 = '55P03' THEN 0 ELSE 1 END, \
+                     reason = CASE WHEN $6 <> '55P03' AND d.attempts + 1 >= $5 THEN 'dead' ELSE 'failed' END, \
+                     next_attempt_at = now() + CASE WHEN $6 = '55P03' THEN interval '1 second' \
+                         ELSE least(interval '5 minutes', interval '1 second' * power(2, d.attempts)) END \
                  WHERE d.tview_oid = $1 AND d.kind = $2 AND d.key = $3",
                 &[
                     table_oid.into(),
