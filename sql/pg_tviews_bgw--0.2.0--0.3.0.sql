@@ -12,6 +12,10 @@
 -- triggers in the new layout.
 \echo Use "ALTER EXTENSION pg_tviews_bgw UPDATE TO '0.3.0'" to load this file. \quit
 
+-- Only the extension writes its metadata (the functions check ownership, then write as the
+-- extension's owner): plain DML could squat TVIEW names.
+REVOKE INSERT, UPDATE, DELETE ON pg_tview_meta, pg_tview_lineage, pg_tview_deferred FROM PUBLIC;
+
 ALTER TABLE pg_tview_meta
     ADD COLUMN root_key text,
     ADD COLUMN reconcile_interval interval CHECK (reconcile_interval > interval '0'),

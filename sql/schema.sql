@@ -101,10 +101,11 @@ LANGUAGE sql STABLE SET search_path = pg_catalog
 AS $$ SELECT coalesce((SELECT pg_has_role(relowner, 'USAGE') FROM pg_class WHERE oid = table_oid), true) $$;
 
 -- Metadata is readable by everyone (the runbook queries it, and refreshes run as each TVIEW's
--- owner, who must be able to read its own lineage). Owners of TVIEW tables create, change and
--- drop their TVIEWs' rows through the pg_tviews_* functions; nobody touches anyone else's.
+-- owner, who must be able to read its own lineage). Only the extension writes it: the
+-- pg_tviews_* functions check that the caller owns the TVIEW, then write as the extension's
+-- owner. Nobody can squat a TVIEW name or rewrite another's lineage with plain DML; the
+-- policies below stay as a second line.
 GRANT SELECT ON pg_tview_meta, pg_tview_lineage, pg_tview_helpers, pg_tview_deferred TO PUBLIC;
-GRANT INSERT, UPDATE, DELETE ON pg_tview_meta, pg_tview_lineage, pg_tview_deferred TO PUBLIC;
 ALTER TABLE pg_tview_meta ENABLE ROW LEVEL SECURITY;
 ALTER TABLE pg_tview_lineage ENABLE ROW LEVEL SECURITY;
 ALTER TABLE pg_tview_deferred ENABLE ROW LEVEL SECURITY;

@@ -247,6 +247,7 @@ fn pg_tviews_set_mode(name: &str, mode: &str) -> String {
         );
     }
     let oid = owned_tview_oid(name);
+    let owner = crate::catalog::AsExtensionOwner::enter();
     Spi::run_with_args(
         "UPDATE pg_tview_meta SET mode = $2 WHERE table_oid = $1",
         &[oid.into(), mode.as_str().into()],
@@ -259,6 +260,7 @@ fn pg_tviews_set_mode(name: &str, mode: &str) -> String {
             None,
         )
     });
+    drop(owner);
     reinstall_triggers(Some(oid));
     mode
 }
@@ -655,6 +657,7 @@ fn owned_tview_oid(name: &str) -> pg_sys::Oid {
 
 fn set_paused(name: &str, paused: bool) -> bool {
     let oid = owned_tview_oid(name);
+    let _owner = crate::catalog::AsExtensionOwner::enter();
     let changed = Spi::get_one_with_args::<bool>(
         "UPDATE pg_tview_meta SET paused = $2 WHERE table_oid = $1 RETURNING paused IS DISTINCT FROM NOT $2",
         &[oid.into(), paused.into()],
@@ -691,13 +694,23 @@ fn pg_tviews_resume(name: &str) -> i64 {
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, @extschema@)]
 fn pg_tviews_retry_failed(name: default!(Option<&str>, "NULL")) -> i64 {
-    // Without a name: every TVIEW the caller may manage (row level security filters the rest).
-    let only = name.map(owned_tview_oid);
+    // Without a name: every TVIEW the caller may manage, decided as the caller.
+    let tviews: Vec<pg_sys::Oid> = match name {
+        Some(name) => vec![owned_tview_oid(name)],
+        None => Spi::get_one::<Vec<pg_sys::Oid>>(
+            "SELECT coalesce(array_agg(table_oid), '{}') FROM pg_tview_meta \
+             WHERE _pg_tviews_may_manage(table_oid)",
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_default(),
+    };
+    let _owner = crate::catalog::AsExtensionOwner::enter();
     Spi::get_one_with_args::<i64>(
         "WITH revived AS (UPDATE pg_tview_deferred SET reason = 'failed', attempts = 0, next_attempt_at = now() \
-                          WHERE reason IN ('failed', 'dead') AND ($1::oid IS NULL OR tview_oid = $1) RETURNING 1) \
+                          WHERE reason IN ('failed', 'dead') AND tview_oid = ANY ($1) RETURNING 1) \
          SELECT count(*) FROM revived",
-        &[only.into()],
+        &[tviews.into()],
     )
     .ok()
     .flatten()

@@ -70,13 +70,19 @@ pub fn extension_schema() -> String {
 /// Raises `insufficient_privilege` unless the current user may manage the TVIEW whose table is
 /// `table_oid` (a member of the role that owns it, or a superuser), like ALTER TABLE does.
 pub fn require_owner(table_oid: pg_sys::Oid, entity: &str) {
+    // Fails closed: the owner of the table, or (its table gone) of the backing view, or a
+    // superuser; anything that cannot be read is a refusal.
     let allowed = Spi::get_one_with_args::<bool>(
-        "SELECT pg_catalog.pg_has_role(c.relowner, 'USAGE') FROM pg_catalog.pg_class c WHERE c.oid = $1",
+        "SELECT coalesce( \
+             (SELECT pg_catalog.pg_has_role(c.relowner, 'USAGE') FROM pg_catalog.pg_class c WHERE c.oid = $1), \
+             (SELECT pg_catalog.pg_has_role(c.relowner, 'USAGE') FROM pg_catalog.pg_class c \
+              JOIN pg_tview_meta m ON c.oid = m.view_oid WHERE m.table_oid = $1), \
+             (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user))",
         &[table_oid.into()],
     )
     .ok()
     .flatten()
-    .unwrap_or(true);
+    .unwrap_or(false);
     if !allowed {
         raise(
             Code::ERRCODE_INSUFFICIENT_PRIVILEGE,
@@ -135,6 +141,7 @@ pub fn drop_objects(entity: &str, drop_table: bool) {
     let (table, view) = objects.unwrap_or((None, None));
     // Catalog rows first, before any table lock: the worker may hold row locks on them while it
     // waits for a source table; taking the DDL locks first would deadlock with it.
+    let owner = crate::catalog::AsExtensionOwner::enter();
     Spi::run_with_args(
         "WITH gone AS (SELECT table_oid FROM pg_tview_meta WHERE entity = $1), \
               l AS (DELETE FROM pg_tview_lineage WHERE tview_oid IN (SELECT table_oid FROM gone)), \
@@ -150,6 +157,7 @@ pub fn drop_objects(entity: &str, drop_table: bool) {
             None,
         )
     });
+    drop(owner);
     super::triggers::drop_all(entity);
     let mut statements = String::new();
     if let (true, Some(table)) = (drop_table, table) {

@@ -93,6 +93,55 @@ impl PinnedSearchPath {
     }
 }
 
+/// Runs the extension's own writes to its metadata tables (`pg_tview_meta`, `pg_tview_lineage`,
+/// `pg_tview_deferred`) as the extension's owner: nobody else may write those tables, so a
+/// role can neither squat a TVIEW name nor rewrite another's lineage; the functions that
+/// call this check ownership of the TVIEW themselves. Restored on drop (also while an ERROR
+/// unwinds; a transaction abort restores it as well). A no-op for superusers (the workers).
+pub struct AsExtensionOwner {
+    saved: Option<(pg_sys::Oid, i32)>,
+}
+
+impl AsExtensionOwner {
+    pub fn enter() -> AsExtensionOwner {
+        // SAFETY: reads the current user's superuser flag from the syscache.
+        if unsafe { pg_sys::superuser() } {
+            return AsExtensionOwner { saved: None };
+        }
+        let owner = Spi::get_one::<pg_sys::Oid>(
+            "SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'pg_tviews_bgw'",
+        )
+        .ok()
+        .flatten();
+        let Some(owner) = owner else {
+            return AsExtensionOwner { saved: None };
+        };
+        let mut user = pg_sys::InvalidOid;
+        let mut context = 0;
+        // SAFETY: plain reads and writes of the backend's current user id, the way
+        // PostgreSQL's own maintenance code switches to a table's owner.
+        unsafe {
+            pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
+            pg_sys::SetUserIdAndSecContext(
+                owner,
+                context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+            );
+        }
+        AsExtensionOwner {
+            saved: Some((user, context)),
+        }
+    }
+}
+
+impl Drop for AsExtensionOwner {
+    fn drop(&mut self) {
+        if let Some((user, context)) = self.saved {
+            // SAFETY: restores the values saved in enter().
+            unsafe { pg_sys::SetUserIdAndSecContext(user, context) };
+        }
+    }
+}
+
 /// True when this database's extension schema has `column` in `pg_tview_meta` (a schema not
 /// yet updated by `ALTER EXTENSION ... UPDATE` lacks the newer ones; the library serves both).
 pub fn meta_has_column(column: &str) -> bool {

@@ -153,6 +153,8 @@ pub fn defer(
     let kinds: Vec<i32> = group.iter().map(|e| e.kind as i32).collect();
     let keys: Vec<i64> = group.iter().map(|e| e.key).collect();
     let backoff_ms = 1000i64;
+    // A sync-mode writer parks keys of a paused TVIEW too; only the extension writes there.
+    let _owner = catalog::AsExtensionOwner::enter();
     Spi::run_with_args(
         "INSERT INTO pg_tview_deferred AS d (tview_oid, kind, key, reason, attempts, last_error, sqlstate, next_attempt_at) \
          SELECT $1, k.kind, k.key, $2, CASE WHEN $2 = 'failed' AND $7 IS DISTINCT FROM '55P03' THEN 1 ELSE 0 END, $3, $7, \

@@ -42,12 +42,20 @@ SELECT pg_tviews_retry_failed('tv_secret');
 \echo :LAST_ERROR_SQLSTATE
 SELECT pg_tviews_set_mode('tv_secret', 'sync');
 \echo :LAST_ERROR_SQLSTATE
--- The metadata is readable, but row level security hides every other owner's rows from writes.
+-- The metadata is readable, but only the extension writes it: plain DML is refused.
 SELECT count(*) AS visible FROM pg_tview_meta WHERE entity = 'secret';
 UPDATE pg_tview_meta SET paused = true WHERE entity = 'secret';
+\echo :LAST_ERROR_SQLSTATE
 DELETE FROM pg_tview_lineage;
+\echo :LAST_ERROR_SQLSTATE
 INSERT INTO pg_tview_meta (entity, table_oid, view_oid, definition, key_column)
 VALUES ('fake', 'tv_secret'::regclass, 'tv_secret'::regclass, 'x', 'pk_fake');
+\echo :LAST_ERROR_SQLSTATE
+-- Nobody can squat a TVIEW name with a row for a table that does not exist.
+INSERT INTO pg_tview_meta (entity, table_oid, view_oid, definition, key_column)
+VALUES ('squatted', 999999, 999999, 'x', 'pk_squatted');
+\echo :LAST_ERROR_SQLSTATE
+INSERT INTO pg_tview_deferred (tview_oid, kind, key, reason) VALUES ('tv_secret'::regclass, 0, 1, 'dead');
 \echo :LAST_ERROR_SQLSTATE
 -- The DROP TABLE cleanup entry point does nothing to a TVIEW whose table still exists.
 SELECT _pg_tviews_forget('tv_secret'::regclass);
