@@ -1,5 +1,8 @@
 //! ProcessUtility hook, run in user backends: before DROP DATABASE, ask that database's
-//! drainer to leave so the drop is not refused for "being accessed by other users".
+//! drainer to leave so the drop is not refused for "being accessed by other users"; before
+//! DROP EXTENSION pg_tviews_bgw, stop this database's drainers and lock every captured table
+//! first, so that no committing writer (which appends to a journal table the drop is about to
+//! lock) can deadlock with the drop.
 
 use crate::queue::slots;
 use pgrx::pg_sys;
@@ -45,6 +48,10 @@ unsafe extern "C-unwind" fn process_utility(
                 stop_drainer(dboid.to_u32());
             }
         }
+        if !stmt.is_null() && drops_this_extension(stmt) {
+            stop_drainer(pg_sys::MyDatabaseId.to_u32());
+            lock_captured_tables();
+        }
         match *PREV.0.get() {
             Some(prev) => prev(
                 pstmt,
@@ -67,6 +74,57 @@ unsafe extern "C-unwind" fn process_utility(
                 qc,
             ),
         }
+    }
+}
+
+/// `DROP EXTENSION ... pg_tviews_bgw ...`.
+///
+/// # Safety
+/// `stmt` is a valid utility statement.
+unsafe fn drops_this_extension(stmt: *mut pg_sys::Node) -> bool {
+    // SAFETY: per the caller; a DropStmt of extensions lists its names as String nodes.
+    unsafe {
+        if !pgrx::is_a(stmt, pg_sys::NodeTag::T_DropStmt) {
+            return false;
+        }
+        let drop = stmt as *mut pg_sys::DropStmt;
+        if (*drop).removeType != pg_sys::ObjectType::OBJECT_EXTENSION {
+            return false;
+        }
+        let objects = (*drop).objects;
+        if objects.is_null() {
+            return false;
+        }
+        (0..(*objects).length as usize).any(|i| {
+            let node = (*(*objects).elements.add(i)).ptr_value as *mut pg_sys::Node;
+            pgrx::is_a(node, pg_sys::NodeTag::T_String)
+                && std::ffi::CStr::from_ptr((*(node as *mut pg_sys::String)).sval)
+                    == crate::catalog::EXTENSION_NAME
+        })
+    }
+}
+
+/// Takes ACCESS EXCLUSIVE on every table carrying a capture trigger, in OID order, before the
+/// drop locks anything of the extension: writers still inside a transaction on those tables
+/// commit first (their journal row goes in while the journal tables are still free), and later
+/// writers wait for the drop, then write without triggers.
+fn lock_captured_tables() {
+    // SAFETY: a utility statement runs inside a transaction; SPI needs an active snapshot,
+    // popped right after (an ERROR in between is cleaned up by the abort).
+    unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
+    let tables = pgrx::Spi::get_one::<Vec<pg_sys::Oid>>(
+        "SELECT coalesce(array_agg(DISTINCT t.tgrelid ORDER BY t.tgrelid), '{}') \
+         FROM pg_catalog.pg_trigger t \
+         JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = t.tgfoid \
+                                    AND d.deptype = 'e' \
+         JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid AND e.extname = 'pg_tviews_bgw'",
+    );
+    // SAFETY: pops the snapshot pushed above.
+    unsafe { pg_sys::PopActiveSnapshot() };
+    for table in tables.ok().flatten().unwrap_or_default() {
+        // SAFETY: a relation lock by OID inside the transaction, released at its end; a table
+        // dropped meanwhile is skipped by PostgreSQL's own lookups later.
+        unsafe { pg_sys::LockRelationOid(table, pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE) };
     }
 }
 

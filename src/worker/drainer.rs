@@ -295,7 +295,18 @@ impl Drainer {
                     let lags = lags_of(&batch.entries);
                     self.completed(&lags, (batch.start, batch.slots), &outcome, elapsed_ms)
                 }
-                (failure, _) => self.failed(describe(failure)),
+                (failure, _) => {
+                    // A batch that fails because the extension is gone (DROP EXTENSION): leave
+                    // now rather than retry until the next idle check.
+                    if matches!(run_in_transaction(catalog::extension_installed), Ok(false)) {
+                        log!(
+                            "pg_tviews_bgw extension dropped in database {}; worker exiting",
+                            self.dboid
+                        );
+                        leave_for_good(self.slot, self.dboid, self.generation);
+                    }
+                    self.failed(describe(failure))
+                }
             }
         }
     }
