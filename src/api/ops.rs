@@ -39,7 +39,14 @@ fn pg_tviews_verify(
     let oid = tview_oid(name);
     let rows = Spi::connect(|client| {
         let Some(shape) = catalog::load_shape(client, oid)? else {
-            return Ok(Vec::new());
+            // Metadata that names no live table or view (restored from a dump into another
+            // database, or damaged): nothing maintains this TVIEW, so it is never "exact".
+            raise(
+                Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("TVIEW \"tv_{}\" is not maintained: its metadata names no live table or view", tview::entity_of(name)),
+                Some("pg_tview_meta holds object ids that do not exist in this database (e.g. after a pg_dump restore into another database)."),
+                Some("Drop the TVIEW (pg_tviews_drop, then DROP TABLE / DROP VIEW of what is left) and create it again; pg_tviews_health_check() lists every such TVIEW."),
+            );
         };
         let cols = |alias: &str| {
             std::iter::once(shape.key.as_str())
@@ -632,8 +639,10 @@ fn pg_tviews_health_check() -> TableIterator<
     });
     let broken = Spi::get_one::<String>(
         "SELECT string_agg(entity, ', ') FROM pg_tview_meta m \
-         WHERE NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = m.table_oid) \
-            OR NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = m.view_oid)",
+         WHERE NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = m.table_oid AND c.relkind = 'r' \
+                           AND c.relname = 'tv_' || m.entity) \
+            OR NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = m.view_oid AND c.relkind = 'v' \
+                           AND c.relname = 'v_' || m.entity)",
     )
     .ok()
     .flatten();

@@ -141,6 +141,31 @@ fn _pg_tviews_counters() -> TableIterator<
     TableIterator::once(row)
 }
 
+/// True (and a WARNING) when some TVIEW's metadata names no live table or view (restored from
+/// a dump into another database, where the object ids are stale or even another relation's,
+/// or damaged): its capture is broken, so no wait may claim it
+/// is current.
+fn unmaintained_tviews() -> bool {
+    let broken = Spi::get_one::<String>(
+        "SELECT string_agg(entity, ', ' ORDER BY entity) FROM pg_tview_meta m \
+         WHERE NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = m.table_oid AND c.relkind = 'r' \
+                           AND c.relname = 'tv_' || m.entity) \
+            OR NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = m.view_oid AND c.relkind = 'v' \
+                           AND c.relname = 'v_' || m.entity)",
+    )
+    .ok()
+    .flatten();
+    let Some(broken) = broken else {
+        return false;
+    };
+    crate::errors::warn(
+        pgrx::PgSqlErrorCode::ERRCODE_WARNING,
+        format!("TVIEWs not maintained, their metadata names no live table or view: {broken}"),
+        "pg_tviews_health_check() lists them; drop and create them again.",
+    );
+    true
+}
+
 /// True (and a WARNING) when the queue exists but no worker slot serves this database while it
 /// has TVIEWs: nothing committed here is being applied, so no wait may claim it was.
 fn unserved_database() -> bool {
@@ -180,6 +205,9 @@ fn _pg_tviews_wait_ms(timeout_ms: i64) -> bool {
     .unwrap_or(0);
     let mut previous_target = None;
     for _ in 0..rounds {
+        if unmaintained_tviews() {
+            return false;
+        }
         let Some(target) = status::drain_target(current_dboid()) else {
             return !unserved_database();
         };
