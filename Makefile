@@ -1,13 +1,25 @@
 # Developer entry points for pg_tviews_bgw. Everything works from a fresh clone as root on
 # Debian 12: servers run as the postgres user (see scripts/cluster.sh).
-PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
-PGRX_TEST_DATA := $(CURDIR)/target/pgrx-test-data
-DEMO_DIR := $(CURDIR)/.demo
+# PG selects the PostgreSQL major version (15, 16 or 18; scripts/deps.sh installs them):
+# `make PG=18 test`. PGBIN is exported, so scripts/*.sh, bench/ and the e2e harness use the same
+# server.
+PG ?= 15
+PGBIN := $(shell scripts/pg-bindir.sh $(PG))
+ifeq ($(PGBIN),)
+$(error unsupported PG=$(PG): use 15, 16 or 18)
+endif
+export PG PGBIN
+PG_CONFIG ?= $(PGBIN)/pg_config
+# The crate's default feature is pg15; other versions select theirs (as cargo pgrx does itself).
+PG_FEATURES := --no-default-features --features pg$(PG)
+# One data directory per version: a cluster's files belong to one major version.
+PGRX_TEST_DATA := $(CURDIR)/target/pgrx-test-data-pg$(PG)
+export DEMO_DIR := $(CURDIR)/.demo/pg$(PG)
 
 # One visible line per tier of `make test`.
 banner = @printf '\n==== %s ====\n' "$(1)"
 
-.PHONY: deps install install-release install-released demo demo-stop test fmt clippy unit regress e2e bench-smoke
+.PHONY: deps install install-release install-released demo demo-stop test test-all fmt clippy unit regress e2e bench-smoke
 
 deps:
 	@scripts/deps.sh
@@ -36,13 +48,13 @@ fmt:
 	cargo fmt --check
 
 clippy: deps
-	cargo clippy --all-targets -- -D warnings
+	cargo clippy $(PG_FEATURES) --all-targets -- -D warnings
 
 # #[pg_test]s in a pgrx-managed cluster plus the plain #[test]s. pgrx starts postgres as the
 # --runas user, which must own the data directory.
 unit: deps
 	@scripts/cluster.sh prepare $(PGRX_TEST_DATA)
-	cargo pgrx test pg15 --runas postgres --pgdata $(PGRX_TEST_DATA)
+	cargo pgrx test pg$(PG) --runas postgres --pgdata $(PGRX_TEST_DATA)
 
 regress: install
 	@scripts/regress.sh
@@ -73,11 +85,12 @@ bench-smoke:
 # Tiers in order, stopping at the first failure. `cargo pgrx test` installs a pg_test build
 # over the system one, hence the reinstall before the tiers that use the installed extension.
 test: deps
+	$(call banner,PostgreSQL $(PG): $(PGBIN))
 	$(call banner,1/7 format: cargo fmt --check)
 	@$(MAKE) --no-print-directory fmt
-	$(call banner,2/7 lint: cargo clippy --all-targets -D warnings)
+	$(call banner,2/7 lint: cargo clippy $(PG_FEATURES) --all-targets -D warnings)
 	@$(MAKE) --no-print-directory clippy
-	$(call banner,3/7 unit: cargo pgrx test pg15 (#[pg_test] + #[test]))
+	$(call banner,3/7 unit: cargo pgrx test pg$(PG) (#[pg_test] + #[test]))
 	@$(MAKE) --no-print-directory unit
 	$(call banner,4/7 reinstall the normal build)
 	@$(MAKE) --no-print-directory install
@@ -87,4 +100,12 @@ test: deps
 	@cd e2e && cargo test --release -- --test-threads=2
 	$(call banner,7/7 bench smoke)
 	@$(MAKE) --no-print-directory bench-smoke
-	@printf '\n==== all tiers passed ====\n'
+	@printf '\n==== all tiers passed (PostgreSQL $(PG)) ====\n'
+
+# Every supported version in turn (CI: .ci/run), stopping at the first failure. PG on the command
+# line of the sub-makes overrides the one inherited from this make.
+test-all:
+	@$(MAKE) --no-print-directory PG=15 test
+	@$(MAKE) --no-print-directory PG=16 test
+	@$(MAKE) --no-print-directory PG=18 test
+	@printf '\n==== all tiers passed on PostgreSQL 15, 16 and 18 ====\n'
