@@ -19,7 +19,7 @@ export DEMO_DIR := $(CURDIR)/.demo/pg$(PG)
 # One visible line per tier of `make test`.
 banner = @printf '\n==== %s ====\n' "$(1)"
 
-.PHONY: deps install install-release install-released demo demo-stop test test-all fmt clippy unit regress e2e bench-smoke
+.PHONY: deps install install-release install-released demo demo-stop test test-all upgrade-test fmt clippy unit regress e2e bench-smoke
 
 deps:
 	@scripts/deps.sh
@@ -109,3 +109,11 @@ test-all:
 	@$(MAKE) --no-print-directory PG=16 test
 	@$(MAKE) --no-print-directory PG=18 test
 	@printf '\n==== all tiers passed on PostgreSQL 15, 16 and 18 ====\n'
+
+# pg_upgrade through UPGRADE_VERSIONS in turn (15 -> 16 -> 18) of a cluster with a TVIEW and keys
+# queued but not applied at shutdown; writes must converge after each step
+# (scripts/upgrade-test.sh). Installs the extension into every version first.
+UPGRADE_VERSIONS ?= 15 16 18
+upgrade-test:
+	@for v in $(UPGRADE_VERSIONS); do $(MAKE) --no-print-directory PG=$$v install || exit 1; done
+	@scripts/upgrade-test.sh $(UPGRADE_VERSIONS)
