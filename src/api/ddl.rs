@@ -197,11 +197,20 @@ fn _pg_tviews_forget(table_oid: pg_sys::Oid) {
     if tview::busy() {
         return;
     }
+    // Every DROP TABLE comes here, also from sessions whose search_path lacks the extension's
+    // schema, and from REFRESH MATERIALIZED VIEW CONCURRENTLY (it drops a temporary table),
+    // which PostgreSQL 17+ runs with search_path = pg_catalog, pg_temp: qualify the catalog.
+    let Some(schema) = crate::catalog::extension_schema() else {
+        return;
+    };
     // Only after the table is really gone (this runs from sql_drop): called directly on a live
     // TVIEW it does nothing.
     let Ok((Some(entity), dependencies)) = Spi::get_two_with_args::<String, Vec<pg_sys::Oid>>(
-        "SELECT entity, dependencies FROM pg_tview_meta m WHERE table_oid = $1 \
-         AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = m.table_oid)",
+        &format!(
+            "SELECT entity, dependencies FROM {}.pg_tview_meta m WHERE table_oid = $1 \
+             AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = m.table_oid)",
+            pgrx::spi::quote_identifier(&schema)
+        ),
         &[table_oid.into()],
     ) else {
         return;
