@@ -85,7 +85,12 @@ for next in "${versions[@]:1}"; do
     # Stop applying, then write: these keys are queued (ring and journal) when the server stops.
     q "ALTER SYSTEM SET pg_tviews_bgw.enabled = off" >/dev/null
     q "SELECT pg_reload_conf()" >/dev/null
-    q "SELECT pg_sleep(1)" >/dev/null   # not for correctness: lets the worker see the reload first
+    # Wait until the worker says so (as e2e's disable_draining): committed keys then stay queued.
+    start_wait=$SECONDS
+    until [[ $(q "SELECT state FROM pg_tviews_worker_status WHERE database = 'demo'") == disabled ]]; do
+        ((SECONDS - start_wait < 30)) || { echo "upgrade-test: FAILED: worker not disabled after 30s" >&2; exit 1; }
+        sleep 0.2
+    done
     writes "before-$next"
     pending=$(q "SELECT coalesce(sum(pending), 0) FROM pg_tviews_queue_status")
     diffs=$(differences)
