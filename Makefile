@@ -9,7 +9,9 @@ ifeq ($(PGBIN),)
 $(error unsupported PG=$(PG): use 15, 16 or 18)
 endif
 export PG PGBIN
-PG_CONFIG ?= $(PGBIN)/pg_config
+# Derived from PG, not taken from the environment: a stray PG_CONFIG must not send a `make PG=16`
+# install elsewhere (make PG_CONFIG=... on the command line still overrides it).
+PG_CONFIG := $(PGBIN)/pg_config
 # The crate's default feature is pg15; other versions select theirs (as cargo pgrx does itself).
 PG_FEATURES := --no-default-features --features pg$(PG)
 # One data directory per version: a cluster's files belong to one major version.

