@@ -55,7 +55,8 @@ SHARED_BUFFERS=${SHARED_BUFFERS:-512MB}
 EXTRA_CONF=${EXTRA_CONF:-}          # more postgresql.conf lines, separated by ';'
 KEEP_CLUSTER=${KEEP_CLUSTER:-0}     # 1: leave the cluster running afterwards (for EXPLAIN etc.)
 
-PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+PGBIN=${PGBIN:-$(scripts/pg-bindir.sh "${PG:-15}")}
+export PGBIN   # for scripts/cluster.sh
 RAW=$BENCH_DIR/raw
 PROBE_TARGET=$ROOT/target/bench-lag-probe
 PROBE=$PROBE_TARGET/release/pg_tviews_lag_probe

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Throwaway PostgreSQL 15 clusters for the demo and the regression tests.
+# Throwaway PostgreSQL clusters for the demo and the regression tests. The server is the one in
+# PGBIN, else that of version PG (scripts/pg-bindir.sh; default 15).
 #   cluster.sh start DIR PORT [extra postgresql.conf lines...]
 #   cluster.sh stop DIR
 #   cluster.sh prepare DIR   (only create DIR for postgres, e.g. for cargo pgrx test --pgdata)
@@ -7,7 +8,7 @@
 # The server listens only on a Unix socket in DIR: connect with psql -h DIR -p PORT -U postgres.
 set -euo pipefail
 
-PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+PGBIN=${PGBIN:-$("$(dirname "$0")/pg-bindir.sh" "${PG:-15}")}
 # From / so a cwd the postgres user cannot read (e.g. /root/...) does not matter.
 as_pg() { (cd / && sudo -u postgres -- "$@"); }
 

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Demo: a cluster in .demo (port 5490) with a TVIEW tv_post, a burst of 20k updates, and the
+# Demo: a cluster in .demo/pg$PG (port 5490) with a TVIEW tv_post, a burst of 20k updates, and the
 # background worker draining the queue live. Run via `make demo` (which installs the
 # extension first); stop with `make demo-stop`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
-DIR=$(pwd)/.demo
+PGBIN=${PGBIN:-$(scripts/pg-bindir.sh "${PG:-15}")}
+export PGBIN   # for scripts/cluster.sh
+# One directory per version (make sets DEMO_DIR): a data directory belongs to one major version.
+DIR=${DEMO_DIR:-$(pwd)/.demo/pg${PG:-15}}
 PORT=5490
 DEADLINE_S=120   # generous: 2 cores, debug build
 

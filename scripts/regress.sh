@@ -2,11 +2,15 @@
 # SQL regression tests (tests/pg_regress) against a throwaway cluster with the extension
 # preloaded. `cargo pgrx regress` refuses to run as root, so we drive pg_regress ourselves.
 # Usage: scripts/regress.sh [test ...]   (default: every tests/pg_regress/sql/*.sql, setup first)
+# The server is the one in PGBIN, else that of version PG (scripts/pg-bindir.sh; default 15), and
+# pg_regress the one that version's pg_config places under PGXS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
-PG_REGRESS=${PG_REGRESS:-/usr/lib/postgresql/15/lib/pgxs/src/test/regress/pg_regress}
+PGBIN=${PGBIN:-$(scripts/pg-bindir.sh "${PG:-15}")}
+export PGBIN   # for scripts/cluster.sh
+# pgxs.mk is in <pgxs>/src/makefiles/; pg_regress in <pgxs>/src/test/regress/ (all three installs).
+PG_REGRESS=${PG_REGRESS:-$(dirname "$(dirname "$("$PGBIN/pg_config" --pgxs)")")/test/regress/pg_regress}
 DIR=$(pwd)/target/regress-cluster
 PORT=5491
 DB=pg_tviews_regress

@@ -1,5 +1,7 @@
-//! End-to-end harness: starts a throwaway PostgreSQL 15 cluster per test (initdb as user
+//! End-to-end harness: starts a throwaway PostgreSQL cluster per test (initdb as user
 //! `postgres`, own port, `shared_preload_libraries = 'pg_tviews_bgw'`) and stops it on drop.
+//! The server is the one in `$PGBIN`, else that of version `$PG` (`scripts/pg-bindir.sh`), else
+//! PostgreSQL 15; `make PG=18 e2e` sets both.
 //! Tests poll with deadlines (never fixed sleeps) and compare TVIEWs with an independent
 //! `EXCEPT ALL` query.
 
@@ -7,9 +9,29 @@ use postgres::{Client, NoTls};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-pub const BIN: &str = "/usr/lib/postgresql/15/bin";
+/// Bin directory of the PostgreSQL under test, read once at run time (not compile time, so
+/// switching versions does not rebuild the tests).
+pub fn bin() -> &'static str {
+    static BIN: OnceLock<String> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(dir) = std::env::var("PGBIN") {
+            return dir;
+        }
+        let Ok(version) = std::env::var("PG") else {
+            return "/usr/lib/postgresql/15/bin".into();
+        };
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/pg-bindir.sh");
+        let out = Command::new(&script)
+            .arg(&version)
+            .output()
+            .unwrap_or_else(|e| panic!("{}: {e}", script.display()));
+        assert!(out.status.success(), "no PostgreSQL {version}");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    })
+}
 static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
 
 fn running_as_root() -> bool {
@@ -22,7 +44,7 @@ fn running_as_root() -> bool {
 
 /// Runs a PostgreSQL binary as user `postgres` when we are root (PostgreSQL refuses root).
 fn pg_command(binary: &str) -> Command {
-    let path = format!("{BIN}/{binary}");
+    let path = format!("{}/{binary}", bin());
     if running_as_root() {
         let mut c = Command::new("sudo");
         c.args(["-u", "postgres", &path]);

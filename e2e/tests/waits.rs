@@ -29,7 +29,7 @@ fn a_database_without_a_worker_gets_warnings_and_false_waits() {
             .args([
                 "-u",
                 "postgres",
-                &format!("{BIN}/psql"),
+                &format!("{}/psql", bin()),
                 "-X",
                 "-v",
                 "ON_ERROR_STOP=1",

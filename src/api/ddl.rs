@@ -224,6 +224,11 @@ fn _pg_tviews_forget(table_oid: pg_sys::Oid) {
     if tview::busy() {
         return;
     }
+    // Every DROP TABLE comes here, also from sessions whose search_path lacks the extension's
+    // schema, and from REFRESH MATERIALIZED VIEW CONCURRENTLY (it drops a temporary table),
+    // which PostgreSQL 17+ runs with search_path = pg_catalog, pg_temp. This function pins its
+    // path, but the schema of an older version it may serve does not: pin it here as well.
+    let _path = crate::catalog::PinnedSearchPath::enter();
     // Only after the table is really gone (this runs from sql_drop): called directly on a live
     // TVIEW it does nothing.
     let Ok(Some(entity)) = Spi::get_one_with_args::<String>(

@@ -119,11 +119,13 @@ unsafe fn insert_row(relid: pg_sys::Oid, written_at: i64, payload: &[u8]) {
     unsafe {
         let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
         let desc = (*rel).rd_att;
-        let natts = (*desc).natts as usize;
-        let attrs = (*desc).attrs.as_slice(natts);
-        let shape_ok = natts == 2
-            && attrs[0].atttypid == pg_sys::TIMESTAMPTZOID
-            && attrs[1].atttypid == pg_sys::BYTEAOID;
+        // PgTupleDesc reads attributes the same way on every version (PG18 replaced the attrs
+        // array by TupleDescAttr); it only borrows the relation's descriptor.
+        let attrs = pgrx::PgTupleDesc::from_pg_unchecked(desc);
+        let type_of = |i: usize| attrs.get(i).map(|a| a.atttypid);
+        let shape_ok = attrs.len() == 2
+            && type_of(0) == Some(pg_sys::TIMESTAMPTZOID)
+            && type_of(1) == Some(pg_sys::BYTEAOID);
         if !shape_ok {
             raise(
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,

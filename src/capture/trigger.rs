@@ -170,10 +170,11 @@ fn lineage_outdated(tview_oid: u32, table: String, problem: &CaptureError) {
 
 /// 1-based attribute number and type of the key column, checked to be an integer type.
 fn key_attno(tupdesc: pg_sys::TupleDesc, column: &str) -> Result<(i32, pg_sys::Oid), CaptureError> {
-    // SAFETY: tupdesc is the trigger relation's descriptor; attrs has natts entries.
+    // SAFETY: tupdesc is the trigger relation's descriptor, valid for this call. PgTupleDesc
+    // reads attributes the same way on every version (PG18 replaced the attrs array by
+    // TupleDescAttr) and only borrows the descriptor.
     unsafe {
-        let natts = (*tupdesc).natts as usize;
-        let attrs = (*tupdesc).attrs.as_slice(natts);
+        let attrs = pgrx::PgTupleDesc::from_pg_unchecked(tupdesc);
         for (i, att) in attrs.iter().enumerate() {
             if att.attisdropped {
                 continue;
