@@ -39,8 +39,13 @@ fn drop_extension_under_writers_fails_no_writer_and_stops_the_worker() {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(800));
+    let dropping = std::time::Instant::now();
     db.batch_execute("DROP EXTENSION pg_tviews_bgw CASCADE")
         .unwrap();
+    eprintln!(
+        "DROP EXTENSION took {:?} under 4 writers",
+        dropping.elapsed()
+    );
     std::thread::sleep(Duration::from_millis(800));
     stop.store(true, Ordering::Relaxed);
     let commits: u64 = writers.into_iter().map(|w| w.join().unwrap()).sum();

@@ -49,7 +49,9 @@ unsafe extern "C-unwind" fn process_utility(
             }
         }
         if !stmt.is_null() && drops_this_extension(stmt) {
-            stop_drainer(pg_sys::MyDatabaseId.to_u32());
+            // No waiting for it to go: under writers a commit may start it again at once;
+            // the locks below keep any drainer from getting in the way.
+            slots::request_stop(pg_sys::MyDatabaseId.to_u32());
             lock_captured_tables();
         }
         match *PREV.0.get() {
@@ -104,27 +106,66 @@ unsafe fn drops_this_extension(stmt: *mut pg_sys::Node) -> bool {
     }
 }
 
-/// Takes ACCESS EXCLUSIVE on every table carrying a capture trigger, in OID order, before the
-/// drop locks anything of the extension: writers still inside a transaction on those tables
-/// commit first (their journal row goes in while the journal tables are still free), and later
-/// writers wait for the drop, then write without triggers.
+/// How long DROP EXTENSION tries to take all its locks at once before it waits for them in
+/// order like any DDL.
+const LOCK_ALL_WAIT: Duration = Duration::from_secs(10);
+
+/// Takes ACCESS EXCLUSIVE on every table carrying a capture trigger and on every table of the
+/// extension, all or none: each try takes them without waiting and, if one is busy, gives back
+/// what it took and tries again a moment later. The drop then never waits while holding a lock
+/// that a committing writer (source, then journal) or a worker (metadata, then source) needs
+/// next, so neither deadlocks with it; once it holds them all, both wait for it instead.
 fn lock_captured_tables() {
     // SAFETY: a utility statement runs inside a transaction; SPI needs an active snapshot,
     // popped right after (an ERROR in between is cleaned up by the abort).
     unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
     let tables = pgrx::Spi::get_one::<Vec<pg_sys::Oid>>(
-        "SELECT coalesce(array_agg(DISTINCT t.tgrelid ORDER BY t.tgrelid), '{}') \
-         FROM pg_catalog.pg_trigger t \
-         JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = t.tgfoid \
-                                    AND d.deptype = 'e' \
-         JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid AND e.extname = 'pg_tviews_bgw'",
+        "SELECT coalesce(array_agg(DISTINCT oid ORDER BY oid), '{}') FROM ( \
+             SELECT t.tgrelid AS oid FROM pg_catalog.pg_trigger t \
+             JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = t.tgfoid \
+                                        AND d.deptype = 'e' \
+             JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid AND e.extname = 'pg_tviews_bgw' \
+             UNION ALL \
+             SELECT c.oid FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid \
+                                        AND d.deptype = 'e' \
+             JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid AND e.extname = 'pg_tviews_bgw' \
+             WHERE c.relkind = 'r') s",
     );
     // SAFETY: pops the snapshot pushed above.
     unsafe { pg_sys::PopActiveSnapshot() };
-    for table in tables.ok().flatten().unwrap_or_default() {
-        // SAFETY: a relation lock by OID inside the transaction, released at its end; a table
-        // dropped meanwhile is skipped by PostgreSQL's own lookups later.
-        unsafe { pg_sys::LockRelationOid(table, pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE) };
+    let tables = tables.ok().flatten().unwrap_or_default();
+    let lockmode = pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE;
+    let deadline = Instant::now() + LOCK_ALL_WAIT;
+    while Instant::now() < deadline {
+        let mut taken = Vec::with_capacity(tables.len());
+        // SAFETY: relation locks by OID inside the transaction; the ones given back were taken
+        // just now (a lock this transaction held before is reference-counted, and stays).
+        let all = unsafe {
+            tables.iter().all(|&table| {
+                let ok = pg_sys::ConditionalLockRelationOid(table, lockmode);
+                if ok {
+                    taken.push(table);
+                }
+                ok
+            })
+        };
+        if all {
+            return;
+        }
+        for table in taken {
+            // SAFETY: see above.
+            unsafe { pg_sys::UnlockRelationOid(table, lockmode) };
+        }
+        // A drainer (re)started by a commit meanwhile is asked to leave again.
+        // SAFETY: reading the current database id cannot raise.
+        let dboid = unsafe { pg_sys::MyDatabaseId }.to_u32();
+        slots::request_stop(dboid);
+        super::sleep_on_latch(5);
+    }
+    for table in tables {
+        // SAFETY: see above; past the deadline, wait in OID order like any DDL.
+        unsafe { pg_sys::LockRelationOid(table, lockmode) };
     }
 }
 

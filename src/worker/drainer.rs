@@ -305,18 +305,7 @@ impl Drainer {
                     let lags = lags_of(&batch.entries);
                     self.completed(&lags, (batch.start, batch.slots), &outcome, elapsed_ms)
                 }
-                (failure, _) => {
-                    // A batch that fails because the extension is gone (DROP EXTENSION): leave
-                    // now rather than retry until the next idle check.
-                    if matches!(run_in_transaction(catalog::extension_installed), Ok(false)) {
-                        log!(
-                            "pg_tviews_bgw extension dropped in database {}; worker exiting",
-                            self.dboid
-                        );
-                        leave_for_good(self.slot, self.dboid, self.generation);
-                    }
-                    self.failed(describe(failure))
-                }
+                (failure, _) => self.failed(describe(failure)),
             }
         }
     }
@@ -532,6 +521,16 @@ impl Drainer {
 
     /// The batch stays queued; wait with exponential backoff before retrying it.
     fn failed(&mut self, message: String) {
+        // A batch or recovery that fails because the extension is gone (DROP EXTENSION, also
+        // one that committed while this worker started): leave now rather than retry until
+        // an idle check that a failing worker never reaches.
+        if matches!(run_in_transaction(catalog::extension_installed), Ok(false)) {
+            log!(
+                "pg_tviews_bgw extension dropped in database {}; worker exiting",
+                self.dboid
+            );
+            leave_for_good(self.slot, self.dboid, self.generation);
+        }
         self.failures = self.failures.saturating_add(1);
         drain::record_error(self.slot, &message);
         warning!(
