@@ -288,6 +288,29 @@ pub fn differences(db: &mut Client, entity: &str) -> i64 {
     .get(0)
 }
 
+/// Asserts that every TVIEW of `entities` equals its defining query, by an independent
+/// `EXCEPT ALL` both ways and by `pg_tviews_verify` (call after the keys were applied).
+pub fn assert_exact(db: &mut Client, entities: &[&str], step: &str) {
+    for entity in entities {
+        assert_eq!(
+            differences(db, entity),
+            0,
+            "tv_{entity} differs from its query after: {step}"
+        );
+        let verify: i64 = db
+            .query_one(
+                &format!("SELECT count(*) FROM pg_tviews_verify('tv_{entity}')"),
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            verify, 0,
+            "pg_tviews_verify(tv_{entity}) not empty after: {step}"
+        );
+    }
+}
+
 /// `(enqueued, applied, overflowed, published_txns, recoveries)` from `pg_tviews_stats`.
 pub fn stats(db: &mut Client) -> [i64; 5] {
     let row = db

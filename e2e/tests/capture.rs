@@ -12,21 +12,7 @@ use std::time::Duration;
 
 fn check(db: &mut Client, entities: &[&str], step: &str) {
     wait_drained(db);
-    for entity in entities {
-        assert_eq!(
-            differences(db, entity),
-            0,
-            "tv_{entity} differs from its query after: {step}"
-        );
-        let verify: i64 = db
-            .query_one(
-                &format!("SELECT count(*) FROM pg_tviews_verify('tv_{entity}')"),
-                &[],
-            )
-            .unwrap()
-            .get(0);
-        assert_eq!(verify, 0, "pg_tviews_verify(tv_{entity}) after: {step}");
-    }
+    assert_exact(db, entities, step);
 }
 
 #[test]

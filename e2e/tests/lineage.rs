@@ -57,24 +57,7 @@ const ENTITIES: [&str; 4] = ["user", "post", "comment", "company"];
 
 fn converge(db: &mut Client, step: &str) {
     wait_drained(db);
-    for entity in ENTITIES {
-        assert_eq!(
-            differences(db, entity),
-            0,
-            "tv_{entity} differs from its query after: {step}"
-        );
-        let verify: i64 = db
-            .query_one(
-                &format!("SELECT count(*) FROM pg_tviews_verify('tv_{entity}')"),
-                &[],
-            )
-            .unwrap()
-            .get(0);
-        assert_eq!(
-            verify, 0,
-            "pg_tviews_verify('tv_{entity}') not empty after: {step}"
-        );
-    }
+    assert_exact(db, &ENTITIES, step);
 }
 
 fn setup(cluster: &Cluster) -> Client {

@@ -9,7 +9,7 @@
 //! relations schema-qualified.
 
 use super::triggers;
-use crate::catalog::{analyze, lineage, AsExtensionOwner, PinnedSearchPath};
+use crate::catalog::{analyze, lineage, PinnedSearchPath};
 use crate::errors::raise;
 use crate::queue::kind;
 use crate::{queue, refresh};
@@ -609,7 +609,7 @@ fn install_lineage(
             columns: &columns,
         }
         .install();
-        let _owner = AsExtensionOwner::enter();
+        let _owner = crate::catalog::as_extension_owner();
         for (column, rule, resolve_sql, description) in captures {
             Spi::run_with_args(
                 "INSERT INTO pg_tview_lineage (tview_oid, source_oid, rule, capture_column, resolve_sql, description) \
@@ -740,7 +740,7 @@ fn record_metadata(
         "mode": "async",
         "paused": false,
     });
-    let _owner = AsExtensionOwner::enter();
+    let _owner = crate::catalog::as_extension_owner();
     Spi::run_with_args(
         "INSERT INTO pg_tview_meta SELECT (jsonb_populate_record(NULL::pg_tview_meta, \
              $1::jsonb || jsonb_build_object('created_at', now()))).*",
@@ -764,7 +764,7 @@ fn record_uncaptured(
     interval: pgrx::datum::Interval,
     uncaptured: &[Uncaptured],
 ) {
-    let _owner = AsExtensionOwner::enter();
+    let _owner = crate::catalog::as_extension_owner();
     Spi::run_with_args(
         "UPDATE pg_tview_meta SET reconcile_interval = $2, last_reconciled_at = now() WHERE table_oid = $1",
         &[table_oid.into(), interval.into()],

@@ -254,7 +254,7 @@ fn pg_tviews_set_mode(name: &str, mode: &str) -> String {
         );
     }
     let oid = owned_tview_oid(name);
-    let owner = crate::catalog::AsExtensionOwner::enter();
+    let owner = crate::catalog::as_extension_owner();
     Spi::run_with_args(
         "UPDATE pg_tview_meta SET mode = $2 WHERE table_oid = $1",
         &[oid.into(), mode.as_str().into()],
@@ -637,15 +637,7 @@ fn pg_tviews_health_check() -> TableIterator<
     } else {
         check("uncaptured", "OK", "every read of every TVIEW is captured")
     });
-    let broken = Spi::get_one::<String>(
-        "SELECT string_agg(entity, ', ') FROM pg_tview_meta m \
-         WHERE NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = m.table_oid AND c.relkind = 'r' \
-                           AND c.relname = 'tv_' || m.entity) \
-            OR NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = m.view_oid AND c.relkind = 'v' \
-                           AND c.relname = 'v_' || m.entity)",
-    )
-    .ok()
-    .flatten();
+    let broken = catalog::unmaintained_tviews();
     out.push(match broken {
         Some(b) => check(
             "metadata",
@@ -666,7 +658,7 @@ fn owned_tview_oid(name: &str) -> pg_sys::Oid {
 
 fn set_paused(name: &str, paused: bool) -> bool {
     let oid = owned_tview_oid(name);
-    let _owner = crate::catalog::AsExtensionOwner::enter();
+    let _owner = crate::catalog::as_extension_owner();
     let changed = Spi::get_one_with_args::<bool>(
         "UPDATE pg_tview_meta SET paused = $2 WHERE table_oid = $1 RETURNING paused IS DISTINCT FROM NOT $2",
         &[oid.into(), paused.into()],
@@ -714,7 +706,7 @@ fn pg_tviews_retry_failed(name: default!(Option<&str>, "NULL")) -> i64 {
         .flatten()
         .unwrap_or_default(),
     };
-    let _owner = crate::catalog::AsExtensionOwner::enter();
+    let _owner = crate::catalog::as_extension_owner();
     Spi::get_one_with_args::<i64>(
         "WITH revived AS (UPDATE pg_tview_deferred SET reason = 'failed', attempts = 0, next_attempt_at = now() \
                           WHERE reason IN ('failed', 'dead') AND tview_oid = ANY ($1) RETURNING 1) \

@@ -146,15 +146,7 @@ fn _pg_tviews_counters() -> TableIterator<
 /// or damaged): its capture is broken, so no wait may claim it
 /// is current.
 fn unmaintained_tviews() -> bool {
-    let broken = Spi::get_one::<String>(
-        "SELECT string_agg(entity, ', ' ORDER BY entity) FROM pg_tview_meta m \
-         WHERE NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = m.table_oid AND c.relkind = 'r' \
-                           AND c.relname = 'tv_' || m.entity) \
-            OR NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = m.view_oid AND c.relkind = 'v' \
-                           AND c.relname = 'v_' || m.entity)",
-    )
-    .ok()
-    .flatten();
+    let broken = crate::catalog::unmaintained_tviews();
     let Some(broken) = broken else {
         return false;
     };

@@ -141,7 +141,7 @@ pub fn drop_objects(entity: &str, drop_table: bool) {
     let (table, view) = objects.unwrap_or((None, None));
     // Catalog rows first, before any table lock: the worker may hold row locks on them while it
     // waits for a source table; taking the DDL locks first would deadlock with it.
-    let owner = crate::catalog::AsExtensionOwner::enter();
+    let owner = crate::catalog::as_extension_owner();
     Spi::run_with_args(
         "WITH gone AS (SELECT table_oid FROM pg_tview_meta WHERE entity = $1), \
               l AS (DELETE FROM pg_tview_lineage WHERE tview_oid IN (SELECT table_oid FROM gone)), \

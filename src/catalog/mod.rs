@@ -93,53 +93,75 @@ impl PinnedSearchPath {
     }
 }
 
-/// Runs the extension's own writes to its metadata tables (`pg_tview_meta`, `pg_tview_lineage`,
-/// `pg_tview_deferred`) as the extension's owner: nobody else may write those tables, so a
-/// role can neither squat a TVIEW name nor rewrite another's lineage; the functions that
-/// call this check ownership of the TVIEW themselves. Restored on drop (also while an ERROR
-/// unwinds; a transaction abort restores it as well). A no-op for superusers (the workers).
-pub struct AsExtensionOwner {
+/// The current user switched to another role until dropped, with extra security-context
+/// flags. Restored on drop (also while an ERROR unwinds; a (sub)transaction abort restores it
+/// as well).
+pub struct SwitchedUser {
     saved: Option<(pg_sys::Oid, i32)>,
 }
 
-impl AsExtensionOwner {
-    pub fn enter() -> AsExtensionOwner {
-        // SAFETY: reads the current user's superuser flag from the syscache.
-        if unsafe { pg_sys::superuser() } {
-            return AsExtensionOwner { saved: None };
-        }
-        let owner = Spi::get_one::<pg_sys::Oid>(
-            "SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'pg_tviews_bgw'",
-        )
-        .ok()
-        .flatten();
-        let Some(owner) = owner else {
-            return AsExtensionOwner { saved: None };
-        };
+impl SwitchedUser {
+    pub fn to(role: pg_sys::Oid, flags: i32) -> SwitchedUser {
         let mut user = pg_sys::InvalidOid;
         let mut context = 0;
-        // SAFETY: plain reads and writes of the backend's current user id, the way
-        // PostgreSQL's own maintenance code switches to a table's owner.
+        // SAFETY: plain reads and writes of the backend's current user id, the way PostgreSQL's
+        // own maintenance code switches to a table's owner.
         unsafe {
             pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
-            pg_sys::SetUserIdAndSecContext(
-                owner,
-                context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
-            );
+            pg_sys::SetUserIdAndSecContext(role, context | flags);
         }
-        AsExtensionOwner {
+        SwitchedUser {
             saved: Some((user, context)),
+        }
+    }
+
+    fn none() -> SwitchedUser {
+        SwitchedUser { saved: None }
+    }
+}
+
+impl Drop for SwitchedUser {
+    fn drop(&mut self) {
+        if let Some((user, context)) = self.saved {
+            // SAFETY: restores the values saved in to().
+            unsafe { pg_sys::SetUserIdAndSecContext(user, context) };
         }
     }
 }
 
-impl Drop for AsExtensionOwner {
-    fn drop(&mut self) {
-        if let Some((user, context)) = self.saved {
-            // SAFETY: restores the values saved in enter().
-            unsafe { pg_sys::SetUserIdAndSecContext(user, context) };
-        }
+/// Runs the extension's own writes to its metadata tables (`pg_tview_meta`, `pg_tview_lineage`,
+/// `pg_tview_deferred`) as the extension's owner: nobody else may write those tables, so a
+/// role can neither squat a TVIEW name nor rewrite another's lineage; the functions that
+/// call this check ownership of the TVIEW themselves. A no-op for superusers (the workers).
+pub fn as_extension_owner() -> SwitchedUser {
+    // SAFETY: reads the current user's superuser flag from the syscache.
+    if unsafe { pg_sys::superuser() } {
+        return SwitchedUser::none();
     }
+    let owner = Spi::get_one::<pg_sys::Oid>(
+        "SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'pg_tviews_bgw'",
+    )
+    .ok()
+    .flatten();
+    match owner {
+        Some(owner) => SwitchedUser::to(owner, pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32),
+        None => SwitchedUser::none(),
+    }
+}
+
+/// TVIEWs whose metadata names no live table or view (restored from a dump into another
+/// database, where the object ids are stale or even another relation's, or damaged): nothing
+/// maintains them. `entity, entity, ...`, or `None`.
+pub fn unmaintained_tviews() -> Option<String> {
+    Spi::get_one::<String>(
+        "SELECT string_agg(entity, ', ' ORDER BY entity) FROM pg_tview_meta m \
+         WHERE NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = m.table_oid AND c.relkind = 'r' \
+                           AND c.relname = 'tv_' || m.entity) \
+            OR NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = m.view_oid AND c.relkind = 'v' \
+                           AND c.relname = 'v_' || m.entity)",
+    )
+    .ok()
+    .flatten()
 }
 
 /// True when this database's extension schema has `column` in `pg_tview_meta` (a schema not

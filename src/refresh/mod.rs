@@ -154,7 +154,7 @@ pub fn defer(
     let keys: Vec<i64> = group.iter().map(|e| e.key).collect();
     let backoff_ms = 1000i64;
     // A sync-mode writer parks keys of a paused TVIEW too; only the extension writes there.
-    let _owner = catalog::AsExtensionOwner::enter();
+    let _owner = catalog::as_extension_owner();
     Spi::run_with_args(
         "INSERT INTO pg_tview_deferred AS d (tview_oid, kind, key, reason, attempts, last_error, sqlstate, next_attempt_at) \
          SELECT $1, k.kind, k.key, $2, CASE WHEN $2 = 'failed' AND $7 IS DISTINCT FROM '55P03' THEN 1 ELSE 0 END, $3, $7, \
@@ -189,15 +189,7 @@ fn refresh_group(table_oid: pg_sys::Oid, group: &[QueueEntry]) -> spi::Result<Op
     let _as_owner = AsOwner::switch_to(owner);
     Spi::connect_mut(|client| {
         if group.iter().any(|e| e.kind == kind::FULL) {
-            return match catalog::load_shape(client, table_oid)? {
-                Some(shape) => Ok(Some(run_count(
-                    client,
-                    table_oid,
-                    &shape.refresh_all_sql(),
-                    None,
-                )?)),
-                None => Ok(None),
-            };
+            return refresh_all(client, table_oid);
         }
         plans::with_plans(client, table_oid, |client, plans| {
             let keys = tview_keys(client, plans, table_oid, group)?;
@@ -208,36 +200,16 @@ fn refresh_group(table_oid: pg_sys::Oid, group: &[QueueEntry]) -> spi::Result<Op
 }
 
 /// Runs the refresh with the privileges of the TVIEW's owner, never as the worker's superuser:
-/// functions in a definition see `current_user` = the owner, and permissions are the owner's.
-/// Restored on drop (also when an ERROR unwinds; a subtransaction abort restores it as well).
-struct AsOwner {
-    user: pg_sys::Oid,
-    context: i32,
-}
+/// functions in a definition see `current_user` = the owner, and permissions are the owner's
+/// (like REFRESH MATERIALIZED VIEW, security-restricted).
+struct AsOwner;
 
 impl AsOwner {
-    fn switch_to(owner: pg_sys::Oid) -> AsOwner {
-        let mut user = pg_sys::InvalidOid;
-        let mut context = 0;
-        // SAFETY: plain reads and writes of the backend's current user id, as PostgreSQL does
-        // around maintenance commands (e.g. REFRESH MATERIALIZED VIEW runs as the view's owner).
-        unsafe {
-            pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
-            pg_sys::SetUserIdAndSecContext(
-                owner,
-                context
-                    | (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION)
-                        as i32,
-            );
-        }
-        AsOwner { user, context }
-    }
-}
-
-impl Drop for AsOwner {
-    fn drop(&mut self) {
-        // SAFETY: restores the values saved in switch_to.
-        unsafe { pg_sys::SetUserIdAndSecContext(self.user, self.context) };
+    fn switch_to(owner: pg_sys::Oid) -> catalog::SwitchedUser {
+        catalog::SwitchedUser::to(
+            owner,
+            (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION) as i32,
+        )
     }
 }
 
@@ -712,7 +684,12 @@ pub fn reconcile_range(
 
 /// Fully refreshes one TVIEW now, in the caller's transaction (pg_tviews_refresh()).
 pub fn refresh_one(table_oid: pg_sys::Oid) -> spi::Result<Option<u64>> {
-    Spi::connect_mut(|client| match catalog::load_shape(client, table_oid)? {
+    Spi::connect_mut(|client| refresh_all(client, table_oid))
+}
+
+/// Reconciles every row of one TVIEW with its query; `None` when it is not a TVIEW any more.
+fn refresh_all(client: &mut SpiClient<'_>, table_oid: pg_sys::Oid) -> spi::Result<Option<u64>> {
+    match catalog::load_shape(client, table_oid)? {
         Some(shape) => Ok(Some(run_count(
             client,
             table_oid,
@@ -720,7 +697,7 @@ pub fn refresh_one(table_oid: pg_sys::Oid) -> spi::Result<Option<u64>> {
             None,
         )?)),
         None => Ok(None),
-    })
+    }
 }
 
 /// Plans both refresh statements without running them, so pg_tviews_create fails cleanly on
