@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # pg_upgrade test: a cluster with a TVIEW (examples/demo.sql) is upgraded through the given
-# PostgreSQL versions in turn (default 15 16 18: 15 -> 16, then 16 -> 18). Before each upgrade
+# PostgreSQL versions in turn (default 16 18: 16 -> 18; see README for why not 15 -> 16). Before each upgrade
 # the worker is disabled (pg_tviews_bgw.enabled = off keeps capturing, stops applying) and rows
 # are written, so the cluster shuts down with keys queued but not applied. After the upgrade the
 # new server must apply them and converge (tv_post EXCEPT ALL v_post, both ways, empty), and later
@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 versions=("$@")
-((${#versions[@]})) || versions=(15 16 18)
+((${#versions[@]})) || versions=(16 18)
 ((${#versions[@]} >= 2)) || { echo "upgrade-test: give at least two versions" >&2; exit 2; }
 DIR=$(pwd)/target/upgrade-test
 PORT=5494
