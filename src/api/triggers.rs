@@ -16,6 +16,7 @@
 //! attached later get their `_trunc` trigger from the `ddl_command_end` event trigger
 //! (`ddl::_pg_tviews_partitions_changed`).
 
+use super::create::run_sql as run;
 use crate::errors::raise;
 use pgrx::prelude::*;
 use pgrx::spi::{quote_identifier, quote_literal};
@@ -55,17 +56,6 @@ pub struct Capture<'a> {
     pub source_oid: pg_sys::Oid,
     /// `(column, queue entry kind)`; a single empty column means "whole-TVIEW refresh".
     pub columns: &'a [(String, u32)],
-}
-
-fn run(sql: &str) {
-    if let Err(e) = Spi::run(sql) {
-        raise(
-            Code::ERRCODE_INTERNAL_ERROR,
-            format!("could not change capture triggers: {e}"),
-            None,
-            None,
-        );
-    }
 }
 
 /// `schema.name` of a relation, always qualified and quoted (stored SQL must not depend on any
