@@ -50,6 +50,11 @@ fn upgrading_from_0_2_0_keeps_tviews_working() {
     upgrade_from("0.2.0");
 }
 
+#[test]
+fn upgrading_from_0_3_0_keeps_tviews_working() {
+    upgrade_from("0.3.0");
+}
+
 fn upgrade_from(previous: &str) {
     let cluster = Cluster::start(&format!("upgrade-{previous}"), &[]);
     let mut db = cluster.create_database("app");
