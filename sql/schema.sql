@@ -1,13 +1,17 @@
 -- Catalog of TVIEWs in this database. Read by user backends (create/drop) and drainers.
+-- Relations are referenced as regclass, never as bare oids: pg_dump writes a regclass as the
+-- relation's qualified name and a restore reads it back as the new database's oid, so the
+-- metadata restored with these tables (pg_extension_config_dump) points at the restored
+-- relations. pg_upgrade keeps relation oids, so regclass columns are fine there too.
 CREATE TABLE pg_tview_meta (
     entity       text        PRIMARY KEY,
-    table_oid    oid         NOT NULL UNIQUE,
-    view_oid     oid         NOT NULL,
+    table_oid    regclass    NOT NULL UNIQUE,
+    view_oid     regclass    NOT NULL,
     definition   text        NOT NULL,
-    dependencies oid[]       NOT NULL DEFAULT '{}',
+    dependencies regclass[]  NOT NULL DEFAULT '{}',
     fk_columns   text[]      NOT NULL DEFAULT '{}',
     key_column   text        NOT NULL,
-    root_table   oid,
+    root_table   regclass,
     mode         text        NOT NULL DEFAULT 'async' CHECK (mode IN ('async', 'sync')),
     paused       boolean     NOT NULL DEFAULT false,
     created_at   timestamptz NOT NULL DEFAULT now(),
@@ -24,7 +28,7 @@ COMMENT ON TABLE pg_tview_meta IS 'One row per TVIEW (tv_<entity>) managed by pg
 -- Helper views that TVIEW definitions build on (kept for the runbook's reset procedure).
 CREATE TABLE pg_tview_helpers (
     helper_name  text        PRIMARY KEY,
-    view_oid     oid,
+    view_oid     regclass,
     used_by      text[]      NOT NULL DEFAULT '{}',
     created_at   timestamptz NOT NULL DEFAULT now()
 );
@@ -34,8 +38,8 @@ CREATE TABLE pg_tview_helpers (
 -- >= 2 = resolve_sql maps the values to keys, -1 = not captured at all (a foreign table, a
 -- materialized view, a volatile function: only the reconcile_interval keeps it fresh).
 CREATE TABLE pg_tview_lineage (
-    tview_oid      oid     NOT NULL,
-    source_oid     oid     NOT NULL,
+    tview_oid      regclass NOT NULL,
+    source_oid     regclass NOT NULL,
     rule           integer NOT NULL,
     capture_column text    NOT NULL,
     resolve_sql    text,

@@ -9,8 +9,8 @@ COMMENT ON FUNCTION pg_tviews_wait(interval) IS
 
 CREATE VIEW pg_tviews_queue_status AS
 SELECT m.entity,
-       m.table_oid::regclass                          AS tview,
-       m.table_oid,
+       m.table_oid                                     AS tview,
+       m.table_oid::oid                                AS table_oid,
        coalesce(s.pending, 0)                          AS pending,
        s.oldest_pending_at,
        clock_timestamp() - s.oldest_pending_at         AS oldest_pending_age,
@@ -180,3 +180,4 @@ END $$;
 CREATE EVENT TRIGGER pg_tviews_bgw_partitions ON ddl_command_end
     WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE')
     EXECUTE FUNCTION _pg_tviews_on_table_ddl();
+REVOKE EXECUTE ON FUNCTION @extschema@.pg_tviews_repair(text) FROM PUBLIC;

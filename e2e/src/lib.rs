@@ -158,6 +158,25 @@ impl Cluster {
         run(c, &format!("pg_ctl {action}"));
     }
 
+    /// Runs a client program of the server under test (`pg_dump`, `pg_restore`, `psql`) as
+    /// user `postgres` against this cluster; panics with its output when it fails.
+    pub fn tool(&self, binary: &str, args: &[&str]) -> String {
+        let mut cmd = pg_command(binary);
+        cmd.arg("-h")
+            .arg(&self.dir)
+            .args(["-p", &self.port.to_string(), "-U", "postgres"])
+            .args(args)
+            .current_dir("/");
+        let out = cmd.output().unwrap_or_else(|e| panic!("{binary}: {e}"));
+        assert!(
+            out.status.success(),
+            "{binary} {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    }
+
     pub fn restart(&self) {
         self.pg_ctl("restart");
     }

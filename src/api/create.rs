@@ -62,7 +62,7 @@ impl Target {
     }
 }
 
-fn bad_name(name: &str) -> ! {
+pub(crate) fn bad_name(name: &str) -> ! {
     raise(
         Code::ERRCODE_INVALID_NAME,
         format!("invalid TVIEW name \"{name}\""),
@@ -74,7 +74,7 @@ fn bad_name(name: &str) -> ! {
 /// `[schema.]relation` as written: a part in double quotes is taken literally, any other part
 /// as it is (TVIEW entities are lower case; nothing is folded, so `Post` is refused, not
 /// silently renamed). `None` when it is not one or two such parts.
-fn split_name(name: &str) -> Option<(Option<String>, String)> {
+pub(crate) fn split_name(name: &str) -> Option<(Option<String>, String)> {
     let mut parts = Vec::new();
     let mut rest = name.trim();
     loop {
@@ -801,6 +801,83 @@ fn record_uncaptured(
     }
 }
 
+/// What the analysis of a backing view decided (steps 4 to 6), before anything is written.
+struct Plan {
+    sources: Vec<SourceTable>,
+    uncaptured: Vec<Uncaptured>,
+    root: SourceTable,
+    root_key: String,
+    recursive: bool,
+}
+
+/// Steps 4 to 6 on the backing view `view_oid`: columns, what is read and captured, the root.
+/// Raises (and so writes nothing) when the TVIEW cannot be maintained.
+fn plan(target: &Target, view_oid: pg_sys::Oid, opt_in: bool) -> Plan {
+    let table = format!("tv_{}", target.entity);
+    check_columns(view_oid, target);
+    let analysis = analyze::analyze(view_oid, &target.key());
+    let (sources, uncaptured) = classify(&analysis, &table, opt_in);
+    let (root, root_key) = find_root(&analysis, &sources, target);
+    Plan {
+        sources,
+        uncaptured,
+        root,
+        root_key,
+        recursive: analysis.recursive,
+    }
+}
+
+/// Steps 8 to 10 for the table `table_oid`: lineage, capture triggers, metadata, and a check
+/// that both refresh statements plan.
+fn record(
+    target: &Target,
+    table_oid: pg_sys::Oid,
+    view_oid: pg_sys::Oid,
+    query: &str,
+    plan: &Plan,
+    reconcile_interval: Option<pgrx::datum::Interval>,
+) {
+    let table = format!("tv_{}", target.entity);
+    let full_sources = install_lineage(
+        target,
+        table_oid,
+        &plan.sources,
+        &plan.root,
+        &plan.root_key,
+        plan.recursive,
+    );
+    if !full_sources.is_empty() {
+        crate::errors::warn(
+            Code::ERRCODE_WARNING,
+            format!(
+                "changes to {} will fully refresh TVIEW \"{table}\"",
+                full_sources.join(", ")
+            ),
+            "Declare a single-column foreign key (or use fk_<x> -> pk_<x> integer columns) between that table and the TVIEW's root table.",
+        );
+    }
+    record_metadata(
+        target,
+        table_oid,
+        view_oid,
+        query,
+        &plan.sources,
+        &plan.root,
+        &plan.root_key,
+    );
+    if let Some(interval) = reconcile_interval {
+        record_uncaptured(&table, table_oid, interval, &plan.uncaptured);
+    }
+    if let Err(e) = refresh::validate(table_oid) {
+        raise(
+            Code::ERRCODE_INVALID_TABLE_DEFINITION,
+            format!("TVIEW \"{table}\" could not be refreshed incrementally: {e}"),
+            None,
+            Some("Every column type must support equality (use jsonb rather than json)."),
+        );
+    }
+}
+
 /// Creates `tv_<entity>` materialized from `query`, with its backing view `v_<entity>`, the
 /// capture triggers on every source table, and its `pg_tview_meta` row. Returns the table's
 /// name. With `reconcile_interval`, reads that cannot be captured are accepted (with a
@@ -819,44 +896,17 @@ pub fn create(
     let view_oid = create_view(&target, query);
     let _path = PinnedSearchPath::enter();
     let table = format!("tv_{}", target.entity);
-    check_columns(view_oid, &target);
-    let analysis = analyze::analyze(view_oid, &target.key());
-    let (sources, uncaptured) = classify(&analysis, &table, reconcile_interval.is_some());
-    let (root, root_key) = find_root(&analysis, &sources, &target);
+    let plan = plan(&target, view_oid, reconcile_interval.is_some());
     let table_oid = materialize(&target);
-    let full_sources = install_lineage(
+    create_tview_indexes(&target, table_oid);
+    record(
         &target,
         table_oid,
-        &sources,
-        &root,
-        &root_key,
-        analysis.recursive,
+        view_oid,
+        query,
+        &plan,
+        reconcile_interval,
     );
-    if !full_sources.is_empty() {
-        crate::errors::warn(
-            Code::ERRCODE_WARNING,
-            format!(
-                "changes to {} will fully refresh TVIEW \"{table}\"",
-                full_sources.join(", ")
-            ),
-            "Declare a single-column foreign key (or use fk_<x> -> pk_<x> integer columns) between that table and the TVIEW's root table.",
-        );
-    }
-    create_tview_indexes(&target, table_oid);
-    record_metadata(
-        &target, table_oid, view_oid, query, &sources, &root, &root_key,
-    );
-    if let Some(interval) = reconcile_interval {
-        record_uncaptured(&table, table_oid, interval, &uncaptured);
-    }
-    if let Err(e) = refresh::validate(table_oid) {
-        raise(
-            Code::ERRCODE_INVALID_TABLE_DEFINITION,
-            format!("TVIEW \"{table}\" could not be refreshed incrementally: {e}"),
-            None,
-            Some("Every column type must support equality (use jsonb rather than json)."),
-        );
-    }
     // SAFETY: reading the current database id cannot raise.
     let dboid = unsafe { pg_sys::MyDatabaseId }.to_u32();
     if queue::is_attached() && !queue::can_be_served(dboid) {
@@ -874,6 +924,33 @@ pub fn create(
         );
     }
     table
+}
+
+/// Binds an existing TVIEW table and backing view again (`pg_tviews_repair`): derives lineage,
+/// capture triggers and metadata from the view, as `create` would, without touching the
+/// table's rows. The caller has removed what was there before.
+pub fn rebind(
+    schema: &str,
+    entity: &str,
+    table_oid: pg_sys::Oid,
+    view_oid: pg_sys::Oid,
+    query: &str,
+    reconcile_interval: Option<pgrx::datum::Interval>,
+) {
+    let target = Target {
+        schema: schema.to_string(),
+        entity: entity.to_string(),
+    };
+    let _path = PinnedSearchPath::enter();
+    let plan = plan(&target, view_oid, reconcile_interval.is_some());
+    record(
+        &target,
+        table_oid,
+        view_oid,
+        query,
+        &plan,
+        reconcile_interval,
+    );
 }
 
 #[cfg(test)]

@@ -252,7 +252,7 @@ fn _pg_tviews_trigger_dropped(trigger_name: &str) {
         return;
     }
     let tviews = Spi::get_one_with_args::<Vec<pg_sys::Oid>>(
-        "SELECT coalesce(array_agg(m.table_oid), '{}') FROM pg_tview_meta m \
+        "SELECT coalesce(array_agg(m.table_oid::oid), '{}') FROM pg_tview_meta m \
          WHERE $1 LIKE 'tview\\_' || m.entity || '\\_%' \
            AND EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = m.table_oid)",
         &[trigger_name.into()],

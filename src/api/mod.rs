@@ -3,6 +3,7 @@
 pub mod create;
 pub mod ddl;
 pub mod ops;
+pub mod repair;
 pub mod status;
 pub mod triggers;
 pub mod tview;

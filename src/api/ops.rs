@@ -44,10 +44,22 @@ fn pg_tviews_verify(
             raise(
                 Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
                 format!("TVIEW \"tv_{}\" is not maintained: its metadata names no live table or view", tview::entity_of(name)),
-                Some("pg_tview_meta holds object ids that do not exist in this database (e.g. after a pg_dump restore into another database)."),
-                Some("Drop the TVIEW (pg_tviews_drop, then DROP TABLE / DROP VIEW of what is left) and create it again; pg_tviews_health_check() lists every such TVIEW."),
+                Some("pg_tview_meta names relations that do not exist in this database (damaged, or restored from a dump of pg_tviews_bgw 0.3.0 or older)."),
+                Some("SELECT pg_tviews_repair(); re-binds it to the table and view of its name; pg_tviews_health_check() lists every such TVIEW."),
             );
         };
+        // Exact now is not exact after the next write when nothing captures it: verification
+        // must not vouch for a TVIEW whose capture is broken.
+        let problems = triggers::capture_problems(Some(oid));
+        if !problems.is_empty() {
+            let entity = tview::entity_of(name);
+            raise(
+                Code::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("TVIEW \"tv_{entity}\" is not maintained: its capture is broken"),
+                Some(&problems.iter().map(|(_, p)| p.as_str()).collect::<Vec<_>>().join("; ")),
+                Some(&format!("SELECT pg_tviews_repair('{entity}'); reinstalls its capture triggers and lineage and recomputes it.")),
+            );
+        }
         let cols = |alias: &str| {
             std::iter::once(shape.key.as_str())
                 .chain(shape.values.iter().map(String::as_str))
@@ -297,50 +309,6 @@ fn check(name: &str, status: &str, detail: impl Into<String>) -> Check {
     (name.to_string(), status.to_string(), detail.into())
 }
 
-/// `<entity> on <table>` for every capture trigger that should exist and does not, or is
-/// disabled (`ALTER TABLE ... DISABLE TRIGGER`: as stale as a missing one).
-fn missing_triggers() -> Vec<String> {
-    let expected = Spi::connect(|client| {
-        let rows = client.select(
-            "SELECT m.entity, l.source_oid, bool_and(l.capture_column = ''), \
-                    (SELECT relkind = 'p' FROM pg_class WHERE oid = l.source_oid) \
-             FROM pg_tview_meta m JOIN pg_tview_lineage l ON l.tview_oid = m.table_oid \
-             WHERE EXISTS (SELECT 1 FROM pg_class WHERE oid = l.source_oid) AND l.rule >= 0 \
-             GROUP BY 1, 2 ORDER BY 1, 2",
-            None,
-            &[],
-        )?;
-        let mut out = Vec::new();
-        for row in rows {
-            out.push((
-                row.get::<String>(1)?.unwrap_or_default(),
-                row.get::<pg_sys::Oid>(2)?.unwrap_or(pg_sys::InvalidOid),
-                row.get::<bool>(3)?.unwrap_or(false),
-                row.get::<bool>(4)?.unwrap_or(false),
-            ));
-        }
-        Ok::<_, spi::Error>(out)
-    })
-    .unwrap_or_default();
-    let mut missing = Vec::new();
-    for (entity, source, full_only, partitioned) in expected {
-        let names = triggers::expected(&entity, partitioned, full_only);
-        let trunc = format!("tview_{entity}_trunc");
-        let absent = Spi::get_one_with_args::<String>(
-            "SELECT string_agg(DISTINCT format('%s on %s', $4, r.relid::regclass), ', ') \
-             FROM (SELECT $1::oid AS relid, n FROM unnest($2::text[]) n \
-                   UNION ALL SELECT p.relid, $3 FROM pg_partition_tree($1) p WHERE p.level > 0) r \
-             WHERE NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = r.relid AND t.tgname = r.n \
-                               AND t.tgenabled <> 'D')",
-            &[source.into(), names.into(), trunc.as_str().into(), entity.as_str().into()],
-        )
-        .ok()
-        .flatten();
-        missing.extend(absent);
-    }
-    missing
-}
-
 /// One row per check: `OK`, `WARNING` or `CRITICAL`, with a detail saying why and what to do.
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, @extschema@)]
@@ -531,16 +499,33 @@ fn pg_tviews_health_check() -> TableIterator<
             });
         }
     }
-    // Each source needs the triggers of its kind (api::triggers), and every partition of a
-    // partitioned source its TRUNCATE trigger.
-    let missing = missing_triggers();
-    out.push(if missing.is_empty() {
-        check("triggers", "OK", "every source table has its capture triggers")
+    // Each source needs the triggers of its kind (api::triggers), enabled and feeding this
+    // TVIEW, and every partition of a partitioned source its TRUNCATE trigger.
+    let problems = triggers::capture_problems(None);
+    out.push(if problems.is_empty() {
+        check(
+            "triggers",
+            "OK",
+            "every source table has its capture triggers",
+        )
     } else {
+        let mut entities: Vec<&str> = problems.iter().map(|(e, _)| e.as_str()).collect();
+        entities.dedup();
+        let repair = match entities.as_slice() {
+            [one] => format!("SELECT pg_tviews_repair('{one}');"),
+            _ => "SELECT pg_tviews_repair();".to_string(),
+        };
         check(
             "triggers",
             "CRITICAL",
-            format!("capture triggers missing for {}: those TVIEWs go stale; run SELECT pg_tviews_install_stmt_triggers();", missing.join(", ")),
+            format!(
+                "capture broken, those TVIEWs go stale: {}; run {repair}",
+                problems
+                    .iter()
+                    .map(|(e, p)| format!("{e}: {p}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
         )
     });
     let orphaned = Spi::get_one::<String>(
@@ -556,7 +541,7 @@ fn pg_tviews_health_check() -> TableIterator<
         Some(o) => check(
             "orphaned_triggers",
             "WARNING",
-            format!("triggers of no TVIEW: {o}"),
+            format!("triggers of no TVIEW: {o}; SELECT pg_tviews_repair(); re-adopts a TVIEW whose metadata was lost, or removes them"),
         ),
         None => check("orphaned_triggers", "OK", "none"),
     });
@@ -642,7 +627,7 @@ fn pg_tviews_health_check() -> TableIterator<
         Some(b) => check(
             "metadata",
             "CRITICAL",
-            format!("pg_tview_meta rows whose table or view is gone: {b}; pg_tviews_drop() them and recreate"),
+            format!("pg_tview_meta rows whose table or view is gone or is another relation (damaged, or restored from a dump of 0.3.0 or older): {b}; run SELECT pg_tviews_repair();"),
         ),
         None => check("metadata", "OK", format!("{tview_count} TVIEWs")),
     });
@@ -699,7 +684,7 @@ fn pg_tviews_retry_failed(name: default!(Option<&str>, "NULL")) -> i64 {
     let tviews: Vec<pg_sys::Oid> = match name {
         Some(name) => vec![owned_tview_oid(name)],
         None => Spi::get_one::<Vec<pg_sys::Oid>>(
-            "SELECT coalesce(array_agg(table_oid), '{}') FROM pg_tview_meta \
+            "SELECT coalesce(array_agg(table_oid::oid), '{}') FROM pg_tview_meta \
              WHERE _pg_tviews_may_manage(table_oid)",
         )
         .ok()

@@ -17,6 +17,7 @@
 //! (`ddl::_pg_tviews_partitions_changed`).
 
 use super::create::run_sql as run;
+use crate::capture::binding::Binding;
 use crate::errors::raise;
 use pgrx::prelude::*;
 use pgrx::spi::{quote_identifier, quote_literal};
@@ -70,6 +71,21 @@ pub fn qualified_name(oid: pg_sys::Oid) -> Option<String> {
     .flatten()
 }
 
+/// `(schema, relation)` of a relation, unquoted; `None` when it does not exist.
+fn relation_name(oid: pg_sys::Oid) -> Option<(String, String)> {
+    let parts = Spi::get_one_with_args::<Vec<String>>(
+        "SELECT ARRAY[n.nspname::text, c.relname::text] FROM pg_catalog.pg_class c \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+        &[oid.into()],
+    )
+    .ok()
+    .flatten()?;
+    match <[String; 2]>::try_from(parts) {
+        Ok([schema, relation]) => Some((schema, relation)),
+        Err(_) => None,
+    }
+}
+
 fn is_partitioned(oid: pg_sys::Oid) -> bool {
     Spi::get_one_with_args::<bool>(
         "SELECT relkind = 'p' FROM pg_catalog.pg_class WHERE oid = $1",
@@ -97,11 +113,21 @@ fn partitions(oid: pg_sys::Oid) -> Vec<String> {
 
 impl Capture<'_> {
     fn function(&self) -> String {
-        let mut args = vec![if self.sync {
-            format!("'{}:sync'", self.tview_oid)
-        } else {
-            format!("'{}'", self.tview_oid)
-        }];
+        let (schema, table) =
+            relation_name(pg_sys::Oid::from(self.tview_oid)).unwrap_or_else(|| {
+                raise(
+                    Code::ERRCODE_UNDEFINED_TABLE,
+                    format!("TVIEW table {} does not exist", self.tview_oid),
+                    None,
+                    None,
+                )
+            });
+        let mut args = vec![quote_literal(Binding::encode(
+            self.tview_oid,
+            self.sync,
+            &schema,
+            &table,
+        ))];
         for (column, rule) in self.columns {
             args.push(quote_literal(column));
             args.push(format!("'{rule}'"));
@@ -235,4 +261,133 @@ pub fn drop_all(entity: &str) {
             quote_identifier(&trigger)
         ));
     }
+}
+
+/// What is wrong with the capture of each TVIEW (or of one): `(entity, problem)` for every
+/// capture trigger that should exist and does not, is disabled (`ALTER TABLE ... DISABLE
+/// TRIGGER`: as stale as a missing one) or feeds another relation (restored from a dump made
+/// before triggers carried names, or copied by hand), and for a TVIEW without lineage. Read
+/// from the catalogs, independently of what the triggers themselves do.
+pub fn capture_problems(only: Option<pg_sys::Oid>) -> Vec<(String, String)> {
+    let read = Spi::connect(|client| {
+        let mut tviews = Vec::new();
+        for row in client.select(
+            "SELECT m.entity, m.table_oid::oid, \
+                    EXISTS (SELECT 1 FROM pg_tview_lineage l WHERE l.tview_oid = m.table_oid) \
+             FROM pg_tview_meta m WHERE ($1::oid IS NULL OR m.table_oid = $1) \
+               AND EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = m.table_oid) \
+             ORDER BY 1",
+            None,
+            &[only.into()],
+        )? {
+            tviews.push((
+                row.get::<String>(1)?.unwrap_or_default(),
+                row.get::<pg_sys::Oid>(2)?.unwrap_or(pg_sys::InvalidOid),
+                row.get::<bool>(3)?.unwrap_or(false),
+            ));
+        }
+        let mut sources = Vec::new();
+        for row in client.select(
+            "SELECT m.entity, l.source_oid::oid, bool_and(l.capture_column = ''), \
+                    (SELECT relkind = 'p' FROM pg_catalog.pg_class WHERE oid = l.source_oid) \
+             FROM pg_tview_meta m JOIN pg_tview_lineage l ON l.tview_oid = m.table_oid \
+             WHERE ($1::oid IS NULL OR m.table_oid = $1) \
+               AND EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE oid = l.source_oid) AND l.rule >= 0 \
+             GROUP BY m.entity, l.source_oid ORDER BY 1, 2",
+            None,
+            &[only.into()],
+        )? {
+            sources.push((
+                row.get::<String>(1)?.unwrap_or_default(),
+                row.get::<pg_sys::Oid>(2)?.unwrap_or(pg_sys::InvalidOid),
+                row.get::<bool>(3)?.unwrap_or(false),
+                row.get::<bool>(4)?.unwrap_or(false),
+            ));
+        }
+        Ok::<_, spi::Error>((tviews, sources))
+    });
+    let (tviews, sources) = read.unwrap_or_else(|e| {
+        raise(
+            Code::ERRCODE_INTERNAL_ERROR,
+            format!("could not read lineage: {e}"),
+            None,
+            None,
+        )
+    });
+    let mut problems = Vec::new();
+    for (entity, _, has_lineage) in &tviews {
+        if !has_lineage {
+            problems.push((entity.clone(), "no lineage rows".to_string()));
+        }
+    }
+    for (entity, source, full_only, partitioned) in sources {
+        let names = expected(&entity, partitioned, full_only);
+        let trunc = format!("tview_{entity}_trunc");
+        let absent = Spi::get_one_with_args::<String>(
+            "SELECT string_agg(DISTINCT format('%s on %s', r.n, r.relid::regclass), ', ') \
+             FROM (SELECT $1::oid AS relid, n FROM unnest($2::text[]) n \
+                   UNION ALL SELECT p.relid, $3 FROM pg_catalog.pg_partition_tree($1) p WHERE p.level > 0) r \
+             WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgrelid = r.relid AND t.tgname = r.n \
+                               AND t.tgenabled <> 'D')",
+            &[source.into(), names.into(), trunc.as_str().into()],
+        )
+        .unwrap_or_else(|e| {
+            raise(
+                Code::ERRCODE_INTERNAL_ERROR,
+                format!("could not read capture triggers: {e}"),
+                None,
+                None,
+            )
+        });
+        if let Some(absent) = absent {
+            problems.push((entity.clone(), format!("missing or disabled: {absent}")));
+        }
+    }
+    // Triggers that exist but feed something else: their first argument, resolved as the
+    // trigger function resolves it.
+    for (entity, table_oid, _) in &tviews {
+        let triggers = Spi::connect(|client| {
+            let mut out = Vec::new();
+            for row in client.select(
+                "SELECT format('%s on %s', t.tgname, t.tgrelid::regclass), t.tgargs FROM pg_catalog.pg_trigger t \
+                 WHERE t.tgname = ANY ($1) AND t.tgparentid = 0 ORDER BY 1",
+                None,
+                &[trigger_names(entity).into()],
+            )? {
+                out.push((
+                    row.get::<String>(1)?.unwrap_or_default(),
+                    row.get::<Vec<u8>>(2)?.unwrap_or_default(),
+                ));
+            }
+            Ok::<_, spi::Error>(out)
+        })
+        .unwrap_or_else(|e| {
+            raise(
+                Code::ERRCODE_INTERNAL_ERROR,
+                format!("could not read capture triggers: {e}"),
+                None,
+                None,
+            )
+        });
+        let elsewhere: Vec<String> = triggers
+            .into_iter()
+            .filter(|(_, args)| {
+                let first = args.split(|&b| b == 0).next().unwrap_or_default();
+                let bound = std::str::from_utf8(first)
+                    .ok()
+                    .and_then(Binding::parse)
+                    .map(|b| b.resolve());
+                bound != Some(table_oid.to_u32())
+            })
+            .map(|(trigger, _)| trigger)
+            .collect();
+        if !elsewhere.is_empty() {
+            problems.push((
+                entity.clone(),
+                format!("feeding another relation: {}", elsewhere.join(", ")),
+            ));
+        }
+    }
+    problems.sort();
+    problems
 }

@@ -106,6 +106,15 @@ fn pg_tviews_drop(name: &str, if_exists: default!(bool, false)) -> bool {
     match table_oid {
         Some(table_oid) => require_owner(table_oid, &entity),
         None => {
+            // Metadata lost (or never restored): what is left of the TVIEW still goes.
+            if let Some(removed) = super::repair::drop_leftovers(name) {
+                pgrx::ereport!(
+                    NOTICE,
+                    Code::ERRCODE_SUCCESSFUL_COMPLETION,
+                    format!("TVIEW \"tv_{entity}\" had no metadata; removed {removed}")
+                );
+                return true;
+            }
             if if_exists {
                 pgrx::ereport!(
                     NOTICE,

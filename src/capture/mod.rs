@@ -1,6 +1,7 @@
 //! Change capture in user backends: the `tview_*` statement triggers stage keys, the
 //! transaction callbacks publish them at COMMIT.
 
+pub mod binding;
 pub mod journal;
 pub mod staging;
 pub mod trigger;

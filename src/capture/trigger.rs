@@ -9,13 +9,15 @@
 //! `session_replication_role = replica` (a subscription's apply worker fires only row
 //! triggers). See `api::tview::install_capture_triggers` for which trigger fires when.
 //!
-//! Trigger arguments: `(tview table oid[:sync], column, kind [, column, kind]...)`: the values of
-//! each column are staged as queue entries of that kind (see `catalog::lineage`); `:sync` marks
-//! a TVIEW refreshed inside the writing statement too (`pg_tviews_set_mode`). An empty column
+//! Trigger arguments: `(TVIEW, column, kind [, column, kind]...)`: the TVIEW as
+//! `capture::binding` writes it (oid, mode, qualified name); the values of each column are
+//! staged as queue entries of that kind (see `catalog::lineage`); a TVIEW in sync mode is also
+//! refreshed inside the writing statement (`pg_tviews_set_mode`). An empty column
 //! means "any change here recomputes the whole TVIEW". The transition tuplestores are read
 //! directly (no SPI) with a read pointer of our own, because other AFTER triggers of the same
 //! statement share them.
 
+use super::binding::Binding;
 use super::dispatch;
 use super::staging::StagedKey;
 use crate::queue::kind;
@@ -43,13 +45,11 @@ fn pg_tviews_capture<'a>(
             "pg_tviews_capture() expects (TVIEW oid, column, kind, ...)".into(),
         ));
     };
-    // "<oid>" or "<oid>:sync" (a TVIEW in sync mode; see pg_tviews_set_mode).
-    let (oid, tview_sync) = match oid.split_once(':') {
-        Some((oid, "sync")) => (oid, true),
-        Some((oid, _)) => (oid, false),
-        None => (oid.as_str(), false),
-    };
-    let tview_oid = parse("TVIEW oid", oid)?;
+    // Which TVIEW, and whether it is in sync mode (see capture::binding: the name wins over
+    // the oid, so a restored trigger feeds the restored TVIEW).
+    let binding =
+        Binding::parse(oid).ok_or_else(|| CaptureError(format!("bad TVIEW argument {oid:?}")))?;
+    let (tview_oid, tview_sync) = (binding.resolve(), binding.sync);
     let mut captures: SmallVec<[(&str, u32); 4]> = SmallVec::new();
     match rest {
         [column] => captures.push((column.as_str(), kind::ROW)),
