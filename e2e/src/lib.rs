@@ -185,6 +185,17 @@ impl Cluster {
         std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
     }
 
+    /// A connection to `dbname` as `user` (trust authentication).
+    pub fn connect_as(&self, dbname: &str, user: &str) -> Client {
+        let conn = format!(
+            "host={} port={} user={user} dbname={dbname} application_name=e2e",
+            self.dir.display(),
+            self.port
+        );
+        Client::connect(&conn, NoTls)
+            .unwrap_or_else(|e| panic!("connect to {dbname} as {user}: {e}\n{}", self.log()))
+    }
+
     pub fn connect(&self, dbname: &str) -> Client {
         let conn = format!(
             "host={} port={} user=postgres dbname={dbname} application_name=e2e",

@@ -55,11 +55,19 @@ fn a_failing_refresh_is_retried_then_dead_lettered_while_others_flow() {
                 UPDATE tb_tag SET name = 'renamed' WHERE pk_tag = 1; COMMIT;",
     )
     .unwrap();
-    wait_drained(&mut db);
-    assert_eq!(
-        differences(&mut db, "tag"),
-        0,
-        "the other TVIEW was refreshed"
+    eventually(
+        "the other TVIEW is refreshed",
+        Duration::from_secs(30),
+        || differences(&mut db, "tag") == 0,
+    );
+    // No wait claims the database is current while a key is retried or dead-lettered.
+    let current: bool = db
+        .query_one("SELECT pg_tviews_wait('1s')", &[])
+        .unwrap()
+        .get(0);
+    assert!(
+        !current,
+        "pg_tviews_wait while the poison key is not applied"
     );
     eventually(
         "the poison key reaches the dead letters",
@@ -150,4 +158,77 @@ fn pause_parks_keys_durably_and_resume_applies_them() {
     eventually("resumed TVIEW converges", Duration::from_secs(15), || {
         differences(&mut db, "tag") == 0 && deferred(&mut db, "paused") == 0
     });
+}
+
+#[test]
+fn a_read_only_database_dead_letters_its_keys_and_says_why() {
+    let cluster = Cluster::start("read-only", &["pg_tviews_bgw.max_retries = 2"]);
+    let mut db = setup(&cluster);
+    db.batch_execute("ALTER DATABASE app SET default_transaction_read_only = on")
+        .unwrap();
+    // A session that may still write (the setting is only a default), as a migration would.
+    let mut writer = cluster.connect("app");
+    writer
+        .batch_execute("SET default_transaction_read_only = off")
+        .unwrap();
+    writer
+        .batch_execute("UPDATE tb_tag SET name = name || ' (late)' WHERE pk_tag <= 3")
+        .unwrap();
+    eventually(
+        "the keys become dead letters with SQLSTATE 25006",
+        Duration::from_secs(60),
+        || {
+            db.query_one(
+                "SELECT count(*) FROM pg_tviews_dead_letters WHERE entity = 'tag' AND sqlstate = '25006'",
+                &[],
+            )
+            .unwrap()
+            .get::<_, i64>(0)
+                == 3
+        },
+    );
+    let checks: Vec<(String, String, String)> = db
+        .query(
+            "SELECT check_name, status, detail FROM pg_tviews_health_check() WHERE status = 'CRITICAL'",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let named = |name: &str| checks.iter().find(|(n, _, _)| n == name).cloned();
+    let (_, _, read_only) = named("read_only").expect("a read_only CRITICAL");
+    assert!(
+        read_only.contains("default_transaction_read_only"),
+        "{read_only}"
+    );
+    let (_, _, dead) = named("dead_letters").expect("a dead_letters CRITICAL");
+    assert!(dead.contains("tag") && dead.contains("25006"), "{dead}");
+    let current: bool = db
+        .query_one("SELECT pg_tviews_wait('1s')", &[])
+        .unwrap()
+        .get(0);
+    assert!(
+        !current,
+        "pg_tviews_wait in a read-only database with stale rows"
+    );
+    // Three stale rows, each counted in both directions.
+    assert_eq!(differences(&mut db, "tag"), 6, "nothing was written");
+
+    // Writable again: retried, exact.
+    db.batch_execute("ALTER DATABASE app RESET default_transaction_read_only")
+        .unwrap();
+    let revived: i64 = writer
+        .query_one("SELECT pg_tviews_retry_failed()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(revived, 3);
+    eventually(
+        "the revived keys are applied",
+        Duration::from_secs(30),
+        || deferred(&mut db, "dead") + deferred(&mut db, "failed") == 0,
+    );
+    wait_drained(&mut db);
+    assert_eq!(differences(&mut db, "tag"), 0);
+    assert_eq!(differences(&mut db, "post"), 0);
 }

@@ -563,6 +563,15 @@ fn pg_tviews_health_check() -> TableIterator<
         ),
         None => check("dead_letters", "OK", "none"),
     });
+    // A database whose new sessions are read-only: the worker's refreshes honour it and fail
+    // (25006), so every change is stale until it is writable again.
+    if tview_count > 0 && catalog::database_read_only() {
+        out.push(check(
+            "read_only",
+            "CRITICAL",
+            "new sessions of this database are read-only (default_transaction_read_only = on): the worker does not write TVIEW rows, their keys are retried and then dead-lettered with SQLSTATE 25006; make the database writable (ALTER DATABASE ... RESET default_transaction_read_only), then SELECT pg_tviews_retry_failed();",
+        ));
+    }
     // Keys set aside because their TVIEW (or a source) was locked: which TVIEW, and who holds
     // a lock on it now (the other TVIEWs keep flowing meanwhile).
     let blocked = Spi::get_one::<String>(

@@ -339,15 +339,17 @@ pub fn drop_leftovers(name: &str) -> Option<String> {
         triggers::drop_all(&entity);
         removed.push("its capture triggers".to_string());
     }
+    // The backing view: beside the table, else where the name (or the only one) says.
+    let view_schema = table.as_ref().map(|(_, s)| s.clone()).or(schema);
+    if let Some((_, view_schema)) = locate("v_", &entity, "v", None, view_schema.as_deref()) {
+        create::run_sql(&format!(
+            "DROP VIEW {}.{}",
+            quote_identifier(&view_schema),
+            quote_identifier(format!("v_{entity}"))
+        ));
+        removed.push(format!("view {view_schema}.v_{entity}"));
+    }
     if let Some((_, schema)) = table {
-        if let Some((_, view_schema)) = locate("v_", &entity, "v", None, Some(&schema)) {
-            create::run_sql(&format!(
-                "DROP VIEW {}.{}",
-                quote_identifier(&view_schema),
-                quote_identifier(format!("v_{entity}"))
-            ));
-            removed.push(format!("view {schema}.v_{entity}"));
-        }
         create::run_sql(&format!(
             "DROP TABLE {}.{}",
             quote_identifier(&schema),

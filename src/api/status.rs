@@ -214,7 +214,38 @@ fn _pg_tviews_wait_ms(timeout_ms: i64) -> bool {
             super::sleep_on_latch(2);
         }
     }
-    true
+    // Keys taken out of the ring without being applied are not current either: those being
+    // retried (a failed refresh, a TVIEW locked by someone) are waited for; dead letters stay
+    // stale until someone acts, so no wait can succeed while there are any.
+    loop {
+        match deferred_unapplied() {
+            (_, Some(dead)) => {
+                crate::errors::warn(
+                    pgrx::PgSqlErrorCode::ERRCODE_WARNING,
+                    format!("TVIEWs with dead-lettered keys, those rows are stale: {dead}"),
+                    "pg_tviews_dead_letters lists them; fix the cause, then SELECT pg_tviews_retry_failed();",
+                );
+                return false;
+            }
+            (0, None) => return true,
+            _ if Instant::now() >= deadline => return false,
+            _ => super::sleep_on_latch(10),
+        }
+    }
+}
+
+/// `(keys being retried, TVIEWs with dead letters)` in `pg_tview_deferred`, read with a fresh
+/// snapshot.
+fn deferred_unapplied() -> (i64, Option<String>) {
+    Spi::get_two::<i64, String>(
+        "SELECT count(*) FILTER (WHERE d.reason = 'failed'), \
+                string_agg(DISTINCT m.entity, ', ') FILTER (WHERE d.reason = 'dead') \
+         FROM pg_tview_deferred d JOIN pg_tview_meta m ON m.table_oid = d.tview_oid \
+         WHERE d.reason IN ('failed', 'dead')",
+    )
+    .map(|(failed, dead)| (failed.unwrap_or(0), dead))
+    // Unreadable: not known to be applied, so the wait runs into its timeout (false).
+    .unwrap_or((1, None))
 }
 
 /// State of this database's three journal tables (empty without a worker slot).

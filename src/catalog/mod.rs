@@ -164,6 +164,24 @@ pub fn unmaintained_tviews() -> Option<String> {
     .flatten()
 }
 
+/// True when new sessions of this database start read-only: `default_transaction_read_only`
+/// on in the configuration (its value before any SET of this session), or set by ALTER
+/// DATABASE / ALTER ROLE for this database or the session's role.
+pub fn database_read_only() -> bool {
+    Spi::get_one::<bool>(
+        "SELECT coalesce((SELECT reset_val = 'on' FROM pg_catalog.pg_settings \
+                          WHERE name = 'default_transaction_read_only'), false) \
+             OR EXISTS (SELECT 1 FROM pg_catalog.pg_db_role_setting s, unnest(s.setconfig) c(setting) \
+                        WHERE s.setdatabase IN (0, (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())) \
+                          AND s.setrole IN (0, (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = session_user)) \
+                          AND lower(c.setting) IN ('default_transaction_read_only=on', 'default_transaction_read_only=true', \
+                                                   'default_transaction_read_only=yes', 'default_transaction_read_only=1'))",
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false)
+}
+
 /// True when this database's extension schema has `column` in `pg_tview_meta` (a schema not
 /// yet updated by `ALTER EXTENSION ... UPDATE` lacks the newer ones; the library serves both).
 pub fn meta_has_column(column: &str) -> bool {

@@ -111,6 +111,44 @@ impl Locking {
 /// SQLSTATE of a lock wait that reached `lock_timeout`: the keys are retried every second and
 /// the attempt is not counted towards `max_retries` (a lock is no fault of the definition).
 pub const LOCK_NOT_AVAILABLE: &str = "55P03";
+/// SQLSTATE of a write in a read-only transaction (`default_transaction_read_only = on`).
+pub const READ_ONLY_SQL_TRANSACTION: &str = "25006";
+
+thread_local! {
+    /// The worker's view of whether its database is read-only (see `note_read_only`); always
+    /// false in user backends, whose own writes would have failed first.
+    static READ_ONLY: std::cell::Cell<Option<(std::time::Instant, bool)>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// Worker only: re-reads, at most once a second, whether this database is read-only for new
+/// sessions (`default_transaction_read_only = on` in the configuration, ALTER DATABASE or
+/// ALTER ROLE). The worker's own session is read-write, so that failures can be recorded; its
+/// refreshes honour the setting by failing with 25006, retried and then dead-lettered like any
+/// other failure. Call inside a transaction.
+pub fn note_read_only() {
+    let now = std::time::Instant::now();
+    let fresh = READ_ONLY.with(|r| {
+        r.get()
+            .is_some_and(|(at, _)| now.duration_since(at) < std::time::Duration::from_secs(1))
+    });
+    if !fresh {
+        let read_only = catalog::database_read_only();
+        READ_ONLY.with(|r| r.set(Some((now, read_only))));
+    }
+}
+
+/// Raises 25006 when the worker found its database read-only (`note_read_only`).
+fn refuse_if_read_only() {
+    if READ_ONLY.with(|r| r.get().is_some_and(|(_, read_only)| read_only)) {
+        crate::errors::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
+            "the database is read-only (default_transaction_read_only = on): TVIEW rows are not written".to_string(),
+            None,
+            Some("Make the database writable again (ALTER DATABASE ... RESET default_transaction_read_only), then SELECT pg_tviews_retry_failed();"),
+        );
+    }
+}
 
 /// Namespace of the advisory locks on TVIEWs (`pg_advisory_xact_lock(bigint)`): "tv" << 32.
 const LOCK_SPACE: i64 = 0x7476 << 32;
@@ -186,6 +224,7 @@ fn refresh_group(table_oid: pg_sys::Oid, group: &[QueueEntry]) -> spi::Result<Op
     let Some(owner) = owner else {
         return Ok(None);
     };
+    refuse_if_read_only();
     let _as_owner = AsOwner::switch_to(owner);
     Spi::connect_mut(|client| {
         if group.iter().any(|e| e.kind == kind::FULL) {
@@ -240,9 +279,12 @@ fn refresh_bisect(
         refresh_group(table_oid, group)
     });
     match attempt {
-        // Waiting for a lock says nothing about which keys are at fault: set them all aside
-        // (no bisection, each half would wait again).
-        Err(failure) if failure.sqlstate == LOCK_NOT_AVAILABLE => {
+        // Waiting for a lock, or a read-only database, says nothing about which keys are at
+        // fault: set them all aside (no bisection, each half would fail the same way).
+        Err(failure)
+            if failure.sqlstate == LOCK_NOT_AVAILABLE
+                || failure.sqlstate == READ_ONLY_SQL_TRANSACTION =>
+        {
             out.exists = true;
             out.failed
                 .extend(group.iter().map(|entry| (*entry, failure.clone())));
@@ -639,6 +681,7 @@ pub fn reconcile_range(
         return Ok(Reconciled::Gone);
     };
     let attempt = isolate::in_subtransaction(|| {
+        refuse_if_read_only();
         let _as_owner = AsOwner::switch_to(owner);
         Spi::connect_mut(|client| {
             let Some(shape) = catalog::load_shape(client, table_oid)? else {

@@ -74,6 +74,10 @@ pub extern "C-unwind" fn pg_tviews_bgw_drainer_main(arg: pg_sys::Datum) {
     // plans re-plan on every batch (measured: planning costs more than executing), while the
     // generic plan uses the same index scans.
     set_option(c"plan_cache_mode", c"force_generic_plan");
+    // A database made read-only (default_transaction_read_only) must not stop the worker from
+    // recording what it could not apply: its session is read-write, and its refreshes honour
+    // the setting by failing with 25006 (refresh::note_read_only), retried, then dead letters.
+    set_option(c"default_transaction_read_only", c"off");
     let schema = run_in_transaction(catalog::extension_schema).unwrap_or(None);
     let Some(schema) = schema else {
         if probing && slots::release_if_probing(slot, dboid, generation) {
@@ -320,6 +324,7 @@ impl Drainer {
         let started = Instant::now();
         let slot = self.slot;
         let result = run_in_transaction(|| {
+            refresh::note_read_only();
             refresh::apply_batch(entries, refresh::OnError::Defer, locking, Some(slot))
         });
         if matches!(result, Ok(Ok(_))) {
@@ -443,8 +448,10 @@ impl Drainer {
                 drain::set_state(self.slot, WorkerState::FullRefresh);
                 let started = Instant::now();
                 let locking = self.locking().for_foreign_keys();
-                let result =
-                    run_in_transaction(|| refresh::reconcile_range(oid, start, batch, locking));
+                let result = run_in_transaction(|| {
+                    refresh::note_read_only();
+                    refresh::reconcile_range(oid, start, batch, locking)
+                });
                 let elapsed_ms = started.elapsed().as_millis() as u64;
                 match result {
                     Ok(Ok(refresh::Reconciled::Range { rows, next })) => {
@@ -505,7 +512,10 @@ impl Drainer {
         let limit = gucs::batch_size();
         let max_retries = gucs::MAX_RETRIES.get();
         let locking = self.locking().for_foreign_keys();
-        match run_in_transaction(|| refresh::retry_deferred(limit, max_retries, locking)) {
+        match run_in_transaction(|| {
+            refresh::note_read_only();
+            refresh::retry_deferred(limit, max_retries, locking)
+        }) {
             Ok(Ok(outcome)) => {
                 if !outcome.per_tview.is_empty() || !outcome.failed.is_empty() {
                     self.completed(&[], (0, 0), &outcome, 0);
