@@ -87,7 +87,7 @@ SELECT entity,
 FROM pg_tview_meta;
 
 -- Statement-level capture triggers on the root table (the TVIEW's oid is masked).
-SELECT tgname, replace(pg_get_triggerdef(t.oid), m.table_oid::text, '<tv_post>') AS definition
+SELECT tgname, replace(pg_get_triggerdef(t.oid), m.table_oid::oid::text, '<tv_post>') AS definition
 FROM pg_trigger t, pg_tview_meta m
 WHERE t.tgrelid = 'tb_post'::regclass AND NOT t.tgisinternal
 ORDER BY tgname;
