@@ -103,6 +103,16 @@ UNION ALL SELECT 'pg_tviews_worker_avg_batch_ms', avg_batch_ms,
           WHERE avg_batch_ms IS NOT NULL;
 
 
+CREATE FUNCTION "pg_tviews_repair"(
+	"name" TEXT DEFAULT NULL /* Option < & str > */
+) RETURNS TABLE (
+	"entity" TEXT,  /* String */
+	"action" TEXT  /* String */
+)
+VOLATILE PARALLEL UNSAFE
+SET search_path TO pg_catalog, @extschema@
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'pg_tviews_repair_wrapper';
 REVOKE EXECUTE ON FUNCTION @extschema@.pg_tviews_repair(text) FROM PUBLIC;
 
 -- Every TVIEW's capture triggers again, now carrying the TVIEW's name beside its oid.

@@ -33,7 +33,6 @@ fn refresh_runs_as_the_tview_owner() {
     // back to superuser rights.
     db.batch_execute("REVOKE SELECT ON tb_note FROM alice; UPDATE tb_note SET body = 'secret'")
         .unwrap();
-    wait_drained(&mut db);
     eventually(
         "the failure is recorded",
         std::time::Duration::from_secs(10),
@@ -52,4 +51,10 @@ fn refresh_runs_as_the_tview_owner() {
         .unwrap()
         .get(0);
     assert_eq!(leaked, 0);
+    // And no wait claims that the TVIEW is current.
+    let current: bool = db
+        .query_one("SELECT pg_tviews_wait('1s')", &[])
+        .unwrap()
+        .get(0);
+    assert!(!current, "pg_tviews_wait while the owner's refresh fails");
 }
