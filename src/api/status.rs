@@ -153,7 +153,7 @@ fn unmaintained_tviews() -> bool {
     crate::errors::warn(
         pgrx::PgSqlErrorCode::ERRCODE_WARNING,
         format!("TVIEWs not maintained, their metadata names no live table or view: {broken}"),
-        "pg_tviews_health_check() lists them; drop and create them again.",
+        "pg_tviews_health_check() lists them; SELECT pg_tviews_repair(); re-binds them.",
     );
     true
 }
