@@ -18,13 +18,37 @@ pub fn extension_installed() -> bool {
 
 /// Schema of the extension in the current database; `None` when it is not installed.
 pub fn extension_schema() -> Option<String> {
-    Spi::get_one::<String>(
+    // Sync-mode writers pin their search_path on every statement: the schema of the extension
+    // (which cannot move, it is not relocatable) is kept per extension oid, looked up through
+    // pg_extension's index without SPI; a dropped and re-created extension has a new oid.
+    // SAFETY: a catalog index lookup inside a transaction; with missing_ok it returns
+    // InvalidOid instead of raising.
+    let extension = unsafe { pg_sys::get_extension_oid(c"pg_tviews_bgw".as_ptr(), true) };
+    if extension == pg_sys::InvalidOid {
+        return None;
+    }
+    if let Some(schema) = SCHEMA.with(|s| {
+        s.borrow()
+            .as_ref()
+            .filter(|(oid, _)| *oid == extension.to_u32())
+            .map(|(_, schema)| schema.clone())
+    }) {
+        return Some(schema);
+    }
+    let schema = Spi::get_one::<String>(
         "SELECT n.nspname::text FROM pg_catalog.pg_extension e \
          JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace \
          WHERE e.extname = 'pg_tviews_bgw'",
     )
     .ok()
-    .flatten()
+    .flatten()?;
+    SCHEMA.with(|s| *s.borrow_mut() = Some((extension.to_u32(), schema.clone())));
+    Some(schema)
+}
+
+thread_local! {
+    /// `(extension oid, its schema)`, see `extension_schema`.
+    static SCHEMA: std::cell::RefCell<Option<(u32, String)>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Settings changed until dropped, at a GUC nesting level of their own: restored on drop; an

@@ -216,14 +216,11 @@ pub fn defer(
 
 /// Recomputes one TVIEW's rows for `group` (entries of that TVIEW, sorted by kind); `None`
 /// when it is not a TVIEW any more.
-fn refresh_group(table_oid: pg_sys::Oid, group: &[QueueEntry]) -> spi::Result<Option<u64>> {
-    let owner = Spi::get_one_with_args::<pg_sys::Oid>(
-        "SELECT (SELECT relowner FROM pg_class WHERE oid = $1)",
-        &[table_oid.into()],
-    )?;
-    let Some(owner) = owner else {
-        return Ok(None);
-    };
+fn refresh_group(
+    table_oid: pg_sys::Oid,
+    owner: pg_sys::Oid,
+    group: &[QueueEntry],
+) -> spi::Result<Option<u64>> {
     refuse_if_read_only();
     let _as_owner = AsOwner::switch_to(owner);
     Spi::connect_mut(|client| {
@@ -267,6 +264,7 @@ struct Isolated {
 /// for k failing keys among n).
 fn refresh_bisect(
     table_oid: pg_sys::Oid,
+    owner: pg_sys::Oid,
     group: &[QueueEntry],
     out: &mut Isolated,
 ) -> spi::Result<()> {
@@ -276,7 +274,7 @@ fn refresh_bisect(
         // No head-of-line blocking: a TVIEW whose table or rows are locked gives up after
         // lock_timeout, and the batch goes on with the other TVIEWs.
         let _timeout = catalog::ScopedSettings::set(&[(c"lock_timeout", lock_timeout.as_c_str())]);
-        refresh_group(table_oid, group)
+        refresh_group(table_oid, owner, group)
     });
     match attempt {
         // Waiting for a lock, or a read-only database, says nothing about which keys are at
@@ -305,8 +303,8 @@ fn refresh_bisect(
         }
         Err(_) => {
             let (left, right) = group.split_at(group.len() / 2);
-            refresh_bisect(table_oid, left, out)?;
-            refresh_bisect(table_oid, right, out)?;
+            refresh_bisect(table_oid, owner, left, out)?;
+            refresh_bisect(table_oid, owner, right, out)?;
         }
     }
     Ok(())
@@ -368,12 +366,18 @@ pub fn apply_batch(
         if let Some(slot) = slot {
             crate::queue::drain::set_current_tview(slot, oid);
         }
-        if is_paused(table_oid)? {
+        // One kept statement (plans::tview_state): a sync-mode writer runs this per statement.
+        let (owner, paused) = plans::tview_state(table_oid)?;
+        if paused {
             defer(table_oid, group, "paused", None)?;
             continue;
         }
+        // Not a table any more: dropped TVIEWs leave their queued keys behind.
+        let Some(owner) = owner else {
+            continue;
+        };
         if on_error == OnError::Raise {
-            if let Some(rows) = refresh_group(table_oid, group)? {
+            if let Some(rows) = refresh_group(table_oid, owner, group)? {
                 outcome.rows += rows;
                 outcome.per_tview.push(Applied {
                     tview_oid: oid,
@@ -383,7 +387,7 @@ pub fn apply_batch(
             continue;
         }
         let mut isolated = Isolated::default();
-        refresh_bisect(table_oid, group, &mut isolated)?;
+        refresh_bisect(table_oid, owner, group, &mut isolated)?;
         if !isolated.exists {
             continue;
         }
@@ -503,7 +507,10 @@ pub fn retry_deferred(limit: usize, max_retries: i32, locking: Locking) -> spi::
             lock_tview(table_oid, true)?;
         }
         let mut isolated = Isolated::default();
-        refresh_bisect(table_oid, &group, &mut isolated)?;
+        // A table that is gone leaves `isolated` empty, as before.
+        if let (Some(owner), _) = plans::tview_state(table_oid)? {
+            refresh_bisect(table_oid, owner, &group, &mut isolated)?;
+        }
         let kinds: Vec<i32> = isolated.applied.iter().map(|e| e.kind as i32).collect();
         let keys: Vec<i64> = isolated.applied.iter().map(|e| e.key).collect();
         Spi::run_with_args(

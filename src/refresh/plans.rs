@@ -23,6 +23,38 @@ thread_local! {
     /// plans itself); `None` means "everything".
     static STALE: RefCell<Option<Vec<u32>>> = const { RefCell::new(Some(Vec::new())) };
     static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
+    /// `tview_state`'s statement, prepared once per process.
+    static STATE: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
+}
+
+/// `(owner of the TVIEW table, paused)`: the owner is `None` when the table is gone. One kept
+/// statement (planned once per process, re-planned by the plan cache when its tables change)
+/// instead of two parsed and planned every time: sync-mode writers run it per statement.
+pub fn tview_state(table_oid: pg_sys::Oid) -> spi::Result<(Option<pg_sys::Oid>, bool)> {
+    Spi::connect(|client| {
+        let kept = STATE.with(|s| s.borrow_mut().take());
+        let plan = match kept {
+            Some(plan) => plan,
+            None => client
+                .prepare(
+                    "SELECT (SELECT relowner FROM pg_catalog.pg_class WHERE oid = $1), \
+                            coalesce((SELECT paused FROM pg_tview_meta WHERE table_oid = $1), false)",
+                    &[PgBuiltInOids::OIDOID.into()],
+                )?
+                .keep(),
+        };
+        let row = client
+            .select(&plan, None, &[table_oid.into()])
+            .and_then(|rows| {
+                let row = rows.first();
+                Ok((
+                    row.get::<pg_sys::Oid>(1)?,
+                    row.get::<bool>(2)?.unwrap_or(false),
+                ))
+            });
+        STATE.with(|s| *s.borrow_mut() = Some(plan));
+        row
+    })
 }
 
 #[pg_guard]
