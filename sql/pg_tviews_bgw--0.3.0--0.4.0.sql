@@ -5,9 +5,9 @@
 -- pg_tviews_queue_status and pg_tviews_metrics (pg_tviews_drift_repaired_total).
 ALTER TABLE pg_tview_meta
     ADD COLUMN last_scrubbed_at timestamptz,
-    ADD COLUMN drift_repaired   bigint      NOT NULL DEFAULT 0,
+    ADD COLUMN drift_repaired   bigint,
     ADD COLUMN last_drift_at    timestamptz,
-    ADD COLUMN last_pass_drift  bigint      NOT NULL DEFAULT 0;
+    ADD COLUMN last_pass_drift  bigint;
 
 CREATE OR REPLACE VIEW pg_tviews_queue_status AS
 SELECT m.entity,
@@ -30,9 +30,9 @@ SELECT m.entity,
        m.last_reconciled_at,
        coalesce(d.blocked, 0)                          AS blocked,
        m.last_scrubbed_at,
-       m.drift_repaired,
+       coalesce(m.drift_repaired, 0)                  AS drift_repaired,
        m.last_drift_at,
-       m.last_pass_drift
+       coalesce(m.last_pass_drift, 0)                 AS last_pass_drift
 FROM pg_tview_meta m
 LEFT JOIN @extschema@._pg_tviews_queue_stats() s ON s.table_oid = m.table_oid
 LEFT JOIN (SELECT tview_oid,

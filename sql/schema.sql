@@ -20,11 +20,12 @@ CREATE TABLE pg_tview_meta (
     last_reconciled_at timestamptz,
     -- The background scrub (pg_tviews_bgw.scrub_interval): when it last completed a pass over
     -- this TVIEW, rows it repaired in all (drift: they differed from the query although every
-    -- committed change was applied), when it last did, and how many in the last pass.
+    -- committed change was applied), when it last did, and how many in the last pass. NULL
+    -- counts are 0 (pg_tviews_create fills only the columns it knows).
     last_scrubbed_at timestamptz,
-    drift_repaired   bigint      NOT NULL DEFAULT 0,
+    drift_repaired   bigint,
     last_drift_at    timestamptz,
-    last_pass_drift  bigint      NOT NULL DEFAULT 0
+    last_pass_drift  bigint
 );
 COMMENT ON TABLE pg_tview_meta IS 'One row per TVIEW (tv_<entity>) managed by pg_tviews_bgw';
 

@@ -28,9 +28,9 @@ SELECT m.entity,
        m.last_reconciled_at,
        coalesce(d.blocked, 0)                          AS blocked,
        m.last_scrubbed_at,
-       m.drift_repaired,
+       coalesce(m.drift_repaired, 0)                  AS drift_repaired,
        m.last_drift_at,
-       m.last_pass_drift
+       coalesce(m.last_pass_drift, 0)                 AS last_pass_drift
 FROM pg_tview_meta m
 LEFT JOIN @extschema@._pg_tviews_queue_stats() s ON s.table_oid = m.table_oid
 LEFT JOIN (SELECT tview_oid,

@@ -664,11 +664,9 @@ fn drift_check() -> Option<Check> {
         ));
     };
     let (drifted, oldest) = Spi::get_two::<String, String>(
-        "SELECT string_agg(format('tv_%s: %s row(s) repaired at %s (%s in all)', entity, \
-                    CASE WHEN last_pass_drift > 0 AND last_drift_at <= coalesce(last_scrubbed_at, '-infinity') \
-                         THEN last_pass_drift::text ELSE 'some' END, \
-                    date_trunc('second', last_drift_at), drift_repaired), '; ' ORDER BY entity) \
-                    FILTER (WHERE last_pass_drift > 0 OR last_drift_at > coalesce(last_scrubbed_at, '-infinity')), \
+        "SELECT string_agg(format('tv_%s: %s row(s) repaired in all, last at %s', entity, coalesce(drift_repaired, 0), \
+                    date_trunc('second', last_drift_at)), '; ' ORDER BY entity) \
+                    FILTER (WHERE coalesce(last_pass_drift, 0) > 0 OR last_drift_at > coalesce(last_scrubbed_at, '-infinity')), \
                 (SELECT CASE WHEN bool_and(last_scrubbed_at IS NOT NULL) THEN 'every TVIEW scrubbed since ' \
                               || date_trunc('second', min(last_scrubbed_at))::text \
                               ELSE 'first pass not complete yet' END FROM pg_tview_meta) \

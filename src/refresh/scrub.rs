@@ -224,7 +224,7 @@ pub fn confirm_and_repair(
         if let Some((rows, _)) = &result {
             if *rows > 0 && counted {
                 Spi::run_with_args(
-                    "UPDATE pg_tview_meta SET drift_repaired = drift_repaired + $2, last_drift_at = now() \
+                    "UPDATE pg_tview_meta SET drift_repaired = coalesce(drift_repaired, 0) + $2, last_drift_at = now() \
                      WHERE table_oid = $1",
                     &[table_oid.into(), (*rows as i64).into()],
                 )?;
