@@ -69,7 +69,6 @@ pub fn step_delay(checked: u64, rate: f64) -> Duration {
 
 struct Pass {
     started: Instant,
-    deadline: Instant,
     tviews: Vec<(pg_sys::Oid, u64)>,
     index: usize,
     /// First key of the next range of `tviews[index]`; `None` once its last range was compared.
@@ -96,7 +95,9 @@ struct Pending {
 #[derive(Default)]
 pub struct Scrub {
     pass: Option<Pass>,
-    next_pass_at: Option<Instant>,
+    /// When the last pass started; the next one starts `scrub_interval` later (the setting as
+    /// it is then, so a reload takes effect at once).
+    last_pass_started: Option<Instant>,
     next_step_at: Option<Instant>,
     pending: Option<Pending>,
 }
@@ -116,7 +117,11 @@ impl Scrub {
             return self.confirm(slot, dboid, locking);
         }
         let Some(pass) = self.pass.as_mut() else {
-            if let Some(at) = self.next_pass_at.filter(|at| *at > Instant::now()) {
+            if let Some(at) = self
+                .last_pass_started
+                .map(|t| t + interval)
+                .filter(|at| *at > Instant::now())
+            {
                 return Poll::Wait(until(at));
             }
             return self.start_pass(slot, dboid, interval);
@@ -135,7 +140,6 @@ impl Scrub {
                 pass.checked as f64 / pass.busy.as_secs_f64().max(0.001),
                 pass.repaired
             );
-            self.next_pass_at = Some(pass.started + interval);
             return Poll::Wait(until(pass.started + interval));
         }
         let (oid, _) = pass.tviews[pass.index];
@@ -151,7 +155,7 @@ impl Scrub {
         };
         let (rate, _) = pace(
             pass.total_rows.saturating_sub(pass.checked),
-            until(pass.deadline),
+            until(pass.started + interval),
             gucs::SCRUB_ROWS_PER_SECOND.get().max(0) as u64,
         );
         let rows = step_rows(rate, gucs::batch_size());
@@ -210,7 +214,10 @@ impl Scrub {
             Ok(tviews) => tviews,
             Err(e) => {
                 warning!("pg_tviews_bgw: planning a scrub pass failed: {e}");
-                self.next_pass_at = Some(Instant::now() + interval.min(Duration::from_secs(60)));
+                // Try again in a minute (or the interval, if shorter).
+                let retry_in = interval.min(Duration::from_secs(60));
+                let now = Instant::now();
+                self.last_pass_started = Some(now.checked_sub(interval - retry_in).unwrap_or(now));
                 return Poll::Worked;
             }
         };
@@ -224,9 +231,9 @@ impl Scrub {
                 total_rows / cap.max(1)
             );
         }
+        self.last_pass_started = Some(now);
         self.pass = Some(Pass {
             started: now,
-            deadline: now + interval,
             tviews,
             index: 0,
             from: Some(i64::MIN),
