@@ -98,7 +98,11 @@ pub struct Scrub {
     /// When the last pass started; the next one starts `scrub_interval` later (the setting as
     /// it is then, so a reload takes effect at once).
     last_pass_started: Option<Instant>,
-    next_step_at: Option<Instant>,
+    /// When the last step ended and how many rows it checked: the next one is due after as long
+    /// as those rows take at the pace the pass needs now (so a reload applies at once).
+    last_step: Option<(Instant, u64)>,
+    /// After a lock timeout: not before this.
+    retry_at: Option<Instant>,
     pending: Option<Pending>,
 }
 
@@ -126,9 +130,23 @@ impl Scrub {
             }
             return self.start_pass(slot, dboid, interval);
         };
-        if let Some(at) = self.next_step_at.filter(|at| *at > Instant::now()) {
+        let (rate, _) = pace(
+            pass.total_rows.saturating_sub(pass.checked),
+            until(pass.started + interval),
+            gucs::SCRUB_ROWS_PER_SECOND.get().max(0) as u64,
+        );
+        let due = [
+            self.retry_at,
+            self.last_step
+                .map(|(at, checked)| at + step_delay(checked, rate)),
+        ]
+        .into_iter()
+        .flatten()
+        .max();
+        if let Some(at) = due.filter(|at| *at > Instant::now()) {
             return Poll::Wait(until(at));
         }
+        self.retry_at = None;
         if pass.index >= pass.tviews.len() {
             let pass = self.pass.take().expect("a pass");
             log!(
@@ -153,11 +171,6 @@ impl Scrub {
             pass.next_tview();
             return Poll::Worked;
         };
-        let (rate, _) = pace(
-            pass.total_rows.saturating_sub(pass.checked),
-            until(pass.started + interval),
-            gucs::SCRUB_ROWS_PER_SECOND.get().max(0) as u64,
-        );
         let rows = step_rows(rate, gucs::batch_size());
         let started = Instant::now();
         drain::set_current_tview(slot, oid.to_u32());
@@ -183,7 +196,7 @@ impl Scrub {
                         locked: 0,
                     });
                 }
-                self.next_step_at = Some(Instant::now() + step_delay(checked.max(1), rate));
+                self.last_step = Some((Instant::now(), checked.max(1)));
             }
             Ok(Compared::Skipped(why)) => {
                 debug1!("pg_tviews_bgw: scrub skips TVIEW oid {oid:?} this pass: {why}");
@@ -195,7 +208,7 @@ impl Scrub {
                     log!("pg_tviews_bgw: scrub leaves TVIEW oid {oid:?} for the next pass: still locked after {LOCKED_GIVE_UP} attempts");
                     pass.skip_tview();
                 } else {
-                    self.next_step_at = Some(Instant::now() + LOCKED_RETRY);
+                    self.retry_at = Some(Instant::now() + LOCKED_RETRY);
                 }
             }
             Ok(Compared::Failed(e)) | Err(e) => {
@@ -244,7 +257,8 @@ impl Scrub {
             locked: 0,
             busy: Duration::ZERO,
         });
-        self.next_step_at = None;
+        self.last_step = None;
+        self.retry_at = None;
         Poll::Worked
     }
 
