@@ -80,10 +80,14 @@ fn owner_of(table_oid: pg_sys::Oid) -> spi::Result<Option<pg_sys::Oid>> {
     )
 }
 
-/// `lock_timeout` = the worker's, for the rest of the scope.
+/// `lock_timeout` = the worker's for the rest of the scope; its default (200 ms) where the
+/// refreshes are allowed to wait without limit (`0`): the scrub never waits long for anything.
 fn lock_timeout() -> catalog::ScopedSettings {
-    let ms = std::ffi::CString::new(gucs::LOCK_TIMEOUT_MS.get().max(1).to_string())
-        .unwrap_or_else(|_| c"200".to_owned());
+    let ms = match gucs::LOCK_TIMEOUT_MS.get() {
+        ms if ms > 0 => ms,
+        _ => 200,
+    };
+    let ms = std::ffi::CString::new(ms.to_string()).unwrap_or_else(|_| c"200".to_owned());
     catalog::ScopedSettings::set(&[(c"lock_timeout", ms.as_c_str())])
 }
 
