@@ -52,7 +52,9 @@ NONE_ROUNDS=${NONE_ROUNDS:-$ROUNDS} # phase A2 (durability = none) rounds; 0 ski
 BULK_ROUNDS=${BULK_ROUNDS:-3}       # phase C rounds (medians reported)
 TWO_WORKERS=${TWO_WORKERS:-1}       # run phase G (workers_per_database = 2)
 SCRUB_ROUNDS=${SCRUB_ROUNDS:-$ROUNDS} # phase S rounds (scrub on vs off); 0 skips it
-SCRUB_INTERVAL=${SCRUB_INTERVAL:-20s} # scrub_interval while phase S measures it (no rate cap)
+SCRUB_INTERVAL=${SCRUB_INTERVAL:-1s} # scrub_interval while phase S measures it (no rate cap; 1s:
+                                    # always behind, so it uses all the idle time it gets)
+SCRUB_LAG_S=${SCRUB_LAG_S:-15}      # phase S: paced writers + lag probe, scrub off, then on
 SAMPLE_S=${SAMPLE_S:-0.05}          # queue sampling interval while draining
 DEADLINE_S=${DEADLINE_S:-600}       # any single convergence wait longer than this = broken
 SHARED_BUFFERS=${SHARED_BUFFERS:-512MB}
@@ -153,8 +155,8 @@ restart_with() {
     printf 'loadavg_start\t%s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
     for v in SEED USERS POSTS ROUNDS ROUND_S CLIENTS LAG_PROBES LAG_PROBE_IDS LAG_LOAD_S \
         LAG_LOAD_CLIENTS LAG_LOAD_RATE POLL_SLEEP_US DRAIN_KEYS BATCH_SIZES BS_LAG_S QUEUE_SIZE \
-        MAX_WORKERS OVERFLOW NONE_ROUNDS BULK_ROUNDS TWO_WORKERS SCRUB_ROUNDS SCRUB_INTERVAL SAMPLE_S \
-        DEADLINE_S; do
+        MAX_WORKERS OVERFLOW NONE_ROUNDS BULK_ROUNDS TWO_WORKERS SCRUB_ROUNDS SCRUB_INTERVAL SCRUB_LAG_S \
+        SAMPLE_S DEADLINE_S; do
         printf 'param.%s\t%s\n' "$v" "${!v}"
     done
 } >"$RAW/meta.tsv"
@@ -543,6 +545,29 @@ if ((SCRUB_ROUNDS > 0)) && has_setting pg_tviews_bgw.scrub_interval; then
     wait_applied
     check_converged "scrub rounds"
     metric scrub.passes_during_rounds "$(($(scrub_passes) - passes0))"
+    # Saturating writers leave the worker no idle time, so the scrub hardly runs above. Paced
+    # writers (LAG_LOAD_RATE tps) leave it idle time, which the scrub then takes: its cost shows
+    # as freshness lag (a refresh may wait for the step in progress) and writer latency.
+    for v in noscrub scrub; do
+        if [[ $v == scrub ]]; then
+            set_guc pg_tviews_bgw.scrub_rows_per_second 0
+            set_guc pg_tviews_bgw.scrub_interval "$SCRUB_INTERVAL"
+        else
+            set_guc pg_tviews_bgw.scrub_interval 0
+        fi
+        passes1=$(scrub_passes)
+        log "   paced writers ($LAG_LOAD_RATE tps, ${SCRUB_LAG_S}s) with the lag probe: $v"
+        start_load "$SCRUB_LAG_S" "scrub_$v" paced
+        sleep 1
+        probe "scrub_$v" "$RAW/lag_scrub_$v.csv" --probes "$LAG_PROBES" --warmup 2 \
+            --max-seconds "$(awk -v s="$SCRUB_LAG_S" 'BEGIN { print (s > 3 ? s - 2 : 1) }')"
+        finish_load "scrub_$v"
+        metric "scrub.paced.$v.latency_ms" "$(awk '/^latency average = / { print $4 }' "$RAW/pgbench_load_scrub_$v.log")"
+        metric "scrub.paced.$v.passes" "$(($(scrub_passes) - passes1))"
+        reset_guc pg_tviews_bgw.scrub_interval
+        reset_guc pg_tviews_bgw.scrub_rows_per_second
+    done
+    check_converged "scrub with paced writers"
     # The scrub's own speed: passes over every TVIEW without writers and without a cap; the
     # worker logs rows checked and the milliseconds its steps took (compare + confirm).
     log "   scrub speed: passes without writers, no cap"

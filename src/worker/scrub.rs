@@ -149,6 +149,9 @@ impl Scrub {
         self.retry_at = None;
         if pass.index >= pass.tviews.len() {
             let pass = self.pass.take().expect("a pass");
+            if pass.tviews.is_empty() {
+                return Poll::Wait(until(pass.started + interval));
+            }
             log!(
                 "pg_tviews_bgw: scrub pass of database {dboid} done: {} TVIEWs, {} rows checked in {:.1} s ({} ms of work, {:.0} rows/s of work), {} drifted rows repaired",
                 pass.tviews.len(),
