@@ -131,7 +131,21 @@ VARIANT_LABEL = {
     "cap": "capture floor: no-op PL/pgSQL statement trigger",
     "syncpl": "synchronous PL/pgSQL refresh trigger",
     "sync": "pg_tviews_bgw mode = sync",
+    "noscrub": "pg_tviews_bgw async, scrub off",
+    "scrub": "pg_tviews_bgw async, scrub working (interval always behind, no cap)",
 }
+
+
+def scrub_pairs(path):
+    """Per round, tps with the scrub working / tps with it off (rounds alternate the two)."""
+    by_round = {}
+    for r in read_tsv_rows(path):
+        by_round.setdefault(r["round"], {})[r["variant"]] = r
+    return [
+        fnum(rr["scrub"]["tps"]) / fnum(rr["noscrub"]["tps"])
+        for rr in by_round.values()
+        if "scrub" in rr and "noscrub" in rr and fnum(rr["noscrub"]["tps"])
+    ]
 
 
 def main():
@@ -148,6 +162,8 @@ def main():
     # ---- A: writer overhead (A2: the same without the journal) ------------------------------
     variants, wstats = writer_stats(os.path.join(raw, "writer.tsv"))
     none_variants, none_stats = writer_stats(os.path.join(raw, "writer_none.tsv"))
+    scrub_variants, scrub_stats = writer_stats(os.path.join(raw, "writer_scrub.tsv"))
+    scrub_paired = scrub_pairs(os.path.join(raw, "writer_scrub.tsv"))
 
     # ---- B: lag --------------------------------------------------------------------------
     lag_idle = lags_ms(os.path.join(raw, "lag_idle.csv"))
@@ -316,6 +332,27 @@ def main():
                 f"{fmt(fnum(m.get('restart.journal_replay_ms')))} ms |")
     else:
         add("| writer tps with durability = none | not measured in this run |")
+    if "scrub" in scrub_stats and "noscrub" in scrub_stats:
+        add(f"| writer tps, scrub working / scrub off (scrub_interval = "
+            f"{meta.get('param.SCRUB_INTERVAL', '?')}, no cap) | "
+            f"{fmt(ratio(scrub_stats['scrub']['tps'], scrub_stats['noscrub']['tps']), 3)} (medians "
+            f"{fmt(scrub_stats['scrub']['tps'])} / {fmt(scrub_stats['noscrub']['tps'])} tps; median of "
+            f"per-round ratios {fmt(statistics.median(scrub_paired) if scrub_paired else None, 3)}) |")
+    scrub_lag = {v: lags_ms(os.path.join(raw, f"lag_scrub_{v}.csv")) for v in ("noscrub", "scrub")}
+    if scrub_lag["scrub"] and scrub_lag["noscrub"]:
+        add(f"| freshness lag p50 / p95 / p99 under writers paced at {meta.get('param.LAG_LOAD_RATE', '?')} tps, "
+            f"scrub working vs off | {fmt(pct(scrub_lag['scrub'], 50), 2)} / {fmt(pct(scrub_lag['scrub'], 95), 2)} / "
+            f"{fmt(pct(scrub_lag['scrub'], 99), 2)} ms vs {fmt(pct(scrub_lag['noscrub'], 50), 2)} / "
+            f"{fmt(pct(scrub_lag['noscrub'], 95), 2)} / {fmt(pct(scrub_lag['noscrub'], 99), 2)} ms; writer latency "
+            f"{m.get('scrub.paced.scrub.latency_ms', '?')} vs {m.get('scrub.paced.noscrub.latency_ms', '?')} ms; "
+            f"{m.get('scrub.paced.scrub.passes', '?')} scrub passes meanwhile |")
+    if m.get("scrub.pass.rows"):
+        add(f"| scrub speed, one pass without writers and without a cap | "
+            f"{fmt(fnum(m.get('scrub.pass.rows_per_work_second')), 0)} rows per second of worker time "
+            f"({m.get('scrub.pass.rows')} rows of {m.get('scrub.pass.tviews')} TVIEWs, "
+            f"{m.get('scrub.pass.work_ms')} ms of work in {m.get('scrub.pass.seconds')} s) |")
+    if not scrub_stats:
+        add("| background scrub | not measured in this run |")
     one = drains.get(1000, {}).get("rate")
     if g_rate is not None:
         add(f"| drain with 2 workers (batch_size 1000) | {fmt(g_rate)} keys/s ({fmt(g_keys, 0)} keys in "
@@ -373,6 +410,45 @@ def main():
             st = none_stats[v]
             add(f"| {VARIANT_LABEL.get(v, v)} | {fmt(st['tps'])} | {fmt(ratio(st['tps'], nb), 3)} | "
                 f"{fmt(st['paired'], 3)} | {fmt(st['lat'], 3)} | {', '.join(fmt(t) for t in st['tps_all'])} |")
+        add("")
+
+    if scrub_stats:
+        add("### S. Background scrub (anti-entropy)")
+        add("")
+        add(f"The async TVIEW variant with the scrub off (`scrub_interval = 0`) and with it working "
+            f"through the round (`scrub_interval = {meta.get('param.SCRUB_INTERVAL', '?')}`, always behind, "
+            f"`scrub_rows_per_second = 0`: no cap, the worst case; the default is 1 day capped at "
+            f"1000 rows/s), alternated round by round. The scrub runs only when the worker has "
+            f"nothing to drain. Scrub passes completed during these rounds: "
+            f"{m.get('scrub.passes_during_rounds', '?')}; drift repaired in the whole run: "
+            f"{m.get('scrub.total_drift', '?')} rows (must be 0: nothing here bypasses capture).")
+        add("")
+        add("| Variant | median tps | tps / scrub off | median latency ms | backlog keys | rounds (tps) |")
+        add("|---|---|---|---|---|---|")
+        nb = scrub_stats.get("noscrub", {}).get("tps")
+        for v in scrub_variants:
+            st = scrub_stats[v]
+            add(f"| {VARIANT_LABEL.get(v, v)} | {fmt(st['tps'])} | {fmt(ratio(st['tps'], nb), 3)} | "
+                f"{fmt(st['lat'], 3)} | {fmt(st['backlog'], 0)} | {', '.join(fmt(t) for t in st['tps_all'])} |")
+        if scrub_lag["scrub"] and scrub_lag["noscrub"]:
+            add("")
+            add(f"Saturating writers leave the worker no idle time (see the backlog), so the scrub hardly "
+                f"runs in those rounds: by design it never competes with queued keys. With writers paced at "
+                f"{meta.get('param.LAG_LOAD_RATE', '?')} tps the worker is idle part of the time and the scrub "
+                f"takes all of it (`scrub_interval = {meta.get('param.SCRUB_INTERVAL', '?')}`, always behind):")
+            add("")
+            add("| Paced writers | lag p50 ms | lag p95 ms | lag p99 ms | writer latency ms | scrub passes |")
+            add("|---|---|---|---|---|---|")
+            for v in ("noscrub", "scrub"):
+                add(f"| {VARIANT_LABEL.get(v, v)} | {fmt(pct(scrub_lag[v], 50), 2)} | {fmt(pct(scrub_lag[v], 95), 2)} | "
+                    f"{fmt(pct(scrub_lag[v], 99), 2)} | {m.get(f'scrub.paced.{v}.latency_ms', '?')} | "
+                    f"{m.get(f'scrub.paced.{v}.passes', '?')} |")
+        if m.get("scrub.pass.rows"):
+            add("")
+            add(f"Scrub speed without writers and without a cap: one pass over {m.get('scrub.pass.rows')} rows of "
+                f"{m.get('scrub.pass.tviews')} TVIEWs took {m.get('scrub.pass.seconds')} s, "
+                f"{m.get('scrub.pass.work_ms')} ms of it in compare/confirm transactions: "
+                f"{m.get('scrub.pass.rows_per_work_second')} rows per second of worker time.")
         add("")
 
     if g_rate is not None or g_catchup_ms is not None:

@@ -17,6 +17,8 @@
 #   E  overflow          more keys than the ring holds: the recovery path (journal replay)
 #   F  memory            shared memory per queued key, worker RSS (sampled during C, D, E)
 #   G  two workers       restart with workers_per_database = 2: drain and bulk catch-up again
+#   S  scrub             writer rounds with the background scrub working (short interval, no
+#                        cap) vs off, and the scrub's own speed in one pass without writers
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -49,6 +51,10 @@ OVERFLOW=${OVERFLOW:-1}             # run phase E
 NONE_ROUNDS=${NONE_ROUNDS:-$ROUNDS} # phase A2 (durability = none) rounds; 0 skips it
 BULK_ROUNDS=${BULK_ROUNDS:-3}       # phase C rounds (medians reported)
 TWO_WORKERS=${TWO_WORKERS:-1}       # run phase G (workers_per_database = 2)
+SCRUB_ROUNDS=${SCRUB_ROUNDS:-$ROUNDS} # phase S rounds (scrub on vs off); 0 skips it
+SCRUB_INTERVAL=${SCRUB_INTERVAL:-1s} # scrub_interval while phase S measures it (no rate cap; 1s:
+                                    # always behind, so it uses all the idle time it gets)
+SCRUB_LAG_S=${SCRUB_LAG_S:-15}      # phase S: paced writers + lag probe, scrub off, then on
 SAMPLE_S=${SAMPLE_S:-0.05}          # queue sampling interval while draining
 DEADLINE_S=${DEADLINE_S:-600}       # any single convergence wait longer than this = broken
 SHARED_BUFFERS=${SHARED_BUFFERS:-512MB}
@@ -149,7 +155,8 @@ restart_with() {
     printf 'loadavg_start\t%s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
     for v in SEED USERS POSTS ROUNDS ROUND_S CLIENTS LAG_PROBES LAG_PROBE_IDS LAG_LOAD_S \
         LAG_LOAD_CLIENTS LAG_LOAD_RATE POLL_SLEEP_US DRAIN_KEYS BATCH_SIZES BS_LAG_S QUEUE_SIZE \
-        MAX_WORKERS OVERFLOW NONE_ROUNDS BULK_ROUNDS TWO_WORKERS SAMPLE_S DEADLINE_S; do
+        MAX_WORKERS OVERFLOW NONE_ROUNDS BULK_ROUNDS TWO_WORKERS SCRUB_ROUNDS SCRUB_INTERVAL SCRUB_LAG_S \
+        SAMPLE_S DEADLINE_S; do
         printf 'param.%s\t%s\n' "$v" "${!v}"
     done
 } >"$RAW/meta.tsv"
@@ -275,10 +282,10 @@ metric worker.idle_rssanon_kb "$(awk '/^RssAnon:/ { print $2 }' "/proc/$pid/stat
 # the CPU; its backlog is drained after the round.
 variants=(base tview paused cap syncpl)
 ((HAS_SYNC)) && variants+=(sync)
-for v in "${variants[@]}"; do
+for v in "${variants[@]}" scrub noscrub; do
     case $v in
         base | cap | syncpl) table=$v.tb_post ;;
-        tview | paused | sync) table=public.tb_post ;;
+        tview | paused | sync | scrub | noscrub) table=public.tb_post ;;
     esac
     printf '\\set id random(1, %s)\nUPDATE %s SET votes = votes + 1 WHERE pk_post = :id;\n' \
         "$POSTS" "$table" >"$RAW/pgbench_$v.sql"
@@ -310,6 +317,13 @@ writer_round() {
     q "CHECKPOINT" >/dev/null
     [[ $v == sync ]] && opts=(-c pg_tviews_bgw.mode=sync)
     if [[ $v == paused ]]; then set_guc pg_tviews_bgw.enabled off; wait_worker_state disabled; fi
+    # Phase S: the TVIEW with the scrub working through the round (a pass every SCRUB_INTERVAL,
+    # no rate cap), or with it off.
+    if [[ $v == scrub ]]; then
+        set_guc pg_tviews_bgw.scrub_rows_per_second 0
+        set_guc pg_tviews_bgw.scrub_interval "$SCRUB_INTERVAL"
+    fi
+    [[ $v == noscrub ]] && set_guc pg_tviews_bgw.scrub_interval 0
     PGOPTIONS="${opts[*]}" "$PGBIN/pgbench" -n -M prepared -h "$BENCH_DIR" -p "$BENCH_PORT" \
         -U postgres -c "$CLIENTS" -j "$((CLIENTS < 2 ? CLIENTS : 2))" -T "$ROUND_S" \
         -f "$RAW/pgbench_$v.sql" "$DB" >"$RAW/pgbench_${v}_$r.log" 2>&1 \
@@ -317,7 +331,11 @@ writer_round() {
     tps=$(awk '/^tps = / { print $3 }' "$RAW/pgbench_${v}_$r.log")
     lat=$(awk '/^latency average = / { print $4 }' "$RAW/pgbench_${v}_$r.log")
     # Async: how far the worker fell behind during the round, and how long it then needs.
-    if [[ $v == tview || $v == paused ]]; then
+    if [[ $v == scrub || $v == noscrub ]]; then
+        reset_guc pg_tviews_bgw.scrub_interval
+        reset_guc pg_tviews_bgw.scrub_rows_per_second
+    fi
+    if [[ $v == tview || $v == paused || $v == scrub || $v == noscrub ]]; then
         backlog=$(q "SELECT coalesce(sum(pending), 0) FROM pg_tviews_queue_status")
         t0=$(epoch)
         [[ $v == paused ]] && reset_guc pg_tviews_bgw.enabled
@@ -517,6 +535,67 @@ fi
 pid=$(worker_pid)
 metric worker.vmhwm_kb "$(awk '/^VmHWM:/ { print $2 }' "/proc/$pid/status")"
 metric worker.final_rss_kb "$(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status")"
+
+# ---- S: background scrub ----------------------------------------------------------------------
+if ((SCRUB_ROUNDS > 0)) && has_setting pg_tviews_bgw.scrub_interval; then
+    log "S: writer overhead with the scrub working (scrub_interval = $SCRUB_INTERVAL, no cap) vs off; $SCRUB_ROUNDS round(s)"
+    scrub_passes() { grep -c 'scrub pass of database' "$BENCH_DIR/log" || true; }
+    passes0=$(scrub_passes)
+    writer_rounds "$SCRUB_ROUNDS" "$RAW/writer_scrub.tsv" noscrub scrub
+    wait_applied
+    check_converged "scrub rounds"
+    metric scrub.passes_during_rounds "$(($(scrub_passes) - passes0))"
+    # Saturating writers leave the worker no idle time, so the scrub hardly runs above. Paced
+    # writers (LAG_LOAD_RATE tps) leave it idle time, which the scrub then takes: its cost shows
+    # as freshness lag (a refresh may wait for the step in progress) and writer latency.
+    for v in noscrub scrub; do
+        if [[ $v == scrub ]]; then
+            set_guc pg_tviews_bgw.scrub_rows_per_second 0
+            set_guc pg_tviews_bgw.scrub_interval "$SCRUB_INTERVAL"
+        else
+            set_guc pg_tviews_bgw.scrub_interval 0
+        fi
+        passes1=$(scrub_passes)
+        log "   paced writers ($LAG_LOAD_RATE tps, ${SCRUB_LAG_S}s) with the lag probe: $v"
+        start_load "$SCRUB_LAG_S" "scrub_$v" paced
+        sleep 1
+        probe "scrub_$v" "$RAW/lag_scrub_$v.csv" --probes "$LAG_PROBES" --warmup 2 \
+            --max-seconds "$(awk -v s="$SCRUB_LAG_S" 'BEGIN { print (s > 3 ? s - 2 : 1) }')"
+        finish_load "scrub_$v"
+        metric "scrub.paced.$v.latency_ms" "$(awk '/^latency average = / { print $4 }' "$RAW/pgbench_load_scrub_$v.log")"
+        metric "scrub.paced.$v.passes" "$(($(scrub_passes) - passes1))"
+        reset_guc pg_tviews_bgw.scrub_interval
+        reset_guc pg_tviews_bgw.scrub_rows_per_second
+    done
+    check_converged "scrub with paced writers"
+    # The scrub's own speed: passes over every TVIEW without writers and without a cap; the
+    # worker logs rows checked and the milliseconds its steps took (compare + confirm).
+    log "   scrub speed: passes without writers, no cap"
+    vacuum_all
+    passes0=$(scrub_passes)
+    set_guc pg_tviews_bgw.scrub_rows_per_second 0
+    set_guc pg_tviews_bgw.scrub_interval 1
+    t0=$(date +%s)
+    until (($(scrub_passes) >= passes0 + 2)); do
+        (($(date +%s) - t0 < DEADLINE_S)) || die "no scrub pass within ${DEADLINE_S}s"
+        sleep 0.5
+    done
+    reset_guc pg_tviews_bgw.scrub_interval
+    reset_guc pg_tviews_bgw.scrub_rows_per_second
+    # "... done: 2 TVIEWs, 110000 rows checked in 1.9 s (1800 ms of work, 61111 rows/s of work), 0 drifted rows repaired"
+    grep 'scrub pass of database' "$BENCH_DIR/log" | tail -n 1 | sed -E \
+        's/.*done: ([0-9]+) TVIEWs, ([0-9]+) rows checked in ([0-9.]+) s \(([0-9]+) ms of work, ([0-9]+) rows\/s of work\), ([0-9]+) drifted.*/\1 \2 \3 \4 \5 \6/' \
+        >"$RAW/scrub_pass.txt"
+    read -r s_tviews s_rows s_secs s_work_ms s_rate s_drift <"$RAW/scrub_pass.txt" || die "no scrub pass line in the server log"
+    metric scrub.pass.tviews "$s_tviews"
+    metric scrub.pass.rows "$s_rows"
+    metric scrub.pass.seconds "$s_secs"
+    metric scrub.pass.work_ms "$s_work_ms"
+    metric scrub.pass.rows_per_work_second "$s_rate"
+    metric scrub.pass.drift "$s_drift"
+    metric scrub.total_drift "$(q "SELECT coalesce(sum(drift_repaired), 0) FROM pg_tviews_queue_status")"
+    log "   scrub pass: $s_rows rows of $s_tviews TVIEWs in ${s_secs}s, ${s_work_ms} ms of work ($s_rate rows/s of work), $s_drift drifted"
+fi
 
 # ---- G: two workers per database -------------------------------------------------------------
 if [[ $TWO_WORKERS == 1 ]] && [[ $(q "SELECT count(*) FROM pg_settings WHERE name = 'pg_tviews_bgw.workers_per_database'") == 1 ]]; then

@@ -1,7 +1,8 @@
 -- pg_tviews_bgw 0.3.0 -> 0.4.0: never silently stale (2)
 --   * metadata references relations as regclass, so pg_dump + restore re-binds it by name;
 --   * capture triggers carry their TVIEW's name beside its oid (restored triggers resolve it);
---   * pg_tviews_repair(name => NULL).
+--   * pg_tviews_repair(name => NULL);
+--   * the background scrub: drift counters and pass times per TVIEW.
 -- Install the new library first; the end of this script rebuilds every TVIEW's capture
 -- triggers with the new arguments.
 \echo Use "ALTER EXTENSION pg_tviews_bgw UPDATE TO '0.4.0'" to load this file. \quit
@@ -26,6 +27,14 @@ ALTER TABLE pg_tview_lineage
     ALTER COLUMN tview_oid TYPE regclass,
     ALTER COLUMN source_oid TYPE regclass;
 ALTER TABLE pg_tview_helpers ALTER COLUMN view_oid TYPE regclass;
+
+-- Background scrub (anti-entropy): per-TVIEW pass time and drift counters, shown in
+-- pg_tviews_queue_status and pg_tviews_metrics (pg_tviews_drift_repaired_total).
+ALTER TABLE pg_tview_meta
+    ADD COLUMN last_scrubbed_at timestamptz,
+    ADD COLUMN drift_repaired   bigint,
+    ADD COLUMN last_drift_at    timestamptz,
+    ADD COLUMN last_pass_drift  bigint;
 
 CREATE POLICY owner_manages ON pg_tview_meta
     USING (@extschema@._pg_tviews_may_manage(table_oid))
@@ -53,7 +62,11 @@ SELECT m.entity,
        m.paused,
        m.reconcile_interval,
        m.last_reconciled_at,
-       coalesce(d.blocked, 0)                          AS blocked
+       coalesce(d.blocked, 0)                          AS blocked,
+       m.last_scrubbed_at,
+       coalesce(m.drift_repaired, 0)                  AS drift_repaired,
+       m.last_drift_at,
+       coalesce(m.last_pass_drift, 0)                 AS last_pass_drift
 FROM pg_tview_meta m
 LEFT JOIN @extschema@._pg_tviews_queue_stats() s ON s.table_oid = m.table_oid
 LEFT JOIN (SELECT tview_oid,
@@ -100,7 +113,8 @@ UNION ALL SELECT 'pg_tviews_worker_queue_keys', pending,
                  jsonb_build_object('database', database, 'partition', partition, 'capacity', capacity) FROM pg_tviews_worker_status
 UNION ALL SELECT 'pg_tviews_worker_avg_batch_ms', avg_batch_ms,
                  jsonb_build_object('database', database, 'partition', partition) FROM pg_tviews_worker_status
-          WHERE avg_batch_ms IS NOT NULL;
+          WHERE avg_batch_ms IS NOT NULL
+UNION ALL SELECT 'pg_tviews_drift_repaired_total', drift_repaired, jsonb_build_object('tview', entity) FROM pg_tviews_queue_status;
 
 
 CREATE FUNCTION "pg_tviews_repair"(

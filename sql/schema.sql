@@ -21,7 +21,15 @@ CREATE TABLE pg_tview_meta (
     -- Opt-in for reads that cannot be captured (pg_tviews_create(..., reconcile_interval)):
     -- the worker recomputes the whole TVIEW this often; NULL: every read is captured.
     reconcile_interval interval CHECK (reconcile_interval > interval '0'),
-    last_reconciled_at timestamptz
+    last_reconciled_at timestamptz,
+    -- The background scrub (pg_tviews_bgw.scrub_interval): when it last completed a pass over
+    -- this TVIEW, rows it repaired in all (drift: they differed from the query although every
+    -- committed change was applied), when it last did, and how many in the last pass. NULL
+    -- counts are 0 (pg_tviews_create fills only the columns it knows).
+    last_scrubbed_at timestamptz,
+    drift_repaired   bigint,
+    last_drift_at    timestamptz,
+    last_pass_drift  bigint
 );
 COMMENT ON TABLE pg_tview_meta IS 'One row per TVIEW (tv_<entity>) managed by pg_tviews_bgw';
 

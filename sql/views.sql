@@ -26,7 +26,11 @@ SELECT m.entity,
        m.paused,
        m.reconcile_interval,
        m.last_reconciled_at,
-       coalesce(d.blocked, 0)                          AS blocked
+       coalesce(d.blocked, 0)                          AS blocked,
+       m.last_scrubbed_at,
+       coalesce(m.drift_repaired, 0)                  AS drift_repaired,
+       m.last_drift_at,
+       coalesce(m.last_pass_drift, 0)                 AS last_pass_drift
 FROM pg_tview_meta m
 LEFT JOIN @extschema@._pg_tviews_queue_stats() s ON s.table_oid = m.table_oid
 LEFT JOIN (SELECT tview_oid,
@@ -111,7 +115,8 @@ UNION ALL SELECT 'pg_tviews_worker_queue_keys', pending,
                  jsonb_build_object('database', database, 'partition', partition, 'capacity', capacity) FROM pg_tviews_worker_status
 UNION ALL SELECT 'pg_tviews_worker_avg_batch_ms', avg_batch_ms,
                  jsonb_build_object('database', database, 'partition', partition) FROM pg_tviews_worker_status
-          WHERE avg_batch_ms IS NOT NULL;
+          WHERE avg_batch_ms IS NOT NULL
+UNION ALL SELECT 'pg_tviews_drift_repaired_total', drift_repaired, jsonb_build_object('tview', entity) FROM pg_tviews_queue_status;
 
 -- Wake the launcher now so this database gets its drainer without waiting for a scan.
 SELECT @extschema@._pg_tviews_attach_database();

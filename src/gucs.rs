@@ -86,6 +86,15 @@ pub static MAX_RETRIES: GucSetting<i32> = GucSetting::<i32>::new(5);
 /// to the other TVIEWs (0 = wait as long as it takes).
 pub static LOCK_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(200);
 
+/// Target time (s) for one scrub pass over every TVIEW of a database (0 = no scrub). One day:
+/// a capture gap (drift) lasts at most a day, and the pace it needs is tiny (a million rows a
+/// day are 12 rows per second), so it costs nothing measurable by default.
+pub static SCRUB_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(86_400);
+
+/// Most TVIEW rows the scrub compares per second (0 = no cap). It runs only when the leader has
+/// nothing to drain; the cap bounds what it takes from the server even then.
+pub static SCRUB_ROWS_PER_SECOND: GucSetting<i32> = GucSetting::<i32>::new(1_000);
+
 pub const QUEUE_SIZE_MIN: i32 = 16;
 pub const QUEUE_SIZE_MAX: i32 = 16 * 1024 * 1024;
 pub const MAX_WORKERS_MAX: i32 = 64;
@@ -261,6 +270,26 @@ pub fn define() {
         GucContext::Sighup,
         GucFlags::UNIT_MS,
     );
+    GucRegistry::define_int_guc(
+        c"pg_tviews_bgw.scrub_interval",
+        c"Target time for one background scrub (anti-entropy) pass over every TVIEW; 0 disables it.",
+        c"The leader compares TVIEW rows with their query in small key ranges when it has nothing to drain, repairs rows that differ although every committed change was applied (drift), and counts them. The default, 1 day, bounds how long a capture gap lasts at a negligible pace; never faster than scrub_rows_per_second.",
+        &SCRUB_INTERVAL_S,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"pg_tviews_bgw.scrub_rows_per_second",
+        c"Most TVIEW rows the background scrub compares per second (0 = no cap).",
+        c"The scrub runs only while the leader worker has no keys to drain, one short transaction of at most batch_size rows per step; this caps its load even then. When the cap makes scrub_interval impossible the pass takes longer and the server log says so.",
+        &SCRUB_ROWS_PER_SECOND,
+        0,
+        100_000_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     // SAFETY: called from _PG_init in the postmaster; the prefix string is static.
     unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"pg_tviews_bgw".as_ptr()) };
 }
@@ -287,4 +316,10 @@ pub fn durability() -> Durability {
 
 pub fn workers_per_database() -> usize {
     (WORKERS_PER_DATABASE.get().max(1) as usize).min(crate::queue::MAX_PARTITIONS)
+}
+
+/// `scrub_interval`; `None` when the scrub is off.
+pub fn scrub_interval() -> Option<std::time::Duration> {
+    let s = SCRUB_INTERVAL_S.get();
+    (s > 0).then(|| std::time::Duration::from_secs(s as u64))
 }

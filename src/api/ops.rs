@@ -631,6 +631,7 @@ fn pg_tviews_health_check() -> TableIterator<
     } else {
         check("uncaptured", "OK", "every read of every TVIEW is captured")
     });
+    out.extend(drift_check());
     let broken = catalog::unmaintained_tviews();
     out.push(match broken {
         Some(b) => check(
@@ -641,6 +642,54 @@ fn pg_tviews_health_check() -> TableIterator<
         None => check("metadata", "OK", format!("{tview_count} TVIEWs")),
     });
     TableIterator::new(out)
+}
+
+/// The background scrub's finding: WARNING naming every TVIEW whose last pass (or the pass in
+/// progress) repaired drifted rows; `None` on a schema without the scrub's columns.
+fn drift_check() -> Option<Check> {
+    if !catalog::meta_has_column("last_pass_drift") {
+        return None;
+    }
+    let Some(interval) = gucs::scrub_interval() else {
+        return Some(check(
+            "drift",
+            "OK",
+            "scrub off (pg_tviews_bgw.scrub_interval = 0): drift is not looked for",
+        ));
+    };
+    let (drifted, oldest) = Spi::get_two::<String, String>(
+        "SELECT string_agg(format('tv_%s: %s row(s) repaired in all, last at %s', entity, coalesce(drift_repaired, 0), \
+                    date_trunc('second', last_drift_at)), '; ' ORDER BY entity) \
+                    FILTER (WHERE coalesce(last_pass_drift, 0) > 0 OR last_drift_at > coalesce(last_scrubbed_at, '-infinity')), \
+                (SELECT CASE WHEN bool_and(last_scrubbed_at IS NOT NULL) THEN 'every TVIEW scrubbed since ' \
+                              || date_trunc('second', min(last_scrubbed_at))::text \
+                              ELSE 'first pass not complete yet' END FROM pg_tview_meta) \
+         FROM pg_tview_meta",
+    )
+    .unwrap_or((None, None));
+    let first = drifted
+        .as_deref()
+        .and_then(|d| d.split(':').next())
+        .unwrap_or("tv_x")
+        .to_string();
+    Some(match drifted {
+        Some(d) => check(
+            "drift",
+            "WARNING",
+            format!(
+                "the background scrub repaired rows that differed from their query although every committed change was applied (a capture gap, or a write behind the extension's back): {d}; find the uncaptured path with SELECT * FROM pg_tviews_explain('{first}'), then check the whole TVIEW with SELECT pg_tviews_repair('{first}'); the WARNING clears after a clean pass"
+            ),
+        ),
+        None => check(
+            "drift",
+            "OK",
+            format!(
+                "no drift in the last scrub pass (one pass every {} s; {})",
+                interval.as_secs(),
+                oldest.unwrap_or_default()
+            ),
+        ),
+    })
 }
 
 /// The TVIEW's table, after checking that the caller may manage it.

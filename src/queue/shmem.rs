@@ -35,6 +35,8 @@ pub enum WorkerState {
     RateLimited = 7,
     Replaying = 8,
     Paused = 9,
+    /// The leader compares TVIEW rows with their query (the background scrub).
+    Scrubbing = 10,
 }
 
 impl WorkerState {
@@ -49,6 +51,7 @@ impl WorkerState {
             7 => WorkerState::RateLimited,
             8 => WorkerState::Replaying,
             9 => WorkerState::Paused,
+            10 => WorkerState::Scrubbing,
             _ => WorkerState::Free,
         }
     }
@@ -65,6 +68,7 @@ impl WorkerState {
             WorkerState::RateLimited => "rate limited",
             WorkerState::Replaying => "replaying journal",
             WorkerState::Paused => "paused",
+            WorkerState::Scrubbing => "scrubbing",
         }
     }
 }

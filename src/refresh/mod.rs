@@ -6,6 +6,7 @@
 
 pub mod isolate;
 pub mod plans;
+pub mod scrub;
 pub mod sql;
 
 use crate::catalog;

@@ -115,6 +115,52 @@ impl TviewShape {
         )
     }
 
+    /// Read-only comparison of the view's and the table's rows whose key satisfies `filter`
+    /// (a condition on `{k}`, the key column), for the background scrub. Returns one row: how
+    /// many keys were compared, then the keys that differ (missing, extra or stale rows) with
+    /// an md5 of the view's row and of the table's row (`''` where the row is absent), as
+    /// arrays ordered by key. The hashes let a later look tell whether either side changed.
+    fn compare_sql(&self, filter: &str) -> String {
+        let cols = |alias: &str| {
+            std::iter::once(self.key.as_str())
+                .chain(self.values.iter().map(String::as_str))
+                .map(|c| format!("{alias}.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!(
+            "WITH v AS MATERIALIZED (SELECT {cols} FROM {view} WHERE {vf}), \
+             t AS MATERIALIZED (SELECT {cols} FROM {table} x WHERE {tf}), \
+             d AS (SELECT coalesce(v.{key}, t.{key})::bigint AS key, \
+                          CASE WHEN v.{key} IS NOT NULL THEN md5(ROW({vc})::text) ELSE '' END AS vh, \
+                          CASE WHEN t.{key} IS NOT NULL THEN md5(ROW({tc})::text) ELSE '' END AS th \
+                   FROM v FULL JOIN t ON t.{key} = v.{key} \
+                   WHERE v.{key} IS NULL OR t.{key} IS NULL OR ROW({vc}) IS DISTINCT FROM ROW({tc})) \
+             SELECT greatest((SELECT count(*) FROM v), (SELECT count(*) FROM t))::bigint, \
+                    (SELECT array_agg(key ORDER BY key) FROM d), \
+                    (SELECT array_agg(vh ORDER BY key) FROM d), \
+                    (SELECT array_agg(th ORDER BY key) FROM d)",
+            cols = self.all_columns(),
+            view = self.view,
+            table = self.table,
+            key = self.key,
+            vf = filter.replace("{k}", &self.key),
+            tf = filter.replace("{k}", &format!("x.{}", self.key)),
+            vc = cols("v"),
+            tc = cols("t"),
+        )
+    }
+
+    /// Scrub comparison of the keys `$1 <= key <= $2` (see `compare_sql`).
+    pub fn compare_range_sql(&self) -> String {
+        self.compare_sql("{k} >= $1 AND {k} <= $2")
+    }
+
+    /// Scrub comparison of the keys in `$1 bigint[]` (see `compare_sql`).
+    pub fn compare_keys_sql(&self) -> String {
+        self.compare_sql("{k} = ANY($1)")
+    }
+
     /// Reconciles the whole table with its view (after overflow, TRUNCATE, a restart).
     pub fn refresh_all_sql(&self) -> String {
         self.reconcile_sql(None)
@@ -193,6 +239,25 @@ mod tests {
                 "{sql}"
             );
         }
+    }
+
+    #[test]
+    fn scrub_compare_is_read_only_and_bounded_on_both_sides() {
+        let s = shape(&["id", "data"]);
+        let sql = s.compare_range_sql();
+        assert!(sql.contains(
+            "SELECT pk_post, id, data FROM public.v_post WHERE pk_post >= $1 AND pk_post <= $2"
+        ));
+        assert!(sql.contains("FROM public.tv_post x WHERE x.pk_post >= $1 AND x.pk_post <= $2"));
+        assert!(sql.contains(
+            "ROW(v.pk_post, v.id, v.data) IS DISTINCT FROM ROW(t.pk_post, t.id, t.data)"
+        ));
+        for word in ["INSERT", "UPDATE", "DELETE"] {
+            assert!(!sql.contains(word), "{sql}");
+        }
+        assert!(s
+            .compare_keys_sql()
+            .contains("FROM public.tv_post x WHERE x.pk_post = ANY($1)"));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! Partition 0, the leader, also runs recoveries (journal replay or full reconcile), retries
 //! deferred keys and rotates the journal. State machine: ARCHITECTURE.md "Drainer state machine".
 
-use super::{exit_requested, planner, rate, reload_config_if_asked, run_in_transaction};
+use super::{exit_requested, planner, rate, reload_config_if_asked, run_in_transaction, scrub};
 use crate::gucs::{self, Durability};
 use crate::queue::drain::{self, RecoveryTicket};
 use crate::queue::slots::{self, Attach, SlotStatus};
@@ -164,6 +164,8 @@ struct Drainer {
     bucket: rate::TokenBucket,
     planner: planner::BatchPlanner,
     started: Instant,
+    /// The leader's background scrub (worker/scrub.rs).
+    scrub: scrub::Scrub,
 }
 
 impl Drainer {
@@ -179,6 +181,7 @@ impl Drainer {
             bucket: rate::TokenBucket::new(0, 0),
             planner: planner::BatchPlanner::new(gucs::batch_size()),
             started: Instant::now(),
+            scrub: scrub::Scrub::default(),
         };
         drainer.bucket = rate::TokenBucket::new(drainer.rate(), 0);
         drainer
@@ -264,10 +267,23 @@ impl Drainer {
             let limit = self.planner.limit(gucs::batch_size());
             let batch = drain::next_batch(self.slot, limit);
             if batch.entries.is_empty() {
+                // Spare capacity: the leader scrubs, one short step at a time, and looks at its
+                // ring again after each.
+                let nap = if self.leader {
+                    match self.scrub.poll(self.slot, self.dboid, self.locking()) {
+                        scrub::Poll::Worked => continue,
+                        scrub::Poll::Wait(wait) => {
+                            wait.clamp(Duration::from_millis(1), gucs::naptime())
+                        }
+                        scrub::Poll::Off => gucs::naptime(),
+                    }
+                } else {
+                    gucs::naptime()
+                };
                 if !drain::go_idle(self.slot) {
                     continue;
                 }
-                self.sleep(gucs::naptime());
+                self.sleep(nap);
                 // Cheap catalog probe: notices DROP EXTENSION within one naptime.
                 if matches!(run_in_transaction(catalog::extension_installed), Ok(false)) {
                     log!(

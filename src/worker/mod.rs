@@ -5,6 +5,7 @@ pub mod drainer;
 pub mod launcher;
 pub mod planner;
 pub mod rate;
+pub mod scrub;
 
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::pg_sys;
