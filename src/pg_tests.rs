@@ -66,7 +66,7 @@ mod tests {
             0
         );
         assert!(one::<bool>(
-            "SELECT dependencies = ARRAY['tb_post'::regclass::oid] AND key_column = 'pk_post' \
+            "SELECT dependencies = ARRAY['tb_post'::regclass] AND key_column = 'pk_post' \
              AND table_oid = 'tv_post'::regclass AND view_oid = 'v_post'::regclass AND mode = 'async' AND NOT paused \
              FROM pg_tview_meta WHERE entity = 'post'"
         ));
