@@ -197,13 +197,7 @@ impl Cluster {
     }
 
     pub fn connect(&self, dbname: &str) -> Client {
-        let conn = format!(
-            "host={} port={} user=postgres dbname={dbname} application_name=e2e",
-            self.dir.display(),
-            self.port
-        );
-        Client::connect(&conn, NoTls)
-            .unwrap_or_else(|e| panic!("connect to {dbname}: {e}\n{}", self.log()))
+        self.connect_as(dbname, "postgres")
     }
 
     /// Kills backend `pid` with SIGKILL, which makes the postmaster terminate every process
@@ -350,6 +344,13 @@ pub fn stats(db: &mut Client) -> [i64; 5] {
         )
         .unwrap();
     [row.get(0), row.get(1), row.get(2), row.get(3), row.get(4)]
+}
+
+/// What `pg_tviews_wait(timeout)` answers (true: everything committed before is applied).
+pub fn wait_says_current(db: &mut Client, timeout: &str) -> bool {
+    db.query_one("SELECT pg_tviews_wait($1::text::interval)", &[&timeout])
+        .unwrap()
+        .get(0)
 }
 
 pub fn wait_drained(db: &mut Client) {

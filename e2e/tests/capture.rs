@@ -316,10 +316,7 @@ fn a_join_that_becomes_one_to_many_is_dead_lettered_never_silently_wrong() {
         detail.contains("user") && detail.contains("21000"),
         "{detail}"
     );
-    let current: bool = db
-        .query_one("SELECT pg_tviews_wait('1s')", &[])
-        .unwrap()
-        .get(0);
+    let current = wait_says_current(&mut db, "1s");
     assert!(!current, "pg_tviews_wait while a key is dead-lettered");
     // The other keys kept flowing; the row of key 1 was never rewritten from one of two rows.
     let (renamed, bio): (String, String) = db

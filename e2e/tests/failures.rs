@@ -61,10 +61,7 @@ fn a_failing_refresh_is_retried_then_dead_lettered_while_others_flow() {
         || differences(&mut db, "tag") == 0,
     );
     // No wait claims the database is current while a key is retried or dead-lettered.
-    let current: bool = db
-        .query_one("SELECT pg_tviews_wait('1s')", &[])
-        .unwrap()
-        .get(0);
+    let current = wait_says_current(&mut db, "1s");
     assert!(
         !current,
         "pg_tviews_wait while the poison key is not applied"
@@ -204,10 +201,7 @@ fn a_read_only_database_dead_letters_its_keys_and_says_why() {
     );
     let (_, _, dead) = named("dead_letters").expect("a dead_letters CRITICAL");
     assert!(dead.contains("tag") && dead.contains("25006"), "{dead}");
-    let current: bool = db
-        .query_one("SELECT pg_tviews_wait('1s')", &[])
-        .unwrap()
-        .get(0);
+    let current = wait_says_current(&mut db, "1s");
     assert!(
         !current,
         "pg_tviews_wait in a read-only database with stale rows"

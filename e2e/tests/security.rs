@@ -52,9 +52,6 @@ fn refresh_runs_as_the_tview_owner() {
         .get(0);
     assert_eq!(leaked, 0);
     // And no wait claims that the TVIEW is current.
-    let current: bool = db
-        .query_one("SELECT pg_tviews_wait('1s')", &[])
-        .unwrap()
-        .get(0);
+    let current = wait_says_current(&mut db, "1s");
     assert!(!current, "pg_tviews_wait while the owner's refresh fails");
 }

@@ -60,13 +60,6 @@ fn pg_tviews_verify(
                 Some(&format!("SELECT pg_tviews_repair('{entity}'); reinstalls its capture triggers and lineage and recomputes it.")),
             );
         }
-        let cols = |alias: &str| {
-            std::iter::once(shape.key.as_str())
-                .chain(shape.values.iter().map(String::as_str))
-                .map(|c| format!("{alias}.{c}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
         let sql = format!(
             "SELECT coalesce(v.{k}, t.{k})::bigint, \
                     CASE WHEN t.{k} IS NULL THEN 'missing' WHEN v.{k} IS NULL THEN 'extra' ELSE 'stale' END \
@@ -76,8 +69,8 @@ fn pg_tviews_verify(
             k = shape.key,
             view = shape.view,
             table = shape.table,
-            vc = cols("v"),
-            tc = cols("t")
+            vc = shape.columns_of("v"),
+            tc = shape.columns_of("t")
         );
         let mut out = Vec::new();
         for row in client.select(&sql, None, &[])? {

@@ -173,14 +173,6 @@ pub enum OnError {
     Defer,
 }
 
-fn is_paused(table_oid: pg_sys::Oid) -> spi::Result<bool> {
-    Ok(Spi::get_one_with_args::<bool>(
-        "SELECT (SELECT paused FROM pg_tview_meta WHERE table_oid = $1)",
-        &[table_oid.into()],
-    )?
-    .unwrap_or(false))
-}
-
 /// Moves entries into `pg_tview_deferred` (in the current transaction, so they leave the ring
 /// and enter the table atomically).
 pub fn defer(
@@ -677,15 +669,12 @@ pub fn reconcile_range(
         key: 0,
         committed_at: 0,
     }];
-    if is_paused(table_oid)? {
+    let (owner, paused) = plans::tview_state(table_oid)?;
+    if paused {
         defer(table_oid, &whole, "paused", None)?;
         return Ok(Reconciled::Deferred(Outcome::default()));
     }
-    let Some(owner) = Spi::get_one_with_args::<pg_sys::Oid>(
-        "SELECT (SELECT relowner FROM pg_class WHERE oid = $1)",
-        &[table_oid.into()],
-    )?
-    else {
+    let Some(owner) = owner else {
         return Ok(Reconciled::Gone);
     };
     let attempt = isolate::in_subtransaction(|| {
@@ -695,18 +684,7 @@ pub fn reconcile_range(
             let Some(shape) = catalog::load_shape(client, table_oid)? else {
                 return Ok(None);
             };
-            let end = client
-                .select(
-                    &shape.range_end_sql(),
-                    None,
-                    &[from.into(), (batch.max(1) as i64).into()],
-                )?
-                .first()
-                .get_one::<i64>()?;
-            let (to, next) = match end {
-                Some(end) if end < i64::MAX => (end, Some(end + 1)),
-                _ => (i64::MAX, None),
-            };
+            let (to, next) = range_bounds(client, &shape, from, batch)?;
             let rows = written(
                 client.update(&shape.refresh_range_sql(), None, &[from.into(), to.into()])?,
                 table_oid,
@@ -731,6 +709,29 @@ pub fn reconcile_range(
             Ok(Reconciled::Deferred(outcome))
         }
     }
+}
+
+/// The key range of a TVIEW that starts at `from` and holds about `rows` keys
+/// (`TviewShape::range_end_sql`): its last key, and where the next range starts (`None`: this
+/// range is open-ended, the last). Used by reconciles and the scrub.
+pub fn range_bounds(
+    client: &SpiClient<'_>,
+    shape: &sql::TviewShape,
+    from: i64,
+    rows: usize,
+) -> spi::Result<(i64, Option<i64>)> {
+    let end = client
+        .select(
+            &shape.range_end_sql(),
+            None,
+            &[from.into(), (rows.max(1) as i64).into()],
+        )?
+        .first()
+        .get_one::<i64>()?;
+    Ok(match end {
+        Some(end) if end < i64::MAX => (end, Some(end + 1)),
+        _ => (i64::MAX, None),
+    })
 }
 
 /// Fully refreshes one TVIEW now, in the caller's transaction (pg_tviews_refresh()).

@@ -73,13 +73,6 @@ fn not_scrubbed(table_oid: pg_sys::Oid) -> spi::Result<Option<&'static str>> {
     })
 }
 
-fn owner_of(table_oid: pg_sys::Oid) -> spi::Result<Option<pg_sys::Oid>> {
-    Spi::get_one_with_args::<pg_sys::Oid>(
-        "SELECT (SELECT relowner FROM pg_class WHERE oid = $1)",
-        &[table_oid.into()],
-    )
-}
-
 /// `lock_timeout` = the worker's for the rest of the scope; its default (200 ms) where the
 /// refreshes are allowed to wait without limit (`0`): the scrub never waits long for anything.
 fn lock_timeout() -> catalog::ScopedSettings {
@@ -113,7 +106,7 @@ pub fn compare_range(table_oid: pg_sys::Oid, from: i64, rows: usize) -> spi::Res
     if let Some(why) = not_scrubbed(table_oid)? {
         return Ok(Compared::Skipped(why));
     }
-    let Some(owner) = owner_of(table_oid)? else {
+    let (Some(owner), _) = super::plans::tview_state(table_oid)? else {
         return Ok(Compared::Skipped("dropped"));
     };
     let attempt = isolate::in_subtransaction(|| {
@@ -123,18 +116,7 @@ pub fn compare_range(table_oid: pg_sys::Oid, from: i64, rows: usize) -> spi::Res
             let Some(shape) = catalog::load_shape(client, table_oid)? else {
                 return Ok(None);
             };
-            let end = client
-                .select(
-                    &shape.range_end_sql(),
-                    None,
-                    &[from.into(), (rows.max(1) as i64).into()],
-                )?
-                .first()
-                .get_one::<i64>()?;
-            let (to, next) = match end {
-                Some(end) if end < i64::MAX => (end, Some(end + 1)),
-                _ => (i64::MAX, None),
-            };
+            let (to, next) = super::range_bounds(client, &shape, from, rows)?;
             let row = client
                 .select(&shape.compare_range_sql(), None, &[from.into(), to.into()])?
                 .first();
@@ -170,7 +152,7 @@ pub fn confirm_and_repair(
     if let Some(why) = not_scrubbed(table_oid)? {
         return Ok(Confirmed::Skipped(why));
     }
-    let Some(owner) = owner_of(table_oid)? else {
+    let (Some(owner), _) = super::plans::tview_state(table_oid)? else {
         return Ok(Confirmed::Skipped("dropped"));
     };
     let keys: Vec<i64> = found.iter().map(|c| c.key).collect();

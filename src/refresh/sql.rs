@@ -17,6 +17,15 @@ pub struct TviewShape {
 }
 
 impl TviewShape {
+    /// The key and value columns qualified by `alias` (`v.pk_post, v.data`).
+    pub fn columns_of(&self, alias: &str) -> String {
+        std::iter::once(self.key.as_str())
+            .chain(self.values.iter().map(String::as_str))
+            .map(|c| format!("{alias}.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     fn all_columns(&self) -> String {
         std::iter::once(self.key.as_str())
             .chain(self.values.iter().map(String::as_str))
@@ -121,13 +130,6 @@ impl TviewShape {
     /// an md5 of the view's row and of the table's row (`''` where the row is absent), as
     /// arrays ordered by key. The hashes let a later look tell whether either side changed.
     fn compare_sql(&self, filter: &str) -> String {
-        let cols = |alias: &str| {
-            std::iter::once(self.key.as_str())
-                .chain(self.values.iter().map(String::as_str))
-                .map(|c| format!("{alias}.{c}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
         format!(
             "WITH v AS MATERIALIZED (SELECT {cols} FROM {view} WHERE {vf}), \
              t AS MATERIALIZED (SELECT {cols} FROM {table} x WHERE {tf}), \
@@ -146,8 +148,8 @@ impl TviewShape {
             key = self.key,
             vf = filter.replace("{k}", &self.key),
             tf = filter.replace("{k}", &format!("x.{}", self.key)),
-            vc = cols("v"),
-            tc = cols("t"),
+            vc = self.columns_of("v"),
+            tc = self.columns_of("t"),
         )
     }
 
