@@ -55,6 +55,11 @@ fn upgrading_from_0_3_0_keeps_tviews_working() {
     upgrade_from("0.3.0");
 }
 
+#[test]
+fn upgrading_from_0_4_0_keeps_tviews_working() {
+    upgrade_from("0.4.0");
+}
+
 fn upgrade_from(previous: &str) {
     let cluster = Cluster::start(&format!("upgrade-{previous}"), &[]);
     let mut db = cluster.create_database("app");
