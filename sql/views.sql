@@ -7,6 +7,16 @@ AS $$ SELECT @extschema@._pg_tviews_wait_ms(greatest(0, (extract(epoch FROM time
 COMMENT ON FUNCTION pg_tviews_wait(interval) IS
     'Waits until every key committed before the call is applied; false on timeout';
 
+-- Read-your-writes: the token of pg_tviews_write_token(), waited for from any session. An
+-- untyped literal (pg_tviews_wait('5s')) resolves to this overload; a text that is an interval
+-- rather than a token is taken as the timeout of the wait for everything.
+CREATE FUNCTION pg_tviews_wait(token text, timeout interval DEFAULT interval '10 seconds')
+RETURNS boolean
+LANGUAGE sql VOLATILE STRICT
+AS $$ SELECT @extschema@._pg_tviews_wait_token_ms(token, greatest(0, (extract(epoch FROM timeout) * 1000)::bigint)) $$;
+COMMENT ON FUNCTION pg_tviews_wait(text, interval) IS
+    'Waits until the TVIEW rows the token''s transaction changed (cascades included) are applied; false on timeout';
+
 CREATE VIEW pg_tviews_queue_status AS
 SELECT m.entity,
        m.table_oid                                     AS tview,

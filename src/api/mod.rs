@@ -5,6 +5,7 @@ pub mod ddl;
 pub mod ops;
 pub mod repair;
 pub mod status;
+pub mod tokens;
 pub mod triggers;
 pub mod tview;
 pub mod utility_hook;

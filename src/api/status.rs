@@ -13,7 +13,7 @@ fn timestamp(micros_since_2000: i64) -> Option<TimestampWithTimeZone> {
     unsafe { TimestampWithTimeZone::from_datum(pg_sys::Datum::from(micros_since_2000), false) }
 }
 
-fn current_dboid() -> u32 {
+pub(super) fn current_dboid() -> u32 {
     // SAFETY: reading the current database id.
     unsafe { pg_sys::MyDatabaseId }.to_u32()
 }
@@ -185,7 +185,11 @@ fn unserved_database() -> bool {
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, @extschema@)]
 fn _pg_tviews_wait_ms(timeout_ms: i64) -> bool {
-    let deadline = Instant::now() + Duration::from_millis(timeout_ms.max(0) as u64);
+    wait_for_everything(Instant::now() + Duration::from_millis(timeout_ms.max(0) as u64))
+}
+
+/// `pg_tviews_wait()`: everything committed before the call applied, by `deadline`.
+pub(super) fn wait_for_everything(deadline: Instant) -> bool {
     // A refresh of a TVIEW that another TVIEW reads publishes cascade keys before its own keys
     // leave the ring; each extra round waits for one more level of such cascades.
     let rounds = 1 + Spi::get_one::<i64>(
@@ -236,7 +240,7 @@ fn _pg_tviews_wait_ms(timeout_ms: i64) -> bool {
 
 /// `(keys being retried, TVIEWs with dead letters)` in `pg_tview_deferred`, read with a fresh
 /// snapshot.
-fn deferred_unapplied() -> (i64, Option<String>) {
+pub(super) fn deferred_unapplied() -> (i64, Option<String>) {
     Spi::get_two::<i64, String>(
         "SELECT count(*) FILTER (WHERE d.reason = 'failed'), \
                 string_agg(DISTINCT m.entity, ', ') FILTER (WHERE d.reason = 'dead') \

@@ -10,6 +10,7 @@
 //! AFTER_LOCKS phase, when invalidations are sent and locks released.
 
 use crate::gucs::{self, Durability};
+use crate::queue::tokens::{self, Served, TokenRef};
 use crate::queue::{self, JournalTicket, QueueEntry};
 use pgrx::pg_sys;
 use std::cell::RefCell;
@@ -42,6 +43,18 @@ struct Staging {
     /// (into `marker_table`).
     marker_written: bool,
     marker_table: Option<pg_sys::Oid>,
+    /// `pg_tviews_write_token()` reserved this token slot for the transaction.
+    token: Option<TokenRef>,
+    /// The token was asked for before the transaction's first write (it has no xid then, so
+    /// the token covers nothing): warned about at PRE_COMMIT if keys were staged after all.
+    token_before_writes: bool,
+    /// Drainers: the tokens whose keys this transaction refreshes (the priority lane); at
+    /// COMMIT the keys it cascaded to become theirs.
+    serving: Vec<TokenRef>,
+    /// Some of the served keys' refresh raised (deferred for retry).
+    serving_failed: bool,
+    /// Some cascade of the served keys could not be followed (`refresh::for_waiters`).
+    serving_overflow: bool,
 }
 
 const FIRST_COMPACTION: usize = 8192;
@@ -91,6 +104,37 @@ pub fn staged_keys() -> Vec<StagedKey> {
     })
 }
 
+/// `pg_tviews_write_token()`: reserves (once per transaction) the token slot that this
+/// transaction's COMMIT fills with its keys. `fxid` 0: the transaction has written nothing yet.
+pub fn write_token(dboid: u32, fxid: u64) -> Option<TokenRef> {
+    STAGING.with(|s| {
+        let mut s = s.borrow_mut();
+        if fxid == 0 {
+            s.token_before_writes = true;
+            return None;
+        }
+        if s.token.is_none() {
+            s.token = tokens::reserve(dboid, fxid);
+        }
+        s.token
+    })
+}
+
+/// Drainers, inside the transaction that refreshes the keys of `taken` tokens.
+pub fn serve_tokens(taken: &[TokenRef]) {
+    STAGING.with(|s| s.borrow_mut().serving.extend_from_slice(taken));
+}
+
+/// Drainers: some keys of the served tokens were deferred instead of applied.
+pub fn served_tokens_failed() {
+    STAGING.with(|s| s.borrow_mut().serving_failed = true);
+}
+
+/// Drainers: a cascade of the served keys cannot be followed key by key.
+pub fn served_tokens_overflow() {
+    STAGING.with(|s| s.borrow_mut().serving_overflow = true);
+}
+
 /// Installs the callbacks once, in the postmaster; forked backends inherit them.
 pub fn register_callbacks() {
     // SAFETY: plain registration of static C-ABI functions with a null argument.
@@ -111,6 +155,11 @@ fn clear(s: &mut Staging) {
     s.journal = None;
     s.marker_written = false;
     s.marker_table = None;
+    s.token = None;
+    s.token_before_writes = false;
+    s.serving.clear();
+    s.serving_failed = false;
+    s.serving_overflow = false;
     // Give memory back after an unusually large transaction.
     if s.keys.capacity() > 1 << 20 {
         s.keys.shrink_to(FIRST_COMPACTION);
@@ -139,6 +188,10 @@ unsafe extern "C-unwind" fn on_xact_event(
                     if let Some(ticket) = s.journal.take() {
                         queue::journal_abort(ticket);
                     }
+                    if let Some(token) = s.token {
+                        tokens::aborted(token);
+                    }
+                    tokens::served(&s.serving, Served::Aborted);
                     clear(&mut s);
                 }
             });
@@ -147,6 +200,9 @@ unsafe extern "C-unwind" fn on_xact_event(
         XACT_EVENT_PREPARE => {
             STAGING.with(|s| {
                 if let Ok(mut s) = s.try_borrow_mut() {
+                    if let Some(token) = s.token {
+                        tokens::prepared(token);
+                    }
                     clear(&mut s);
                 }
             });
@@ -162,6 +218,14 @@ fn pre_commit() {
         let mut s = s.borrow_mut();
         if s.keys.is_empty() {
             return false;
+        }
+        if s.token_before_writes {
+            s.token_before_writes = false;
+            crate::errors::warn(
+                pgrx::PgSqlErrorCode::ERRCODE_WARNING,
+                "pg_tviews_write_token() was called before this transaction's first write: its token does not cover the writes",
+                "Call pg_tviews_write_token() after the writes, just before COMMIT.",
+            );
         }
         let mut keys = std::mem::take(&mut s.keys);
         keys.sort_unstable();
@@ -265,6 +329,20 @@ fn commit() {
             if let Some(table) = s.marker_table {
                 super::journal::remember_marker(table);
             }
+        }
+        // After the publish: a waiter woken by its token then finds the keys in the rings too.
+        if let Some(token) = s.token {
+            tokens::committed(dboid, token, &s.ready);
+        }
+        if !s.serving.is_empty() {
+            let how = if s.serving_failed {
+                Served::Failed
+            } else if s.serving_overflow {
+                Served::Overflow
+            } else {
+                Served::Committed { cascaded: &s.ready }
+            };
+            tokens::served(&s.serving, how);
         }
         clear(&mut s);
     });

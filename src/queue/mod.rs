@@ -10,6 +10,7 @@ pub mod ring;
 pub mod shmem;
 pub mod slots;
 pub mod status;
+pub mod tokens;
 
 pub use journal::MAX_PARTITIONS;
 pub use ring::{kind, partition_of, QueueEntry};

@@ -2,7 +2,8 @@
 //! Set up by the postmaster at preload; attached (inherited) by every backend and worker.
 //!
 //! Layout (one `ShmemInitStruct` block, sized from postmaster GUCs):
-//! `[SharedHeader][WorkerSlot; max_workers][RingSlot; max_workers * queue_size]`.
+//! `[SharedHeader (counters, per-TVIEW stats, token slots)][WorkerSlot; max_workers]
+//! [RingSlot; max_workers * queue_size]`.
 //! Everything in it is plain old data; process-local pointers never go in, except latch pointers
 //! that themselves point into shared memory (`PGPROC.procLatch`).
 
@@ -294,6 +295,10 @@ pub struct SharedHeader {
     pub counters: Counters,
     pub writers_without_slot: [u32; NO_SLOT_BUCKETS],
     pub tview_stats: [TviewStat; MAX_TVIEW_STATS],
+    /// Source of token slot identities (`tokens::TokenRef::seq`).
+    pub next_token_seq: u64,
+    /// Read-your-writes tokens (the priority lane), see `tokens`.
+    pub tokens: [super::tokens::TokenSlot; super::tokens::MAX_TOKENS],
 }
 
 fn align_up(n: usize, align: usize) -> usize {

@@ -16,6 +16,38 @@ use crate::queue::{journal, kind, QueueEntry};
 use pgrx::prelude::*;
 use pgrx::spi::{SpiClient, SpiTupleTable};
 
+/// Runs `f` (a refresh of keys that `pg_tviews_wait(token)` callers wait for) so that every
+/// refreshed row another TVIEW reads stages its dependents' keys, whether or not it changed: a
+/// row already current may have been refreshed by the ring moments ago, whose cascade is still
+/// queued behind the backlog. Returns `f`'s result and whether some cascade could not be
+/// followed (a refreshed key without a row in a TVIEW that others read, or a whole-TVIEW
+/// refresh of one): the waiters then wait for the whole queue.
+pub fn for_waiters<R>(f: impl FnOnce() -> R) -> (R, bool) {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            FOR_WAITERS.with(|w| w.set((false, false)));
+        }
+    }
+    let _reset = Reset;
+    FOR_WAITERS.with(|w| w.set((true, false)));
+    let result = f();
+    let missed = FOR_WAITERS.with(|w| w.get().1);
+    (result, missed)
+}
+
+fn for_waiters_missed() {
+    FOR_WAITERS.with(|w| {
+        if w.get().0 {
+            w.set((true, true));
+        }
+    });
+}
+
+fn serving_waiters() -> bool {
+    FOR_WAITERS.with(|w| w.get().0)
+}
+
 /// Totals of one refresh transaction.
 #[derive(Default)]
 pub struct Outcome {
@@ -116,6 +148,10 @@ pub const LOCK_NOT_AVAILABLE: &str = "55P03";
 pub const READ_ONLY_SQL_TRANSACTION: &str = "25006";
 
 thread_local! {
+    /// Inside `for_waiters`: refreshed rows of TVIEWs that other TVIEWs read are rewritten so
+    /// their cascades are staged again; `.1`: some key had no row (a cascade of its deletion,
+    /// if any, cannot be followed that way).
+    static FOR_WAITERS: std::cell::Cell<(bool, bool)> = const { std::cell::Cell::new((false, false)) };
     /// The worker's view of whether its database is read-only (see `note_read_only`); always
     /// false in user backends, whose own writes would have failed first.
     static READ_ONLY: std::cell::Cell<Option<(std::time::Instant, bool)>> =
@@ -218,12 +254,23 @@ fn refresh_group(
     let _as_owner = AsOwner::switch_to(owner);
     Spi::connect_mut(|client| {
         if group.iter().any(|e| e.kind == kind::FULL) {
+            if serving_waiters() {
+                for_waiters_missed();
+            }
             return refresh_all(client, table_oid);
         }
         plans::with_plans(client, table_oid, |client, plans| {
             let keys = tview_keys(client, plans, table_oid, group)?;
-            let table = client.update(&plans.keyed, None, &[keys.into()])?;
-            written(table, table_oid)
+            let table = client.update(&plans.keyed, None, &[keys.clone().into()])?;
+            let rows = written(table, table_oid)?;
+            if serving_waiters()
+                && plans
+                    .touch(client, table_oid, &keys)?
+                    .is_some_and(|m| m > 0)
+            {
+                for_waiters_missed();
+            }
+            Ok(rows)
         })
     })
 }

@@ -15,6 +15,11 @@ pub struct Plans {
     pub keyed: OwnedPreparedStatement,
     /// Lineage rule -> `SELECT array_agg(k) FROM (resolve_sql)`, argument `$1 bigint[]`.
     resolvers: HashMap<u32, Option<OwnedPreparedStatement>>,
+    /// `touch_keys_sql` when another TVIEW reads this one (`Some(None)`: none does), built on
+    /// first use by the priority lane. Creating a dependent TVIEW adds capture triggers to
+    /// this table, which invalidates its relcache entry and with it these plans.
+    touch: Option<Option<OwnedPreparedStatement>>,
+    shape: super::sql::TviewShape,
 }
 
 thread_local! {
@@ -116,6 +121,8 @@ fn build(client: &SpiClient<'_>, table_oid: pg_sys::Oid) -> spi::Result<Option<P
         view_oid: view_oid.to_u32(),
         keyed,
         resolvers: HashMap::new(),
+        touch: None,
+        shape,
     }))
 }
 
@@ -141,6 +148,53 @@ pub fn with_plans<R>(
 }
 
 impl Plans {
+    /// Rewrites the rows of `keys` unchanged when another TVIEW reads this one, so that its
+    /// capture triggers stage the dependents' keys again (the priority lane follows them).
+    /// `Some(missing)`: how many of the keys have no row; `None`: no TVIEW reads this one.
+    pub fn touch(
+        &mut self,
+        client: &mut SpiClient<'_>,
+        table_oid: pg_sys::Oid,
+        keys: &[i64],
+    ) -> spi::Result<Option<u64>> {
+        if self.touch.is_none() {
+            let read = client
+                .select(
+                    "SELECT EXISTS (SELECT 1 FROM pg_tview_meta d WHERE $1 = ANY (d.dependencies::oid[]))",
+                    None,
+                    &[table_oid.into()],
+                )?
+                .first()
+                .get_one::<bool>()?
+                .unwrap_or(false);
+            self.touch = Some(if read {
+                Some(
+                    client
+                        .prepare_mut(
+                            self.shape.touch_keys_sql().as_str(),
+                            &[PgBuiltInOids::INT8ARRAYOID.into()],
+                        )?
+                        .keep(),
+                )
+            } else {
+                None
+            });
+        }
+        let Some(Some(plan)) = &self.touch else {
+            return Ok(None);
+        };
+        let mut distinct = keys.to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let found = client
+            .update(plan, None, &[distinct.clone().into()])?
+            .first()
+            .get_one::<i64>()?
+            .unwrap_or(0)
+            .max(0) as u64;
+        Ok(Some((distinct.len() as u64).saturating_sub(found)))
+    }
+
     /// TVIEW keys for captured `values` of lineage `rule`.
     pub fn resolve(
         &mut self,

@@ -101,6 +101,19 @@ impl TviewShape {
         self.reconcile_sql(Some("{k} = ANY($1)"))
     }
 
+    /// Rewrites the rows whose key is in `$1 bigint[]` with their own values (a new tuple
+    /// version, HOT when possible) so the table's capture triggers fire for them; returns the
+    /// number of rows found. The priority lane uses it to follow cascades that an earlier
+    /// refresh of the same rows already started (see `Plans::touch`).
+    pub fn touch_keys_sql(&self) -> String {
+        format!(
+            "WITH t AS (UPDATE {table} t SET {key} = t.{key} WHERE t.{key} = ANY($1) RETURNING 1) \
+             SELECT count(*)::bigint FROM t",
+            table = self.table,
+            key = self.key
+        )
+    }
+
     /// Reconciles the keys `$1 <= key <= $2` with the view: one bounded batch of a full
     /// reconcile, so a large TVIEW is reconciled in short transactions.
     pub fn refresh_range_sql(&self) -> String {

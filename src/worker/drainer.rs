@@ -7,7 +7,7 @@ use super::{exit_requested, planner, rate, reload_config_if_asked, run_in_transa
 use crate::gucs::{self, Durability};
 use crate::queue::drain::{self, RecoveryTicket};
 use crate::queue::slots::{self, Attach, SlotStatus};
-use crate::queue::{QueueEntry, WorkerState};
+use crate::queue::{tokens, QueueEntry, WorkerState};
 use crate::{catalog, refresh};
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Rounds of the priority lane per call: each round applies what the previous one cascaded to.
+const TOKEN_ROUNDS: usize = 8;
 /// How often deferred keys (failed, paused, prepared) are checked by the leader.
 const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -218,6 +220,10 @@ impl Drainer {
             drain::set_state(self.slot, WorkerState::RateLimited);
             let wait = Duration::from_micros(self.bucket.wait_us(now).max(1_000));
             self.sleep(wait.min(gucs::naptime()));
+            // Woken by a token (or the wait is over): waiters do not queue behind the limit.
+            if self.leader {
+                self.serve_tokens();
+            }
         }
     }
 
@@ -252,6 +258,7 @@ impl Drainer {
                 continue;
             }
             if self.leader {
+                self.serve_tokens();
                 if gucs::durability() == Durability::Journal {
                     self.maintain_journal();
                 }
@@ -326,6 +333,67 @@ impl Drainer {
                     self.completed(&lags, (batch.start, batch.slots), &outcome, elapsed_ms)
                 }
                 (failure, _) => self.failed(describe(failure)),
+            }
+        }
+    }
+
+    /// The priority lane (leader only): refreshes the keys that `pg_tviews_wait(token)` callers
+    /// wait for ahead of the ring, then the keys those refreshes cascaded to, until the tokens
+    /// are done (or `TOKEN_ROUNDS` rounds, the ring gets its turn). The keys stay in the ring
+    /// too and are refreshed again in order there: refresh is idempotent.
+    fn serve_tokens(&mut self) {
+        for _ in 0..TOKEN_ROUNDS {
+            let (taken, keys) = tokens::take_pending(self.dboid, gucs::batch_size());
+            if taken.is_empty() {
+                return;
+            }
+            drain::set_state(self.slot, WorkerState::Draining);
+            // The leader refreshes keys other partitions own: exclusive per-TVIEW locks.
+            let locking = self.locking().for_foreign_keys();
+            let started = Instant::now();
+            let slot = self.slot;
+            let result = run_in_transaction(|| {
+                // At this transaction's COMMIT the tokens take over the keys it cascaded to.
+                crate::capture::staging::serve_tokens(&taken);
+                refresh::note_read_only();
+                let (outcome, missed) = refresh::for_waiters(|| {
+                    refresh::apply_batch(&keys, refresh::OnError::Defer, locking, Some(slot))
+                });
+                if outcome.as_ref().is_ok_and(|o| !o.failed.is_empty()) {
+                    crate::capture::staging::served_tokens_failed();
+                } else if missed {
+                    crate::capture::staging::served_tokens_overflow();
+                }
+                outcome
+            });
+            let busy_ms = started.elapsed().as_millis() as u64;
+            match result {
+                Ok(Ok(outcome)) => {
+                    self.bucket.spend(keys.len() as u64, self.now_us());
+                    // Rows and failures count; "applied" and the lag histograms stay the
+                    // ring's, which applies these keys again.
+                    drain::complete_batch(
+                        self.slot,
+                        self.dboid,
+                        drain::Completed {
+                            lags: &[],
+                            start: 0,
+                            slots: 0,
+                            rows: outcome.rows,
+                            applied: &[],
+                            failed: &outcome.failed,
+                            busy_ms,
+                        },
+                    );
+                    if let Some(error) = &outcome.last_error {
+                        drain::note_error(self.slot, error);
+                    }
+                }
+                // The abort gave the keys back to their tokens (staging's ABORT callback).
+                failure => {
+                    self.failed(format!("priority refresh: {}", describe(failure)));
+                    return;
+                }
             }
         }
     }
@@ -422,6 +490,7 @@ impl Drainer {
         let mut next = 0;
         while next < entries.len() {
             self.check_slot();
+            self.serve_tokens();
             let limit = self.planner.limit(gucs::batch_size());
             let wanted = limit.min(entries.len() - next);
             let allowed = self.take_tokens(wanted);
@@ -460,6 +529,7 @@ impl Drainer {
             let mut from = Some(i64::MIN);
             while let Some(start) = from {
                 self.check_slot();
+                self.serve_tokens();
                 let batch = self.take_tokens(gucs::batch_size());
                 drain::set_state(self.slot, WorkerState::FullRefresh);
                 let started = Instant::now();
