@@ -281,7 +281,7 @@ pub fn served(taken: &[TokenRef], how: Served<'_>) {
             continue;
         }
         let next = match how {
-            Served::Committed { cascaded } if cascaded.is_empty() => TokenState::Done,
+            Served::Committed { cascaded: [] } => TokenState::Done,
             Served::Committed { cascaded } if slot.load(cascaded) => TokenState::Pending,
             Served::Committed { .. } => TokenState::Overflow,
             Served::Failed => TokenState::Failed,
