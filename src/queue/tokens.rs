@@ -31,7 +31,7 @@ use pgrx::pg_sys;
 pub const MAX_TOKENS: usize = 256;
 /// Keys one token tracks itself; a transaction (or a cascade step) reaching more rows falls
 /// back to waiting for the whole queue.
-pub const TOKEN_KEYS: usize = 32;
+pub const TOKEN_KEYS: usize = 64;
 
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
