@@ -51,7 +51,7 @@ pub fn refresh_synchronously(keys: &[StagedKey]) {
         &entries,
         refresh::OnError::Raise,
         refresh::Locking::Alone,
-        None,
+        &|_| {},
     ) {
         crate::errors::raise(
             PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,

@@ -3,8 +3,10 @@
 
 pub mod analyze;
 pub mod lineage;
+pub mod shape;
 
-use crate::refresh::sql::TviewShape;
+pub use shape::TviewShape;
+
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 

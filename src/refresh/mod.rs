@@ -376,12 +376,13 @@ fn defer_failures(
 
 /// Refreshes the keys of one batch. Entries may span transactions and TVIEWs; keys of TVIEWs
 /// that no longer exist are skipped (dropped TVIEWs leave their queued keys behind); keys of
-/// paused TVIEWs are parked in `pg_tview_deferred`. `slot` is the drainer's, for its status.
+/// paused TVIEWs are parked in `pg_tview_deferred`. `progress` hears which TVIEW is refreshed
+/// next (a drainer shows it in its status).
 pub fn apply_batch(
     entries: &[QueueEntry],
     on_error: OnError,
     locking: Locking,
-    slot: Option<usize>,
+    progress: &dyn Fn(u32),
 ) -> spi::Result<Outcome> {
     let mut sorted: Vec<QueueEntry> = entries.to_vec();
     sorted.sort_unstable_by_key(|e| (e.tview_oid, e.kind, e.key));
@@ -403,9 +404,7 @@ pub fn apply_batch(
                 || group.iter().any(|e| e.kind != kind::ROW);
             lock_tview(table_oid, exclusive)?;
         }
-        if let Some(slot) = slot {
-            crate::queue::drain::set_current_tview(slot, oid);
-        }
+        progress(oid);
         // One kept statement (plans::tview_state): a sync-mode writer runs this per statement.
         let (owner, paused) = plans::tview_state(table_oid)?;
         if paused {

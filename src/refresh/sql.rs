@@ -1,20 +1,7 @@
 //! Builds the set-based refresh statements for one TVIEW; pure string work, unit-tested.
 //! Used by the drainer (and by pg_tviews_create to validate a new TVIEW).
 
-/// What the refresh statements need to know about a TVIEW; identifiers are already quoted.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TviewShape {
-    pub table: String,
-    pub view: String,
-    pub key: String,
-    /// The root table's column the TVIEW keys are selected from (`pk_post` of a read model
-    /// keyed `pk_post AS pk_post_card`); usually the same name as `key`.
-    pub root_key: String,
-    /// Every column of the table except the key, in table order.
-    pub values: Vec<String>,
-    /// The root table (it has the key column), when it still exists.
-    pub root: Option<String>,
-}
+pub use crate::catalog::TviewShape;
 
 impl TviewShape {
     /// The key and value columns qualified by `alias` (`v.pk_post, v.data`).

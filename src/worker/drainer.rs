@@ -357,7 +357,9 @@ impl Drainer {
                 crate::capture::staging::serve_tokens(&taken);
                 refresh::note_read_only();
                 let (outcome, missed) = refresh::for_waiters(|| {
-                    refresh::apply_batch(&keys, refresh::OnError::Defer, locking, Some(slot))
+                    refresh::apply_batch(&keys, refresh::OnError::Defer, locking, &|oid| {
+                        drain::set_current_tview(slot, oid)
+                    })
                 });
                 if outcome.as_ref().is_ok_and(|o| !o.failed.is_empty()) {
                     crate::capture::staging::served_tokens_failed();
@@ -409,7 +411,9 @@ impl Drainer {
         let slot = self.slot;
         let result = run_in_transaction(|| {
             refresh::note_read_only();
-            refresh::apply_batch(entries, refresh::OnError::Defer, locking, Some(slot))
+            refresh::apply_batch(entries, refresh::OnError::Defer, locking, &|oid| {
+                drain::set_current_tview(slot, oid)
+            })
         });
         if matches!(result, Ok(Ok(_))) {
             self.bucket.spend(entries.len() as u64, self.now_us());
