@@ -82,6 +82,11 @@ fn _pg_tviews_wait_token_ms(token: &str, timeout_ms: i64) -> bool {
         // The transaction had written nothing when it took the token.
         return true;
     }
+    if crate::queue::is_attached() && crate::queue::status::drain_target(token.dboid).is_none() {
+        // No worker serves this database (every slot taken by others): nothing will apply the
+        // token's keys; the wait for everything says so (false, with a WARNING).
+        return wait_for_everything(deadline);
+    }
     loop {
         let seen = match token.slot {
             Some(slot) => tokens::look(token.dboid, token.fxid, slot),

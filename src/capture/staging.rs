@@ -55,6 +55,8 @@ struct Staging {
     serving_failed: bool,
     /// Some cascade of the served keys could not be followed (`refresh::for_waiters`).
     serving_overflow: bool,
+    /// The served keys and all their cascades were applied inside this transaction.
+    serving_complete: bool,
 }
 
 const FIRST_COMPACTION: usize = 8192;
@@ -130,6 +132,11 @@ pub fn served_tokens_failed() {
     STAGING.with(|s| s.borrow_mut().serving_failed = true);
 }
 
+/// Drainers: the served keys' cascades were all applied in this transaction.
+pub fn served_tokens_complete() {
+    STAGING.with(|s| s.borrow_mut().serving_complete = true);
+}
+
 /// Drainers: a cascade of the served keys cannot be followed key by key.
 pub fn served_tokens_overflow() {
     STAGING.with(|s| s.borrow_mut().serving_overflow = true);
@@ -160,6 +167,7 @@ fn clear(s: &mut Staging) {
     s.serving.clear();
     s.serving_failed = false;
     s.serving_overflow = false;
+    s.serving_complete = false;
     // Give memory back after an unusually large transaction.
     if s.keys.capacity() > 1 << 20 {
         s.keys.shrink_to(FIRST_COMPACTION);
@@ -339,6 +347,8 @@ fn commit() {
                 Served::Failed
             } else if s.serving_overflow {
                 Served::Overflow
+            } else if s.serving_complete {
+                Served::Committed { cascaded: &[] }
             } else {
                 Served::Committed { cascaded: &s.ready }
             };

@@ -60,6 +60,16 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// Adds the totals of a later refresh in the same transaction.
+    pub fn merge(&mut self, other: Outcome) {
+        self.rows += other.rows;
+        self.per_tview.extend(other.per_tview);
+        self.failed.extend(other.failed);
+        if other.last_error.is_some() {
+            self.last_error = other.last_error;
+        }
+    }
+
     /// Adds what refreshing one TVIEW (`oid`) in isolation applied and what failed.
     fn add(&mut self, oid: u32, isolated: &Isolated) {
         self.rows += isolated.rows;

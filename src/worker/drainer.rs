@@ -15,6 +15,11 @@ use std::time::{Duration, Instant};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// While write tokens are being waited for (one was served in the last `TOKENS_RECENT`), ring
+/// batches are sized to take about `TOKEN_BATCH_MS`: a token's keys wait for at most one such
+/// batch before the priority lane takes them.
+const TOKEN_BATCH_MS: u64 = 2;
+const TOKENS_RECENT: Duration = Duration::from_secs(10);
 /// Rounds of the priority lane per call: each round applies what the previous one cascaded to.
 const TOKEN_ROUNDS: usize = 8;
 /// How often deferred keys (failed, paused, prepared) are checked by the leader.
@@ -165,6 +170,9 @@ struct Drainer {
     next_retry: Option<Instant>,
     bucket: rate::TokenBucket,
     planner: planner::BatchPlanner,
+    /// Batch sizing under `TOKEN_BATCH_MS`, used while tokens are recent.
+    token_planner: planner::BatchPlanner,
+    tokens_served_at: Option<Instant>,
     started: Instant,
     /// The leader's background scrub (worker/scrub.rs).
     scrub: scrub::Scrub,
@@ -182,6 +190,8 @@ impl Drainer {
             next_retry: None,
             bucket: rate::TokenBucket::new(0, 0),
             planner: planner::BatchPlanner::new(gucs::batch_size()),
+            token_planner: planner::BatchPlanner::new(gucs::batch_size()),
+            tokens_served_at: None,
             started: Instant::now(),
             scrub: scrub::Scrub::default(),
         };
@@ -271,7 +281,10 @@ impl Drainer {
                     self.retry_deferred();
                 }
             }
-            let limit = self.planner.limit(gucs::batch_size());
+            let mut limit = self.planner.limit(gucs::batch_size());
+            if self.tokens_recent() {
+                limit = limit.min(self.token_planner.limit(gucs::batch_size()));
+            }
             let batch = drain::next_batch(self.slot, limit);
             if batch.entries.is_empty() {
                 // Spare capacity: the leader scrubs, one short step at a time, and looks at its
@@ -329,6 +342,12 @@ impl Drainer {
                         gucs::MAX_BATCH_MS.get().max(0) as u64,
                         gucs::batch_size(),
                     );
+                    self.token_planner.observe(
+                        batch.entries.len(),
+                        elapsed_ms,
+                        TOKEN_BATCH_MS,
+                        gucs::batch_size(),
+                    );
                     let lags = lags_of(&batch.entries);
                     self.completed(&lags, (batch.start, batch.slots), &outcome, elapsed_ms)
                 }
@@ -337,37 +356,29 @@ impl Drainer {
         }
     }
 
+    fn tokens_recent(&self) -> bool {
+        self.tokens_served_at
+            .is_some_and(|at| at.elapsed() < TOKENS_RECENT)
+    }
+
     /// The priority lane (leader only): refreshes the keys that `pg_tviews_wait(token)` callers
-    /// wait for ahead of the ring, then the keys those refreshes cascaded to, until the tokens
-    /// are done (or `TOKEN_ROUNDS` rounds, the ring gets its turn). The keys stay in the ring
-    /// too and are refreshed again in order there: refresh is idempotent.
+    /// wait for ahead of the ring, with their cascades (`serve_in_transaction`), then tokens
+    /// that arrived meanwhile (at most `TOKEN_ROUNDS` transactions, then the ring gets its
+    /// turn). The keys stay in the ring too and are refreshed again in order there: refresh is
+    /// idempotent.
     fn serve_tokens(&mut self) {
         for _ in 0..TOKEN_ROUNDS {
             let (taken, keys) = tokens::take_pending(self.dboid, gucs::batch_size());
             if taken.is_empty() {
                 return;
             }
+            self.tokens_served_at = Some(Instant::now());
             drain::set_state(self.slot, WorkerState::Draining);
             // The leader refreshes keys other partitions own: exclusive per-TVIEW locks.
             let locking = self.locking().for_foreign_keys();
             let started = Instant::now();
             let slot = self.slot;
-            let result = run_in_transaction(|| {
-                // At this transaction's COMMIT the tokens take over the keys it cascaded to.
-                crate::capture::staging::serve_tokens(&taken);
-                refresh::note_read_only();
-                let (outcome, missed) = refresh::for_waiters(|| {
-                    refresh::apply_batch(&keys, refresh::OnError::Defer, locking, &|oid| {
-                        drain::set_current_tview(slot, oid)
-                    })
-                });
-                if outcome.as_ref().is_ok_and(|o| !o.failed.is_empty()) {
-                    crate::capture::staging::served_tokens_failed();
-                } else if missed {
-                    crate::capture::staging::served_tokens_overflow();
-                }
-                outcome
-            });
+            let result = run_in_transaction(|| serve_in_transaction(&taken, &keys, locking, slot));
             let busy_ms = started.elapsed().as_millis() as u64;
             match result {
                 Ok(Ok(outcome)) => {
@@ -662,6 +673,65 @@ impl Drainer {
             self.check_slot();
         }
     }
+}
+
+/// One transaction of the priority lane: refreshes the tokens' keys, then (after each
+/// statement's capture triggers staged them) the keys those refreshes cascaded to, round after
+/// round in the same transaction, until no new key appears; the tokens are done when it
+/// commits. A failed key, a cascade that cannot be followed key by key (`refresh::for_waiters`)
+/// or one deeper than `TOKEN_ROUNDS` or wider than `batch_size` hands the tokens to the wait for
+/// everything.
+fn serve_in_transaction(
+    taken: &[tokens::TokenRef],
+    keys: &[QueueEntry],
+    locking: refresh::Locking,
+    slot: usize,
+) -> pgrx::spi::Result<refresh::Outcome> {
+    use crate::capture::staging;
+    staging::serve_tokens(taken);
+    refresh::note_read_only();
+    let mut total = refresh::Outcome::default();
+    let mut batch = keys.to_vec();
+    let mut seen = staging::staged_keys();
+    for round in 0.. {
+        let (outcome, missed) = refresh::for_waiters(|| {
+            refresh::apply_batch(&batch, refresh::OnError::Defer, locking, &|oid| {
+                drain::set_current_tview(slot, oid)
+            })
+        });
+        let outcome = outcome?;
+        let failed = !outcome.failed.is_empty();
+        total.merge(outcome);
+        if failed {
+            staging::served_tokens_failed();
+            break;
+        }
+        if missed {
+            staging::served_tokens_overflow();
+            break;
+        }
+        let now = staging::staged_keys();
+        batch = now
+            .iter()
+            .filter(|k| seen.binary_search(k).is_err())
+            .map(|k| QueueEntry {
+                tview_oid: k.tview_oid,
+                kind: k.kind,
+                key: k.key,
+                committed_at: 0,
+            })
+            .collect();
+        seen = now;
+        if batch.is_empty() {
+            staging::served_tokens_complete();
+            break;
+        }
+        if round + 1 >= TOKEN_ROUNDS || batch.len() > gucs::batch_size() {
+            staging::served_tokens_overflow();
+            break;
+        }
+    }
+    Ok(total)
 }
 
 /// `(TVIEW, commit time)` of each refreshed key, for the lag histograms.
