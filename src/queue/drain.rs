@@ -2,10 +2,11 @@
 //! recovery tickets (journal replay / full reconcile) and journal rotation for the leader.
 //! Runs in drainers; short LWLock holds, never raises.
 
-use super::journal::{TableState, MAX_PARTITIONS, TABLES};
+use super::journal::{TableState, TABLES};
 use super::ring::QueueEntry;
 use super::shmem::{self, Locked, TviewStat, WorkerState, MAX_TVIEW_STATS, NO_SLOT_BUCKETS};
 use super::{member, now};
+use crate::limits::MAX_PARTITIONS;
 
 pub fn set_state(slot: usize, state: WorkerState) {
     if let Some(mut q) = shmem::lock_exclusive() {

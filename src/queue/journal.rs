@@ -5,12 +5,11 @@
 //! callers hold the queue LWLock. Table states: ARCHITECTURE.md "Journal rotation".
 
 use super::ring::QueueEntry;
+use crate::limits::MAX_PARTITIONS;
 
 /// Number of journal tables (`pg_tview_journal_0` .. `_2`): one receives rows, one drains,
 /// one is empty and ready.
 pub const TABLES: usize = 3;
-/// Upper bound of `workers_per_database` (rings per database).
-pub const MAX_PARTITIONS: usize = 16;
 
 /// Life cycle of one journal table; see ARCHITECTURE.md "Journal rotation".
 #[repr(u32)]

@@ -6,9 +6,10 @@
 //! Everything in it is plain old data; process-local pointers never go in, except latch pointers
 //! that themselves point into shared memory (`PGPROC.procLatch`).
 
-use super::journal::{Journal, MAX_PARTITIONS};
+use super::journal::Journal;
 use super::ring::{Ring, RingHeader, RingSlot};
 use crate::gucs;
+use crate::limits::MAX_PARTITIONS;
 use pgrx::pg_sys;
 use std::cell::UnsafeCell;
 use std::mem::{align_of, size_of};

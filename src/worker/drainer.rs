@@ -189,7 +189,7 @@ impl Drainer {
 
     /// This partition's share of the database's `max_rows_per_second`.
     fn rate(&self) -> u64 {
-        let total = gucs::MAX_ROWS_PER_SECOND.get().max(0) as u64;
+        let total = gucs::max_rows_per_second();
         total.div_ceil(u64::from(self.partitions))
     }
 
@@ -246,7 +246,7 @@ impl Drainer {
         loop {
             self.check_slot();
             reload_config_if_asked();
-            if !gucs::ENABLED.get() {
+            if !gucs::enabled() {
                 drain::set_state(self.slot, WorkerState::Disabled);
                 self.sleep(gucs::naptime());
                 continue;
@@ -297,7 +297,7 @@ impl Drainer {
             // SAFETY: reading the clock cannot raise.
             let now_ts = unsafe { pg_sys::GetCurrentTimestamp() };
             let oldest_age = now_ts - batch.entries[0].committed_at;
-            let coalesce_us = i64::from(gucs::COALESCE_MS.get()) * 1000;
+            let coalesce_us = gucs::coalesce_us();
             if let Some(wait) =
                 planner::coalesce_wait_us(batch.queued, gucs::batch_size(), oldest_age, coalesce_us)
             {
@@ -319,7 +319,7 @@ impl Drainer {
                     self.planner.observe(
                         batch.entries.len(),
                         elapsed_ms,
-                        gucs::MAX_BATCH_MS.get().max(0) as u64,
+                        gucs::max_batch_ms(),
                         gucs::batch_size(),
                     );
                     let lags = lags_of(&batch.entries);
@@ -504,7 +504,7 @@ impl Drainer {
 
     /// Seals, drains and truncates journal tables (PgQ-style rotation, no DELETE).
     fn maintain_journal(&mut self) {
-        let interval_us = i64::from(gucs::JOURNAL_ROTATE_MS.get()) * 1000;
+        let interval_us = gucs::journal_rotate_interval_us();
         let Some(table) = drain::journal_maintain(self.slot, interval_us) else {
             return;
         };
@@ -526,7 +526,7 @@ impl Drainer {
     /// Retries deferred keys that are due (own transaction; failures stay in the table).
     fn retry_deferred(&mut self) {
         let limit = gucs::batch_size();
-        let max_retries = gucs::MAX_RETRIES.get();
+        let max_retries = gucs::max_retries();
         let locking = self.locking().for_foreign_keys();
         match run_in_transaction(|| {
             refresh::note_read_only();

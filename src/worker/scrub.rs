@@ -133,7 +133,7 @@ impl Scrub {
         let (rate, _) = pace(
             pass.total_rows.saturating_sub(pass.checked),
             until(pass.started + interval),
-            gucs::SCRUB_ROWS_PER_SECOND.get().max(0) as u64,
+            gucs::scrub_rows_per_second(),
         );
         let due = [
             self.retry_at,
@@ -239,7 +239,7 @@ impl Scrub {
         };
         let now = Instant::now();
         let total_rows: u64 = tviews.iter().map(|(_, rows)| rows).sum();
-        let cap = gucs::SCRUB_ROWS_PER_SECOND.get().max(0) as u64;
+        let cap = gucs::scrub_rows_per_second();
         if let (_, false) = pace(total_rows, interval, cap) {
             log!(
                 "pg_tviews_bgw: the scrub of database {dboid} cannot meet scrub_interval = {} s: about {total_rows} TVIEW rows at scrub_rows_per_second = {cap} take {} s per pass",
