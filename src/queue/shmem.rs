@@ -361,6 +361,8 @@ pub fn install_hooks() {
     }
 }
 
+/// # Safety
+/// Installed as `shmem_request_hook`; the postmaster calls it once, in its request phase.
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn request_shmem() {
     // SAFETY: called by the postmaster in its request phase; previous hook chained first.
@@ -374,6 +376,9 @@ unsafe extern "C-unwind" fn request_shmem() {
     }
 }
 
+/// # Safety
+/// Installed as `shmem_startup_hook`; the postmaster calls it with shared memory mapped
+/// (also after a crash re-initialization).
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn startup_shmem() {
     // SAFETY: called by the postmaster (and after a crash re-init) with shared memory mapped;

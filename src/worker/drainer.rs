@@ -29,6 +29,8 @@ fn parse_extra(extra: &str) -> Option<(usize, u64)> {
 }
 
 #[pg_guard]
+// SAFETY: no other symbol of the process has this name; the postmaster looks the entry
+// point up by it (`bgw_function_name`).
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn pg_tviews_bgw_drainer_main(arg: pg_sys::Datum) {
     // SAFETY: the launcher registers us with the database OID as a by-value datum.
@@ -129,6 +131,9 @@ thread_local! {
     static DETACH: std::cell::Cell<Option<(usize, u32, u64)>> = const { std::cell::Cell::new(None) };
 }
 
+/// # Safety
+/// Registered with `before_shmem_exit`; PostgreSQL calls it once at process exit, while
+/// shared memory is still attached.
 #[pg_guard]
 unsafe extern "C-unwind" fn on_exit(_code: i32, _arg: pg_sys::Datum) {
     if let Some((slot, dboid, generation)) = DETACH.with(|d| d.take()) {
