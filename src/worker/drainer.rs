@@ -220,7 +220,7 @@ impl Drainer {
             if allowed > 0 {
                 return allowed;
             }
-            drain::set_state(self.slot, WorkerState::RateLimited);
+            super::set_state(self.slot, WorkerState::RateLimited);
             let wait = Duration::from_micros(self.bucket.wait_us(now).max(1_000));
             self.sleep(wait.min(gucs::naptime()));
         }
@@ -252,7 +252,7 @@ impl Drainer {
             self.check_slot();
             reload_config_if_asked();
             if !gucs::enabled() {
-                drain::set_state(self.slot, WorkerState::Disabled);
+                super::set_state(self.slot, WorkerState::Disabled);
                 self.sleep(gucs::naptime());
                 continue;
             }
@@ -317,7 +317,7 @@ impl Drainer {
             } else {
                 batch
             };
-            drain::set_state(self.slot, WorkerState::Draining);
+            super::set_state(self.slot, WorkerState::Draining);
             let locking = self.locking();
             match self.refresh_entries(&batch.entries, locking) {
                 (Ok(Ok(outcome)), elapsed_ms) => {
@@ -388,7 +388,7 @@ impl Drainer {
     /// (or when it says some keys were never journaled) reconciles every TVIEW.
     fn recover(&mut self, ticket: &RecoveryTicket) {
         let journal = if gucs::durability() == Durability::Journal {
-            drain::set_state(self.slot, WorkerState::Replaying);
+            super::set_state(self.slot, WorkerState::Replaying);
             match run_in_transaction(refresh::read_journal) {
                 Ok(Ok(entries)) => Some(entries),
                 failure => {
@@ -416,7 +416,7 @@ impl Drainer {
         };
         if complete {
             drain::complete_recovery(self.slot, ticket);
-            drain::set_state(self.slot, WorkerState::Idle);
+            super::set_state(self.slot, WorkerState::Idle);
             self.failures = 0;
         }
     }
@@ -430,7 +430,7 @@ impl Drainer {
             let limit = self.planner.limit(gucs::batch_size());
             let wanted = limit.min(entries.len() - next);
             let allowed = self.take_tokens(wanted);
-            drain::set_state(self.slot, WorkerState::Replaying);
+            super::set_state(self.slot, WorkerState::Replaying);
             let chunk = &entries[next..next + allowed];
             let locking = self.locking().for_foreign_keys();
             match self.refresh_entries(chunk, locking) {
@@ -452,7 +452,7 @@ impl Drainer {
     /// writers wait only for the rows of one range). A TVIEW whose recompute raises is deferred
     /// (retried like any failed key) and the others still reconcile.
     fn reconcile_all(&mut self, why: &str) -> bool {
-        drain::set_state(self.slot, WorkerState::FullRefresh);
+        super::set_state(self.slot, WorkerState::FullRefresh);
         let tviews = match run_in_transaction(|| pgrx::Spi::connect(catalog::all_tviews)) {
             Ok(Ok(tviews)) => tviews,
             failure => {
@@ -466,7 +466,7 @@ impl Drainer {
             while let Some(start) = from {
                 self.check_slot();
                 let batch = self.take_tokens(gucs::batch_size());
-                drain::set_state(self.slot, WorkerState::FullRefresh);
+                super::set_state(self.slot, WorkerState::FullRefresh);
                 let started = Instant::now();
                 let locking = self.locking().for_foreign_keys();
                 let result = run_in_transaction(|| {

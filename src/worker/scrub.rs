@@ -164,7 +164,7 @@ impl Scrub {
             return Poll::Wait(until(pass.started + interval));
         }
         let (oid, _) = pass.tviews[pass.index];
-        drain::set_state(slot, WorkerState::Scrubbing);
+        super::set_state(slot, WorkerState::Scrubbing);
         let Some(from) = pass.from else {
             // Every range of this TVIEW compared and confirmed: record the pass.
             let drift = pass.tview_drift;
@@ -225,7 +225,7 @@ impl Scrub {
     }
 
     fn start_pass(&mut self, slot: usize, dboid: u32, interval: Duration) -> Poll {
-        drain::set_state(slot, WorkerState::Scrubbing);
+        super::set_state(slot, WorkerState::Scrubbing);
         let tviews = match flatten(run_in_transaction(scrub::pass_plan)) {
             Ok(tviews) => tviews,
             Err(e) => {
@@ -285,7 +285,7 @@ impl Scrub {
         if !status::drained(&target) {
             return Poll::Wait(POLL);
         }
-        drain::set_state(slot, WorkerState::Scrubbing);
+        super::set_state(slot, WorkerState::Scrubbing);
         let oid = pending.tview;
         let found = std::mem::take(&mut pending.found);
         drain::set_current_tview(slot, oid.to_u32());
