@@ -38,10 +38,10 @@ pub enum WorkerState {
     /// No database holds the slot. Next: `Starting` (a claim: `WorkerSlot::claim`).
     Free = 0,
     /// Claimed, no drainer attached: not registered yet, or its drainer exited and waits for
-    /// the postmaster's restart. Next: `Idle` (the drainer attaches: `slots::attach`), `Free`.
+    /// the postmaster's restart. Next: `Idle` (the drainer attaches: `slots::drainer_attach`), `Free`.
     Starting = 1,
     /// Nothing to do; sleeps until a publish or the naptime (`drain::go_idle`). Next: any
-    /// drainer state, `Starting` (the drainer exits: `slots::detach`), `Free` (release).
+    /// drainer state, `Starting` (the drainer exits: `slots::drainer_detach`), `Free` (release).
     Idle = 2,
     /// Refreshing a batch. Next: as `Idle`.
     Draining = 3,
