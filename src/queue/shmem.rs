@@ -30,15 +30,16 @@ pub const LAST_ERROR_BYTES: usize = 256;
 /// picks its next step afresh on every iteration (a recovery can follow any step, a disabled
 /// worker can resume into any), so each of them may follow any other. What the machine pins is
 /// who may leave `Free` and `Starting`: only a claim leaves `Free`, and only the attaching
-/// drainer leaves `Starting`; a drainer whose slot was released (or released and claimed
-/// again) meanwhile cannot show its step there.
+/// drainer leaves `Starting`; a drainer whose slot was released meanwhile (or released and
+/// claimed again, before the new drainer attached) cannot show its step there.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WorkerState {
     /// No database holds the slot. Next: `Starting` (a claim: `WorkerSlot::claim`).
     Free = 0,
     /// Claimed, no drainer attached: not registered yet, or its drainer exited and waits for
-    /// the postmaster's restart. Next: `Idle` (the drainer attaches: `slots::drainer_attach`), `Free`.
+    /// the postmaster's restart. Next: `Idle` (the drainer attaches: `slots::drainer_attach`),
+    /// `Free`.
     Starting = 1,
     /// Nothing to do; sleeps until a publish or the naptime (`drain::go_idle`). Next: any
     /// drainer state, `Starting` (the drainer exits: `slots::drainer_detach`), `Free` (release).
