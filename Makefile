@@ -21,7 +21,7 @@ export DEMO_DIR := $(CURDIR)/.demo/pg$(PG)
 # One visible line per tier of `make test`.
 banner = @printf '\n==== %s ====\n' "$(1)"
 
-.PHONY: deps install install-release install-released demo demo-stop test test-all test-compat upgrade-test fmt clippy unit regress e2e bench-smoke
+.PHONY: deps install install-release install-released demo demo-stop test test-all test-compat upgrade-test fmt check clippy unit regress e2e bench-smoke
 
 deps:
 	@scripts/deps.sh
@@ -48,6 +48,11 @@ demo-stop:
 
 fmt:
 	cargo fmt --check
+
+# The code base's habits as checks (no build, under a second): SAFETY comments on every unsafe,
+# no SPI or raising in src/queue/, regress tests paired with expected files, private settings.
+check:
+	@scripts/check.sh
 
 clippy: deps
 	cargo clippy $(PG_FEATURES) --all-targets -- -D warnings
@@ -88,24 +93,26 @@ bench-smoke:
 # over the system one, hence the reinstall before the tiers that use the installed extension.
 test: deps
 	$(call banner,PostgreSQL $(PG): $(PGBIN))
-	$(call banner,1/7 format: cargo fmt --check)
+	$(call banner,1/8 format: cargo fmt --check)
 	@$(MAKE) --no-print-directory fmt
-	$(call banner,2/7 lint: cargo clippy $(PG_FEATURES) --all-targets -D warnings)
+	$(call banner,2/8 checks: scripts/check.sh)
+	@$(MAKE) --no-print-directory check
+	$(call banner,3/8 lint: cargo clippy $(PG_FEATURES) --all-targets -D warnings)
 	@$(MAKE) --no-print-directory clippy
-	$(call banner,3/7 unit: cargo pgrx test pg$(PG) (#[pg_test] + #[test]))
+	$(call banner,4/8 unit: cargo pgrx test pg$(PG) (#[pg_test] + #[test]))
 	@$(MAKE) --no-print-directory unit
-	$(call banner,4/7 reinstall the normal build)
+	$(call banner,5/8 reinstall the normal build)
 	@$(MAKE) --no-print-directory install
-	$(call banner,5/7 regression: scripts/regress.sh)
+	$(call banner,6/8 regression: scripts/regress.sh)
 	@scripts/regress.sh
-	$(call banner,6/7 end-to-end: e2e crate)
+	$(call banner,7/8 end-to-end: e2e crate)
 	@cd e2e && cargo test --release -- --test-threads=2
-	$(call banner,7/7 bench smoke)
+	$(call banner,8/8 bench smoke)
 	@$(MAKE) --no-print-directory bench-smoke
 	@printf '\n==== all tiers passed (PostgreSQL $(PG)) ====\n'
 
 # The tiers that run the server, for the versions CI does not test in full: install, regression,
-# end-to-end (`make PG=16 test` runs all seven).
+# end-to-end (`make PG=16 test` runs all eight).
 test-compat: deps
 	$(call banner,PostgreSQL $(PG): $(PGBIN))
 	$(call banner,1/3 install: cargo pgrx install --pg-config $(PG_CONFIG))

@@ -21,7 +21,8 @@ scripts/cluster.sh stop "$DIR"
 rm -rf "$DIR" "$OUT"
 mkdir -p "$OUT"
 trap 'scripts/cluster.sh stop "$DIR"' EXIT
-# capture.sql checks that PREPARE TRANSACTION is refused, which needs 2PC enabled.
+# prepared_transactions_publish_on_commit_prepared.sql and security.sql prepare transactions,
+# which needs 2PC enabled.
 scripts/cluster.sh start "$DIR" "$PORT" "max_prepared_transactions = 2"
 
 # --use-existing never creates the database, so do it here with the settings pg_regress

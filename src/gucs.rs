@@ -2,8 +2,16 @@
 //!
 //! Postmaster settings size shared memory, so they are fixed for the life of the server.
 //! Sighup settings are re-read by workers after their own `ProcessConfigFile` call.
+//!
+//! The `GucSetting` statics are private: code reads a setting through its typed accessor at the
+//! end of this file, which also clamps or converts it where the value needs it (one place, not
+//! every call site). Adding a setting: CONTRIBUTING.md.
+
+use std::time::Duration;
 
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
+
+use crate::limits::MAX_PARTITIONS;
 
 /// Where a session's changes to tracked tables are refreshed.
 #[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
@@ -30,74 +38,79 @@ pub enum Durability {
 }
 
 /// Crash and restart safety of queued keys; fixed for the life of the server.
-pub static DURABILITY: GucSetting<Durability> = GucSetting::<Durability>::new(Durability::Journal);
+static DURABILITY: GucSetting<Durability> = GucSetting::<Durability>::new(Durability::Journal);
 
 /// Drainers (and rings) per database; keys are partitioned among them by (TVIEW, key).
-pub static WORKERS_PER_DATABASE: GucSetting<i32> = GucSetting::<i32>::new(1);
+static WORKERS_PER_DATABASE: GucSetting<i32> = GucSetting::<i32>::new(1);
 
 /// How long writers append to one journal table before the worker rotates to the next (ms).
-pub static JOURNAL_ROTATE_MS: GucSetting<i32> = GucSetting::<i32>::new(5_000);
+static JOURNAL_ROTATE_MS: GucSetting<i32> = GucSetting::<i32>::new(5_000);
 
 /// `pg_tviews_health_check()` warns when a database has more keys than this pending.
-pub static HEALTH_QUEUE_DEPTH: GucSetting<i32> = GucSetting::<i32>::new(1_000);
+static HEALTH_QUEUE_DEPTH: GucSetting<i32> = GucSetting::<i32>::new(1_000);
 
 /// `pg_tviews_health_check()` warns when the oldest pending key is older than this (ms).
-pub static HEALTH_LAG_MS: GucSetting<i32> = GucSetting::<i32>::new(5_000);
+static HEALTH_LAG_MS: GucSetting<i32> = GucSetting::<i32>::new(5_000);
 
 /// `pg_tviews_health_check()` warns when the journal tables are larger than this (MB).
-pub static HEALTH_JOURNAL_MB: GucSetting<i32> = GucSetting::<i32>::new(1_024);
+static HEALTH_JOURNAL_MB: GucSetting<i32> = GucSetting::<i32>::new(1_024);
 
 /// Per-session choice between background and in-statement refresh.
-pub static MODE: GucSetting<RefreshMode> = GucSetting::<RefreshMode>::new(RefreshMode::Async);
+static MODE: GucSetting<RefreshMode> = GucSetting::<RefreshMode>::new(RefreshMode::Async);
 
 /// Master switch for draining. Off: keys keep being captured and queued (nothing is lost),
 /// but workers stop refreshing until it is turned back on.
-pub static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
+static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
 
 /// Capacity, in keys, of each worker's ring. A transaction whose keys do not fit degrades to a
 /// full refresh of that database's TVIEWs instead of blocking or dropping anything.
-pub static QUEUE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(65_536);
+static QUEUE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(65_536);
 
 /// Number of drainer slots (and rings) in shared memory: one per database with the extension.
-pub static MAX_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(4);
+static MAX_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(4);
 
 /// Maximum keys a drainer takes from its ring per refresh transaction.
-pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1_000);
+static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1_000);
 
 /// How long an idle drainer sleeps before re-checking on its own (publishes wake it at once).
-pub static NAPTIME_MS: GucSetting<i32> = GucSetting::<i32>::new(1_000);
+static NAPTIME_MS: GucSetting<i32> = GucSetting::<i32>::new(1_000);
 
 /// Keys a database's worker may refresh per second (token bucket; 0 = unlimited).
-pub static MAX_ROWS_PER_SECOND: GucSetting<i32> = GucSetting::<i32>::new(0);
+static MAX_ROWS_PER_SECOND: GucSetting<i32> = GucSetting::<i32>::new(0);
 
 /// When the queue holds less than a batch, wait up to this long (ms) after the oldest key's
 /// commit for more keys (0 = take them at once).
-pub static COALESCE_MS: GucSetting<i32> = GucSetting::<i32>::new(0);
+static COALESCE_MS: GucSetting<i32> = GucSetting::<i32>::new(0);
 
 /// Time budget of one refresh transaction (ms): slower batches halve the next batch's size,
 /// quick ones double it back up to batch_size (0 = off).
-pub static MAX_BATCH_MS: GucSetting<i32> = GucSetting::<i32>::new(0);
+static MAX_BATCH_MS: GucSetting<i32> = GucSetting::<i32>::new(0);
+
+/// Time budget (ms) of the leader's ring batches while write tokens are being waited for (one
+/// was served in the last 10 s): a token's keys wait for at most one such batch (0 = do not
+/// shrink batches for tokens).
+static TOKEN_BATCH_MS: GucSetting<i32> = GucSetting::<i32>::new(2);
 
 /// Failed refresh attempts of a key before it becomes a dead letter.
-pub static MAX_RETRIES: GucSetting<i32> = GucSetting::<i32>::new(5);
+static MAX_RETRIES: GucSetting<i32> = GucSetting::<i32>::new(5);
 
 /// How long (ms) a worker's refresh of one TVIEW waits for a lock (a `LOCK TABLE`, a `SELECT
 /// ... FOR UPDATE` on its rows, DDL on a source) before it sets those keys aside and moves on
 /// to the other TVIEWs (0 = wait as long as it takes).
-pub static LOCK_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(200);
+static LOCK_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(200);
 
 /// Target time (s) for one scrub pass over every TVIEW of a database (0 = no scrub). One day:
 /// a capture gap (drift) lasts at most a day, and the pace it needs is tiny (a million rows a
 /// day are 12 rows per second), so it costs nothing measurable by default.
-pub static SCRUB_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(86_400);
+static SCRUB_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(86_400);
 
 /// Most TVIEW rows the scrub compares per second (0 = no cap). It runs only when the leader has
 /// nothing to drain; the cap bounds what it takes from the server even then.
-pub static SCRUB_ROWS_PER_SECOND: GucSetting<i32> = GucSetting::<i32>::new(1_000);
+static SCRUB_ROWS_PER_SECOND: GucSetting<i32> = GucSetting::<i32>::new(1_000);
 
-pub const QUEUE_SIZE_MIN: i32 = 16;
-pub const QUEUE_SIZE_MAX: i32 = 16 * 1024 * 1024;
-pub const MAX_WORKERS_MAX: i32 = 64;
+const QUEUE_SIZE_MIN: i32 = 16;
+const QUEUE_SIZE_MAX: i32 = 16 * 1024 * 1024;
+const MAX_WORKERS_MAX: i32 = 64;
 
 /// Settings that may be defined after start-up; also defined when the library is loaded without
 /// shared_preload_libraries (where sync is the only mode that works).
@@ -186,7 +199,7 @@ pub fn define() {
         c"Keys are partitioned by (TVIEW, key), so each TVIEW row has one refresher. Each worker takes a max_workers slot and a max_worker_processes slot.",
         &WORKERS_PER_DATABASE,
         1,
-        crate::queue::MAX_PARTITIONS as i32,
+        MAX_PARTITIONS as i32,
         GucContext::Postmaster,
         GucFlags::default(),
     );
@@ -227,6 +240,16 @@ pub fn define() {
         &MAX_BATCH_MS,
         0,
         3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"pg_tviews_bgw.token_batch_ms",
+        c"Time budget of the leader's queue batches while write tokens are waited for (0 = off).",
+        c"Short batches let the priority lane start within that time of a token's commit, at some cost in drain throughput while tokens are in use.",
+        &TOKEN_BATCH_MS,
+        0,
+        60_000,
         GucContext::Sighup,
         GucFlags::UNIT_MS,
     );
@@ -294,32 +317,108 @@ pub fn define() {
     unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"pg_tviews_bgw".as_ptr()) };
 }
 
-pub fn queue_size() -> usize {
-    QUEUE_SIZE.get() as usize
+// Typed accessors, one per setting. PostgreSQL already keeps every value within the bounds
+// given to `define_*_guc`; the clamps below restate the bounds a caller relies on (a negative
+// count cast to an unsigned type, a zero divisor), so they hold even if a bound is changed.
+
+/// `mode`: this session's refresh mode.
+pub fn mode() -> RefreshMode {
+    MODE.get()
 }
 
-pub fn max_workers() -> usize {
-    MAX_WORKERS.get() as usize
+/// `enabled`: whether workers drain their rings.
+pub fn enabled() -> bool {
+    ENABLED.get()
 }
 
-pub fn batch_size() -> usize {
-    BATCH_SIZE.get().max(1) as usize
-}
-
-pub fn naptime() -> std::time::Duration {
-    std::time::Duration::from_millis(NAPTIME_MS.get().max(10) as u64)
-}
-
+/// `durability` (postmaster).
 pub fn durability() -> Durability {
     DURABILITY.get()
 }
 
+/// `queue_size` (postmaster): capacity of each ring, in keys.
+pub fn queue_size() -> usize {
+    QUEUE_SIZE.get().clamp(QUEUE_SIZE_MIN, QUEUE_SIZE_MAX) as usize
+}
+
+/// `max_workers` (postmaster): slots (and rings) in shared memory.
+pub fn max_workers() -> usize {
+    MAX_WORKERS.get().clamp(1, MAX_WORKERS_MAX) as usize
+}
+
+/// `workers_per_database` (postmaster): partitions of one database, 1 ..= `MAX_PARTITIONS`.
 pub fn workers_per_database() -> usize {
-    (WORKERS_PER_DATABASE.get().max(1) as usize).min(crate::queue::MAX_PARTITIONS)
+    (WORKERS_PER_DATABASE.get().max(1) as usize).min(MAX_PARTITIONS)
+}
+
+/// `batch_size`: most keys per refresh transaction, at least 1.
+pub fn batch_size() -> usize {
+    BATCH_SIZE.get().max(1) as usize
+}
+
+/// `naptime`: an idle drainer's sleep, at least 10 ms.
+pub fn naptime() -> Duration {
+    Duration::from_millis(NAPTIME_MS.get().max(10) as u64)
+}
+
+/// `max_rows_per_second` of a whole database (0 = unlimited).
+pub fn max_rows_per_second() -> u64 {
+    MAX_ROWS_PER_SECOND.get().max(0) as u64
+}
+
+/// `coalesce_ms`, in microseconds (0 = take a shallow queue at once).
+pub fn coalesce_us() -> i64 {
+    i64::from(COALESCE_MS.get().max(0)) * 1000
+}
+
+/// `max_batch_ms`: a refresh transaction's time budget (0 = off).
+pub fn max_batch_ms() -> u64 {
+    MAX_BATCH_MS.get().max(0) as u64
+}
+
+/// `token_batch_ms`: ring batch budget while tokens are in use; None when off.
+pub fn token_batch_ms() -> Option<u64> {
+    let ms = TOKEN_BATCH_MS.get();
+    (ms > 0).then_some(ms as u64)
+}
+
+/// `max_retries`: failed attempts before a key becomes a dead letter, at least 1.
+pub fn max_retries() -> i32 {
+    MAX_RETRIES.get().max(1)
+}
+
+/// `lock_timeout` of a worker's refresh of one TVIEW, in ms (0 = wait without limit).
+pub fn lock_timeout_ms() -> i32 {
+    LOCK_TIMEOUT_MS.get().max(0)
+}
+
+/// `journal_rotate_interval`, in microseconds.
+pub fn journal_rotate_interval_us() -> i64 {
+    i64::from(JOURNAL_ROTATE_MS.get().max(10)) * 1000
+}
+
+/// `health_queue_depth`: pending keys above which the health check warns.
+pub fn health_queue_depth() -> u64 {
+    HEALTH_QUEUE_DEPTH.get().max(0) as u64
+}
+
+/// `health_lag`, in ms: age of the oldest pending key above which the health check warns.
+pub fn health_lag_ms() -> i64 {
+    i64::from(HEALTH_LAG_MS.get().max(0))
+}
+
+/// `health_journal_size`, in MB: journal size above which the health check warns.
+pub fn health_journal_mb() -> i64 {
+    i64::from(HEALTH_JOURNAL_MB.get().max(0))
 }
 
 /// `scrub_interval`; `None` when the scrub is off.
-pub fn scrub_interval() -> Option<std::time::Duration> {
+pub fn scrub_interval() -> Option<Duration> {
     let s = SCRUB_INTERVAL_S.get();
-    (s > 0).then(|| std::time::Duration::from_secs(s as u64))
+    (s > 0).then(|| Duration::from_secs(s as u64))
+}
+
+/// `scrub_rows_per_second` (0 = no cap).
+pub fn scrub_rows_per_second() -> u64 {
+    SCRUB_ROWS_PER_SECOND.get().max(0) as u64
 }

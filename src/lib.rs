@@ -9,6 +9,7 @@ mod capture;
 mod catalog;
 mod errors;
 mod gucs;
+mod limits;
 mod queue;
 mod refresh;
 mod worker;

@@ -404,7 +404,7 @@ fn pg_tviews_health_check() -> TableIterator<
                 (false, _) => check("recovery", "OK", "no recovery pending"),
             });
         }
-        if !gucs::ENABLED.get() {
+        if !gucs::enabled() {
             out.push(check(
                 "enabled",
                 "WARNING",
@@ -413,7 +413,7 @@ fn pg_tviews_health_check() -> TableIterator<
         }
         let stats = status::tview_stats(dboid);
         let pending: u64 = stats.iter().map(|s| s.pending).sum();
-        let threshold = gucs::HEALTH_QUEUE_DEPTH.get().max(0) as u64;
+        let threshold = gucs::health_queue_depth();
         out.push(if pending > threshold {
             check(
                 "queue_depth",
@@ -427,7 +427,7 @@ fn pg_tviews_health_check() -> TableIterator<
         let now = unsafe { pg_sys::GetCurrentTimestamp() };
         let oldest = stats.iter().filter_map(|s| s.oldest_committed_at).min();
         let lag_ms = oldest.map_or(0, |t| (now - t).max(0) / 1000);
-        let limit = gucs::HEALTH_LAG_MS.get().max(0) as i64;
+        let limit = gucs::health_lag_ms();
         out.push(if lag_ms > limit {
             check(
                 "lag",
@@ -479,7 +479,7 @@ fn pg_tviews_health_check() -> TableIterator<
             .ok()
             .flatten()
             .unwrap_or(0);
-            let limit_mb = i64::from(gucs::HEALTH_JOURNAL_MB.get().max(0));
+            let limit_mb = gucs::health_journal_mb();
             let mb = bytes / (1024 * 1024);
             out.push(if mb > limit_mb {
                 check(

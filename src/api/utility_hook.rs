@@ -25,6 +25,9 @@ pub fn install() {
     }
 }
 
+/// # Safety
+/// Installed as `ProcessUtility_hook`; PostgreSQL calls it with the arguments of
+/// `standard_ProcessUtility`, which it passes on unchanged.
 #[allow(clippy::too_many_arguments)]
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn process_utility(

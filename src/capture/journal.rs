@@ -114,6 +114,9 @@ pub fn write(target: Target, entries: &[QueueEntry]) -> bool {
     true
 }
 
+/// # Safety
+/// Inside a transaction, at PRE_COMMIT or PRE_PREPARE, with `relid` a journal table
+/// whose descriptor `write` checked.
 unsafe fn insert_row(relid: pg_sys::Oid, written_at: i64, payload: &[u8]) {
     // SAFETY: see `write`.
     unsafe {

@@ -18,7 +18,7 @@ use staging::StagedKey;
 /// `tview_sync`: the TVIEW itself is in sync mode (`pg_tviews_set_mode`).
 pub fn dispatch(keys: Vec<StagedKey>, tview_sync: bool) {
     let queued = queue::is_attached();
-    if !queued || tview_sync || gucs::MODE.get() == gucs::RefreshMode::Sync {
+    if !queued || tview_sync || gucs::mode() == gucs::RefreshMode::Sync {
         refresh_synchronously(&keys);
     }
     if queued {

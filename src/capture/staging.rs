@@ -175,6 +175,8 @@ fn clear(s: &mut Staging) {
     }
 }
 
+/// # Safety
+/// Registered with `RegisterXactCallback`; PostgreSQL calls it with its own arguments.
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn on_xact_event(
     event: pg_sys::XactEvent::Type,
@@ -296,6 +298,10 @@ fn pre_commit() {
 
 /// Called for every resource owner release of the backend: cheap unless this is the last phase
 /// of a committed top-level transaction.
+///
+/// # Safety
+/// Registered with `RegisterResourceReleaseCallback`; PostgreSQL calls it with its own
+/// arguments.
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn on_resource_release(
     phase: pg_sys::ResourceReleasePhase::Type,
@@ -388,6 +394,8 @@ fn pre_prepare() {
     }
 }
 
+/// # Safety
+/// Registered with `RegisterSubXactCallback`; PostgreSQL calls it with its own arguments.
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn on_subxact_event(
     event: pg_sys::SubXactEvent::Type,

@@ -206,6 +206,9 @@ fn key_value(datum: pg_sys::Datum, typid: pg_sys::Oid) -> i64 {
     }
 }
 
+/// # Safety
+/// `tuple` is a valid heap tuple of `tupdesc`, and every `columns` attribute number a
+/// pass-by-value integer attribute of it.
 unsafe fn read_tuple_keys(
     tuple: pg_sys::HeapTuple,
     tupdesc: pg_sys::TupleDesc,
@@ -223,6 +226,9 @@ unsafe fn read_tuple_keys(
     }
 }
 
+/// # Safety
+/// `store` is a valid tuplestore of tuples of `tupdesc` (a transition table), and every
+/// `columns` attribute number a pass-by-value integer attribute of it.
 unsafe fn read_keys(
     store: *mut pg_sys::Tuplestorestate,
     tupdesc: pg_sys::TupleDesc,

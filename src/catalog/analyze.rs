@@ -140,6 +140,11 @@ impl Walk {
     }
 }
 
+/// Tree walker callback for `expression_tree_walker` / `query_tree_walker`.
+///
+/// # Safety
+/// Called by PostgreSQL's walkers only: `node` is NULL or a valid node, `context` the
+/// `Reads` passed to the walk.
 unsafe extern "C-unwind" fn walker(
     node: *mut pg_sys::Node,
     context: *mut std::ffi::c_void,

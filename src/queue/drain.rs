@@ -2,19 +2,24 @@
 //! recovery tickets (journal replay / full reconcile) and journal rotation for the leader.
 //! Runs in drainers; short LWLock holds, never raises.
 
-use super::journal::{TableState, MAX_PARTITIONS, TABLES};
+use super::journal::{TableState, TABLES};
 use super::ring::QueueEntry;
 use super::shmem::{self, Locked, TviewStat, WorkerState, MAX_TVIEW_STATS, NO_SLOT_BUCKETS};
 use super::{member, now};
+use crate::limits::MAX_PARTITIONS;
 
-pub fn set_state(slot: usize, state: WorkerState) {
-    if let Some(mut q) = shmem::lock_exclusive() {
-        let at = now();
-        let s = q.slot(slot);
-        s.state = state as u32;
-        s.wake_on_publish = false;
-        s.last_activity = at;
-    }
+/// The drainer's step, for `pg_tviews_worker_status`; `Err` holds the state that refused it
+/// (`WorkerSlot::transition`: the slot was released, or claimed again and not attached).
+pub fn set_state(slot: usize, state: WorkerState) -> Result<(), WorkerState> {
+    let Some(mut q) = shmem::lock_exclusive() else {
+        return Ok(());
+    };
+    let at = now();
+    let s = q.slot(slot);
+    s.transition(state)?;
+    s.wake_on_publish = false;
+    s.last_activity = at;
+    Ok(())
 }
 
 /// The drainer found its ring empty and is about to sleep: asks the next publish to wake it.
@@ -29,7 +34,10 @@ pub fn go_idle(slot: usize) -> bool {
     if !s.ring.is_empty() || (s.partition == 0 && s.db.recovery_due()) {
         return false;
     }
-    s.state = WorkerState::Idle as u32;
+    // Refused: the slot is no longer this drainer's; stay awake and notice it.
+    if s.transition(WorkerState::Idle).is_err() {
+        return false;
+    }
     s.wake_on_publish = true;
     s.last_activity = at;
     true
@@ -185,7 +193,8 @@ pub fn record_error(slot: usize, message: &str) {
         let at = now();
         let s = q.slot(slot);
         s.set_last_error(message, at);
-        s.state = WorkerState::Backoff as u32;
+        // Refused only on a slot that is no longer this drainer's (its next check exits).
+        let _ = s.transition(WorkerState::Backoff);
         s.current_tview = 0;
         s.last_activity = at;
     }

@@ -5,12 +5,11 @@
 //! callers hold the queue LWLock. Table states: ARCHITECTURE.md "Journal rotation".
 
 use super::ring::QueueEntry;
+use crate::limits::MAX_PARTITIONS;
 
 /// Number of journal tables (`pg_tview_journal_0` .. `_2`): one receives rows, one drains,
 /// one is empty and ready.
 pub const TABLES: usize = 3;
-/// Upper bound of `workers_per_database` (rings per database).
-pub const MAX_PARTITIONS: usize = 16;
 
 /// Life cycle of one journal table; see ARCHITECTURE.md "Journal rotation".
 #[repr(u32)]
@@ -214,12 +213,20 @@ pub fn decode(bytes: &[u8], committed_at: i64, out: &mut Vec<QueueEntry>) -> Res
     }
     out.reserve(body.len() / ENTRY_BYTES);
     for chunk in body.chunks_exact(ENTRY_BYTES) {
-        let (oid, rest) = chunk.split_at(4);
-        let (kind, key) = rest.split_at(4);
+        // Fixed-size splits of a 16-byte chunk: never `None`, but nothing here can panic.
+        let Some((oid, rest)) = chunk.split_first_chunk::<4>() else {
+            continue;
+        };
+        let Some((kind, key)) = rest.split_first_chunk::<4>() else {
+            continue;
+        };
+        let Some(key) = key.first_chunk::<8>() else {
+            continue;
+        };
         out.push(QueueEntry {
-            tview_oid: u32::from_le_bytes(oid.try_into().expect("4 bytes")),
-            kind: u32::from_le_bytes(kind.try_into().expect("4 bytes")),
-            key: i64::from_le_bytes(key.try_into().expect("8 bytes")),
+            tview_oid: u32::from_le_bytes(*oid),
+            kind: u32::from_le_bytes(*kind),
+            key: i64::from_le_bytes(*key),
             committed_at,
         });
     }

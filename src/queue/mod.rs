@@ -12,11 +12,11 @@ pub mod slots;
 pub mod status;
 pub mod tokens;
 
-pub use journal::MAX_PARTITIONS;
 pub use ring::{kind, partition_of, QueueEntry};
 pub use shmem::{is_attached, WorkerState};
 
 use crate::gucs;
+use crate::limits::MAX_PARTITIONS;
 use pgrx::pg_sys;
 use shmem::{Locked, NO_SLOT_BUCKETS};
 

@@ -76,11 +76,12 @@ pub struct RingHeader {
 
 impl RingHeader {
     pub fn new(capacity: usize) -> Self {
-        assert!(capacity > 0, "ring capacity must be positive");
+        // queue_size is at least 16 (gucs::queue_size); a zero capacity would divide by zero.
+        debug_assert!(capacity > 0, "ring capacity must be positive");
         RingHeader {
             head: 0,
             tail: 0,
-            capacity: capacity as u64,
+            capacity: capacity.max(1) as u64,
             keys: 0,
             head_committed_at: 0,
         }
@@ -123,11 +124,8 @@ pub struct Ring<'a> {
 
 impl<'a> Ring<'a> {
     pub fn new(header: &'a mut RingHeader, slots: &'a mut [RingSlot]) -> Self {
-        assert_eq!(
-            header.capacity as usize,
-            slots.len(),
-            "ring header and storage disagree"
-        );
+        let agree = header.capacity as usize == slots.len();
+        assert!(agree, "ring header and storage disagree");
         Ring { header, slots }
     }
 

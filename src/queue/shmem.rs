@@ -7,9 +7,10 @@
 //! Everything in it is plain old data; process-local pointers never go in, except latch pointers
 //! that themselves point into shared memory (`PGPROC.procLatch`).
 
-use super::journal::{Journal, MAX_PARTITIONS};
+use super::journal::Journal;
 use super::ring::{Ring, RingHeader, RingSlot};
 use crate::gucs;
+use crate::limits::MAX_PARTITIONS;
 use pgrx::pg_sys;
 use std::cell::UnsafeCell;
 use std::mem::{align_of, size_of};
@@ -22,21 +23,44 @@ const MAGIC: u64 = 0x7476_6965_7773_0001;
 pub const MAX_TVIEW_STATS: usize = 512;
 pub const LAST_ERROR_BYTES: usize = 256;
 
-/// Lifecycle of a worker slot; see ARCHITECTURE.md "Drainer state machine".
+/// Lifecycle of a worker slot; see ARCHITECTURE.md "Slot life cycle" and "Drainer state
+/// machine". Every change goes through `WorkerSlot::transition`, which refuses a next state
+/// that `may_follow` does not allow (the slot keeps its state) and returns the state it was in.
+///
+/// The drainer states (`Idle` .. `Scrubbing`) are the step the drainer's loop is in; the loop
+/// picks its next step afresh on every iteration (a recovery can follow any step, a disabled
+/// worker can resume into any), so each of them may follow any other. What the machine pins is
+/// who may leave `Free` and `Starting`: only a claim leaves `Free`, and only the attaching
+/// drainer leaves `Starting`; a drainer whose slot was released meanwhile (or released and
+/// claimed again, before the new drainer attached) cannot show its step there.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WorkerState {
+    /// No database holds the slot. Next: `Starting` (a claim: `WorkerSlot::claim`).
     Free = 0,
+    /// Claimed, no drainer attached: not registered yet, or its drainer exited and waits for
+    /// the postmaster's restart. Next: `Idle` (the drainer attaches: `slots::drainer_attach`),
+    /// `Free`.
     Starting = 1,
+    /// Nothing to do; sleeps until a publish or the naptime (`drain::go_idle`). Next: any
+    /// drainer state, `Starting` (the drainer exits: `slots::drainer_detach`), `Free` (release).
     Idle = 2,
+    /// Refreshing a batch. Next: as `Idle`.
     Draining = 3,
+    /// Reconciling every TVIEW (recovery without a journal, or a journal marker). Next: as
+    /// `Idle`.
     FullRefresh = 4,
+    /// A whole batch transaction failed; retried after a backoff (`drain::record_error`).
+    /// Next: as `Idle`.
     Backoff = 5,
+    /// `pg_tviews_bgw.enabled` is off. Next: as `Idle`.
     Disabled = 6,
+    /// The `max_rows_per_second` token bucket is empty. Next: as `Idle`.
     RateLimited = 7,
+    /// Replaying the journal (recovery). Next: as `Idle`.
     Replaying = 8,
-    Paused = 9,
-    /// The leader compares TVIEW rows with their query (the background scrub).
+    // 9 was `Paused`, never set (a paused TVIEW does not pause its worker); not reused.
+    /// The leader compares TVIEW rows with their query (the background scrub). Next: as `Idle`.
     Scrubbing = 10,
 }
 
@@ -51,9 +75,21 @@ impl WorkerState {
             6 => WorkerState::Disabled,
             7 => WorkerState::RateLimited,
             8 => WorkerState::Replaying,
-            9 => WorkerState::Paused,
             10 => WorkerState::Scrubbing,
             _ => WorkerState::Free,
+        }
+    }
+
+    /// Whether a slot in state `self` may move to `next` (the "Next:" of each variant).
+    pub fn may_follow(self, next: WorkerState) -> bool {
+        use WorkerState::*;
+        match (self, next) {
+            // A release (group freed, database gone) ends any state.
+            (_, Free) => true,
+            (Free, next) => next == Starting,
+            (Starting, next) => next == Idle || next == Starting,
+            // A drainer state: any drainer state, or Starting when the drainer exits.
+            (_, _) => true,
         }
     }
 
@@ -68,7 +104,6 @@ impl WorkerState {
             WorkerState::Disabled => "disabled",
             WorkerState::RateLimited => "rate limited",
             WorkerState::Replaying => "replaying journal",
-            WorkerState::Paused => "paused",
             WorkerState::Scrubbing => "scrubbing",
         }
     }
@@ -217,8 +252,9 @@ impl WorkerSlot {
         generation: u64,
         now: i64,
     ) {
+        // Only free slots are claimed, and a free slot (dboid 0) is in state Free: allowed.
+        let _ = self.transition(WorkerState::Starting);
         self.dboid = dboid;
-        self.state = WorkerState::Starting as u32;
         self.pid = 0;
         self.partition = partition;
         self.partitions = partitions;
@@ -242,7 +278,8 @@ impl WorkerSlot {
 
     pub fn release(&mut self) {
         self.dboid = 0;
-        self.state = WorkerState::Free as u32;
+        // Free may follow any state.
+        let _ = self.transition(WorkerState::Free);
         self.pid = 0;
         self.latch = std::ptr::null_mut();
         self.worker_registered = false;
@@ -258,6 +295,18 @@ impl WorkerSlot {
 
     pub fn state(&self) -> WorkerState {
         WorkerState::from_u32(self.state)
+    }
+
+    /// The one place a slot's state changes: moves to `next` if `WorkerState::may_follow`
+    /// allows it, else keeps the state; `Err` holds the state that refused. Never raises (the
+    /// caller holds the queue LWLock); the worker logs a refusal (`worker::set_state`).
+    pub fn transition(&mut self, next: WorkerState) -> Result<(), WorkerState> {
+        let current = self.state();
+        if !current.may_follow(next) {
+            return Err(current);
+        }
+        self.state = next as u32;
+        Ok(())
     }
 
     pub fn last_error(&self) -> Option<String> {
@@ -365,6 +414,8 @@ pub fn install_hooks() {
     }
 }
 
+/// # Safety
+/// Installed as `shmem_request_hook`; the postmaster calls it once, in its request phase.
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn request_shmem() {
     // SAFETY: called by the postmaster in its request phase; previous hook chained first.
@@ -378,6 +429,9 @@ unsafe extern "C-unwind" fn request_shmem() {
     }
 }
 
+/// # Safety
+/// Installed as `shmem_startup_hook`; the postmaster calls it with shared memory mapped
+/// (also after a crash re-initialization).
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn startup_shmem() {
     // SAFETY: called by the postmaster (and after a crash re-init) with shared memory mapped;
@@ -493,6 +547,57 @@ pub fn lock_exclusive() -> Option<Locked> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const DRAINER_STATES: [WorkerState; 8] = [
+        WorkerState::Idle,
+        WorkerState::Draining,
+        WorkerState::FullRefresh,
+        WorkerState::Backoff,
+        WorkerState::Disabled,
+        WorkerState::RateLimited,
+        WorkerState::Replaying,
+        WorkerState::Scrubbing,
+    ];
+
+    #[test]
+    fn worker_state_transitions() {
+        use WorkerState::*;
+        // Only a claim leaves Free; only an attach leaves Starting.
+        assert!(Free.may_follow(Starting));
+        assert!(Starting.may_follow(Idle));
+        for d in DRAINER_STATES {
+            assert!(!Free.may_follow(d), "{d:?} on a free slot");
+            assert!(d == Idle || !Starting.may_follow(d), "{d:?} before attach");
+            assert!(d.may_follow(Starting) && d.may_follow(Free));
+            for e in DRAINER_STATES {
+                assert!(d.may_follow(e), "{d:?} -> {e:?}");
+            }
+        }
+        // Every state survives the u32 round trip through shared memory.
+        for s in [Free, Starting].into_iter().chain(DRAINER_STATES) {
+            assert_eq!(WorkerState::from_u32(s as u32), s);
+        }
+    }
+
+    #[test]
+    fn a_refused_transition_keeps_the_state() {
+        let mut slot = WorkerSlot::empty(16);
+        assert_eq!(
+            slot.transition(WorkerState::Draining),
+            Err(WorkerState::Free)
+        );
+        assert_eq!(slot.state(), WorkerState::Free);
+        slot.claim(5, 0, 1, 1, 0);
+        assert_eq!(slot.state(), WorkerState::Starting);
+        assert_eq!(
+            slot.transition(WorkerState::Scrubbing),
+            Err(WorkerState::Starting)
+        );
+        assert_eq!(slot.transition(WorkerState::Idle), Ok(()));
+        assert_eq!(slot.transition(WorkerState::Draining), Ok(()));
+        slot.release();
+        assert_eq!(slot.state(), WorkerState::Free);
+    }
 
     #[test]
     fn layout_grows_with_both_gucs_and_keeps_alignment() {

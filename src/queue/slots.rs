@@ -157,10 +157,13 @@ pub fn drainer_attach(
     if s.dboid != dboid || s.generation != generation || s.stop_requested || s.pid != 0 {
         return Attach::Stale;
     }
+    // A claimed slot without a pid is Starting (claim and detach set both), so this holds.
+    if s.transition(WorkerState::Idle).is_err() {
+        return Attach::Stale;
+    }
     s.pid = pid;
     s.latch = latch;
     s.worker_registered = true;
-    s.state = WorkerState::Idle as u32;
     s.started_at = at;
     s.last_activity = at;
     s.last_error_len = 0;
@@ -224,7 +227,8 @@ pub fn drainer_detach(slot: usize, dboid: u32, generation: u64, release: bool) {
     }
     s.pid = 0;
     s.latch = std::ptr::null_mut();
-    s.state = WorkerState::Starting as u32;
+    // Starting may follow every state but Free, and this slot is claimed (dboid matched).
+    let _ = s.transition(WorkerState::Starting);
     s.current_tview = 0;
 }
 

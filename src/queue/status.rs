@@ -1,9 +1,9 @@
 //! What the monitoring views and `pg_tviews_wait` read from shared memory: copies taken under
 //! one short LWLock hold. Runs in user backends.
 
-use super::journal::MAX_PARTITIONS;
 use super::shmem::{self, Counters, WorkerState};
 use super::{collect_claimed, find_leader, leader_probing, member};
+use crate::limits::MAX_PARTITIONS;
 use pgrx::pg_sys;
 
 #[derive(Clone, Debug)]

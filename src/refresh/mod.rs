@@ -318,7 +318,7 @@ fn refresh_bisect(
     group: &[QueueEntry],
     out: &mut Isolated,
 ) -> spi::Result<()> {
-    let lock_timeout = std::ffi::CString::new(gucs::LOCK_TIMEOUT_MS.get().max(0).to_string())
+    let lock_timeout = std::ffi::CString::new(gucs::lock_timeout_ms().to_string())
         .unwrap_or_else(|_| c"0".to_owned());
     let attempt = isolate::in_subtransaction(|| {
         // No head-of-line blocking: a TVIEW whose table or rows are locked gives up after

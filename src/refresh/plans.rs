@@ -62,6 +62,9 @@ pub fn tview_state(table_oid: pg_sys::Oid) -> spi::Result<(Option<pg_sys::Oid>, 
     })
 }
 
+/// # Safety
+/// Registered with `CacheRegisterRelcacheCallback`; called by PostgreSQL with its own
+/// arguments, touches only this backend's thread-local plan cache.
 #[pg_guard]
 unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     STALE.with(|s| {

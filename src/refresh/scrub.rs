@@ -76,7 +76,7 @@ fn not_scrubbed(table_oid: pg_sys::Oid) -> spi::Result<Option<&'static str>> {
 /// `lock_timeout` = the worker's for the rest of the scope; its default (200 ms) where the
 /// refreshes are allowed to wait without limit (`0`): the scrub never waits long for anything.
 fn lock_timeout() -> catalog::ScopedSettings {
-    let ms = match gucs::LOCK_TIMEOUT_MS.get() {
+    let ms = match gucs::lock_timeout_ms() {
         ms if ms > 0 => ms,
         _ => 200,
     };

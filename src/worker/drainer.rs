@@ -16,9 +16,8 @@ use std::time::{Duration, Instant};
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// While write tokens are being waited for (one was served in the last `TOKENS_RECENT`), ring
-/// batches are sized to take about `TOKEN_BATCH_MS`: a token's keys wait for at most one such
+/// batches are sized to take about `token_batch_ms`: a token's keys wait for at most one such
 /// batch before the priority lane takes them.
-const TOKEN_BATCH_MS: u64 = 2;
 const TOKENS_RECENT: Duration = Duration::from_secs(10);
 /// Rounds of the priority lane per call: each round applies what the previous one cascaded to.
 const TOKEN_ROUNDS: usize = 8;
@@ -36,6 +35,8 @@ fn parse_extra(extra: &str) -> Option<(usize, u64)> {
 }
 
 #[pg_guard]
+// SAFETY: no other symbol of the process has this name; the postmaster looks the entry
+// point up by it (`bgw_function_name`).
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn pg_tviews_bgw_drainer_main(arg: pg_sys::Datum) {
     // SAFETY: the launcher registers us with the database OID as a by-value datum.
@@ -136,6 +137,9 @@ thread_local! {
     static DETACH: std::cell::Cell<Option<(usize, u32, u64)>> = const { std::cell::Cell::new(None) };
 }
 
+/// # Safety
+/// Registered with `before_shmem_exit`; PostgreSQL calls it once at process exit, while
+/// shared memory is still attached.
 #[pg_guard]
 unsafe extern "C-unwind" fn on_exit(_code: i32, _arg: pg_sys::Datum) {
     if let Some((slot, dboid, generation)) = DETACH.with(|d| d.take()) {
@@ -201,7 +205,7 @@ impl Drainer {
 
     /// This partition's share of the database's `max_rows_per_second`.
     fn rate(&self) -> u64 {
-        let total = gucs::MAX_ROWS_PER_SECOND.get().max(0) as u64;
+        let total = gucs::max_rows_per_second();
         total.div_ceil(u64::from(self.partitions))
     }
 
@@ -227,7 +231,7 @@ impl Drainer {
             if allowed > 0 {
                 return allowed;
             }
-            drain::set_state(self.slot, WorkerState::RateLimited);
+            super::set_state(self.slot, WorkerState::RateLimited);
             let wait = Duration::from_micros(self.bucket.wait_us(now).max(1_000));
             self.sleep(wait.min(gucs::naptime()));
             // Woken by a token (or the wait is over): waiters do not queue behind the limit.
@@ -262,8 +266,8 @@ impl Drainer {
         loop {
             self.check_slot();
             reload_config_if_asked();
-            if !gucs::ENABLED.get() {
-                drain::set_state(self.slot, WorkerState::Disabled);
+            if !gucs::enabled() {
+                super::set_state(self.slot, WorkerState::Disabled);
                 self.sleep(gucs::naptime());
                 continue;
             }
@@ -282,7 +286,7 @@ impl Drainer {
                 }
             }
             let mut limit = self.planner.limit(gucs::batch_size());
-            if self.tokens_recent() {
+            if self.tokens_recent() && gucs::token_batch_ms().is_some() {
                 limit = limit.min(self.token_planner.limit(gucs::batch_size()));
             }
             let batch = drain::next_batch(self.slot, limit);
@@ -317,7 +321,7 @@ impl Drainer {
             // SAFETY: reading the clock cannot raise.
             let now_ts = unsafe { pg_sys::GetCurrentTimestamp() };
             let oldest_age = now_ts - batch.entries[0].committed_at;
-            let coalesce_us = i64::from(gucs::COALESCE_MS.get()) * 1000;
+            let coalesce_us = gucs::coalesce_us();
             if let Some(wait) =
                 planner::coalesce_wait_us(batch.queued, gucs::batch_size(), oldest_age, coalesce_us)
             {
@@ -332,22 +336,24 @@ impl Drainer {
             } else {
                 batch
             };
-            drain::set_state(self.slot, WorkerState::Draining);
+            super::set_state(self.slot, WorkerState::Draining);
             let locking = self.locking();
             match self.refresh_entries(&batch.entries, locking) {
                 (Ok(Ok(outcome)), elapsed_ms) => {
                     self.planner.observe(
                         batch.entries.len(),
                         elapsed_ms,
-                        gucs::MAX_BATCH_MS.get().max(0) as u64,
+                        gucs::max_batch_ms(),
                         gucs::batch_size(),
                     );
-                    self.token_planner.observe(
-                        batch.entries.len(),
-                        elapsed_ms,
-                        TOKEN_BATCH_MS,
-                        gucs::batch_size(),
-                    );
+                    if let Some(budget_ms) = gucs::token_batch_ms() {
+                        self.token_planner.observe(
+                            batch.entries.len(),
+                            elapsed_ms,
+                            budget_ms,
+                            gucs::batch_size(),
+                        );
+                    }
                     let lags = lags_of(&batch.entries);
                     self.completed(&lags, (batch.start, batch.slots), &outcome, elapsed_ms)
                 }
@@ -373,7 +379,7 @@ impl Drainer {
                 return;
             }
             self.tokens_served_at = Some(Instant::now());
-            drain::set_state(self.slot, WorkerState::Draining);
+            super::set_state(self.slot, WorkerState::Draining);
             // The leader refreshes keys other partitions own: exclusive per-TVIEW locks.
             let locking = self.locking().for_foreign_keys();
             let started = Instant::now();
@@ -466,7 +472,7 @@ impl Drainer {
     /// (or when it says some keys were never journaled) reconciles every TVIEW.
     fn recover(&mut self, ticket: &RecoveryTicket) {
         let journal = if gucs::durability() == Durability::Journal {
-            drain::set_state(self.slot, WorkerState::Replaying);
+            super::set_state(self.slot, WorkerState::Replaying);
             match run_in_transaction(refresh::read_journal) {
                 Ok(Ok(entries)) => Some(entries),
                 failure => {
@@ -494,7 +500,7 @@ impl Drainer {
         };
         if complete {
             drain::complete_recovery(self.slot, ticket);
-            drain::set_state(self.slot, WorkerState::Idle);
+            super::set_state(self.slot, WorkerState::Idle);
             self.failures = 0;
         }
     }
@@ -509,7 +515,7 @@ impl Drainer {
             let limit = self.planner.limit(gucs::batch_size());
             let wanted = limit.min(entries.len() - next);
             let allowed = self.take_tokens(wanted);
-            drain::set_state(self.slot, WorkerState::Replaying);
+            super::set_state(self.slot, WorkerState::Replaying);
             let chunk = &entries[next..next + allowed];
             let locking = self.locking().for_foreign_keys();
             match self.refresh_entries(chunk, locking) {
@@ -531,7 +537,7 @@ impl Drainer {
     /// writers wait only for the rows of one range). A TVIEW whose recompute raises is deferred
     /// (retried like any failed key) and the others still reconcile.
     fn reconcile_all(&mut self, why: &str) -> bool {
-        drain::set_state(self.slot, WorkerState::FullRefresh);
+        super::set_state(self.slot, WorkerState::FullRefresh);
         let tviews = match run_in_transaction(|| pgrx::Spi::connect(catalog::all_tviews)) {
             Ok(Ok(tviews)) => tviews,
             failure => {
@@ -546,7 +552,7 @@ impl Drainer {
                 self.check_slot();
                 self.serve_tokens();
                 let batch = self.take_tokens(gucs::batch_size());
-                drain::set_state(self.slot, WorkerState::FullRefresh);
+                super::set_state(self.slot, WorkerState::FullRefresh);
                 let started = Instant::now();
                 let locking = self.locking().for_foreign_keys();
                 let result = run_in_transaction(|| {
@@ -589,7 +595,7 @@ impl Drainer {
 
     /// Seals, drains and truncates journal tables (PgQ-style rotation, no DELETE).
     fn maintain_journal(&mut self) {
-        let interval_us = i64::from(gucs::JOURNAL_ROTATE_MS.get()) * 1000;
+        let interval_us = gucs::journal_rotate_interval_us();
         let Some(table) = drain::journal_maintain(self.slot, interval_us) else {
             return;
         };
@@ -611,7 +617,7 @@ impl Drainer {
     /// Retries deferred keys that are due (own transaction; failures stay in the table).
     fn retry_deferred(&mut self) {
         let limit = gucs::batch_size();
-        let max_retries = gucs::MAX_RETRIES.get();
+        let max_retries = gucs::max_retries();
         let locking = self.locking().for_foreign_keys();
         match run_in_transaction(|| {
             refresh::note_read_only();

@@ -47,6 +47,8 @@ struct DatabaseRow {
 }
 
 #[pg_guard]
+// SAFETY: no other symbol of the process has this name; the postmaster looks the entry
+// point up by it (`bgw_function_name`).
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn pg_tviews_bgw_launcher_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
@@ -71,6 +73,9 @@ pub extern "C-unwind" fn pg_tviews_bgw_launcher_main(_arg: pg_sys::Datum) {
     }
 }
 
+/// # Safety
+/// Registered with `before_shmem_exit`; PostgreSQL calls it once at process exit, while
+/// shared memory is still attached.
 #[pg_guard]
 unsafe extern "C-unwind" fn on_exit(_code: i32, _arg: pg_sys::Datum) {
     slots::launcher_detach();

@@ -7,11 +7,25 @@ pub mod planner;
 pub mod rate;
 pub mod scrub;
 
+use crate::queue::{drain, WorkerState};
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::pg_sys;
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::PgTryBuilder;
 use std::panic::{AssertUnwindSafe, RefUnwindSafe, UnwindSafe};
+
+/// Shows the drainer's step in its slot. A refused transition (`WorkerSlot::transition`: the
+/// slot was released, or claimed again, under this worker) is logged and otherwise ignored:
+/// the worker's next slot check makes it exit.
+pub fn set_state(slot: usize, state: WorkerState) {
+    if let Err(from) = drain::set_state(slot, state) {
+        pgrx::warning!(
+            "pg_tviews_bgw worker of slot {slot}: state change {} -> {} refused",
+            from.label(),
+            state.label()
+        );
+    }
+}
 
 /// True once SIGTERM arrived (pg_terminate_backend, shutdown). Reads PostgreSQL's own flag,
 /// which pgrx's handler sets and never clears.

@@ -133,7 +133,7 @@ impl Scrub {
         let (rate, _) = pace(
             pass.total_rows.saturating_sub(pass.checked),
             until(pass.started + interval),
-            gucs::SCRUB_ROWS_PER_SECOND.get().max(0) as u64,
+            gucs::scrub_rows_per_second(),
         );
         let due = [
             self.retry_at,
@@ -164,7 +164,7 @@ impl Scrub {
             return Poll::Wait(until(pass.started + interval));
         }
         let (oid, _) = pass.tviews[pass.index];
-        drain::set_state(slot, WorkerState::Scrubbing);
+        super::set_state(slot, WorkerState::Scrubbing);
         let Some(from) = pass.from else {
             // Every range of this TVIEW compared and confirmed: record the pass.
             let drift = pass.tview_drift;
@@ -225,7 +225,7 @@ impl Scrub {
     }
 
     fn start_pass(&mut self, slot: usize, dboid: u32, interval: Duration) -> Poll {
-        drain::set_state(slot, WorkerState::Scrubbing);
+        super::set_state(slot, WorkerState::Scrubbing);
         let tviews = match flatten(run_in_transaction(scrub::pass_plan)) {
             Ok(tviews) => tviews,
             Err(e) => {
@@ -239,7 +239,7 @@ impl Scrub {
         };
         let now = Instant::now();
         let total_rows: u64 = tviews.iter().map(|(_, rows)| rows).sum();
-        let cap = gucs::SCRUB_ROWS_PER_SECOND.get().max(0) as u64;
+        let cap = gucs::scrub_rows_per_second();
         if let (_, false) = pace(total_rows, interval, cap) {
             log!(
                 "pg_tviews_bgw: the scrub of database {dboid} cannot meet scrub_interval = {} s: about {total_rows} TVIEW rows at scrub_rows_per_second = {cap} take {} s per pass",
@@ -285,7 +285,7 @@ impl Scrub {
         if !status::drained(&target) {
             return Poll::Wait(POLL);
         }
-        drain::set_state(slot, WorkerState::Scrubbing);
+        super::set_state(slot, WorkerState::Scrubbing);
         let oid = pending.tview;
         let found = std::mem::take(&mut pending.found);
         drain::set_current_tview(slot, oid.to_u32());
