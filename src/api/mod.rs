@@ -2,6 +2,7 @@
 
 pub mod create;
 pub mod ddl;
+pub mod health;
 pub mod ops;
 pub mod repair;
 pub mod status;
