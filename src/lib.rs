@@ -10,6 +10,7 @@ mod catalog;
 mod errors;
 mod gucs;
 mod limits;
+mod pg;
 mod queue;
 mod refresh;
 mod worker;

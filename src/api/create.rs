@@ -907,8 +907,7 @@ pub fn create(
         &plan,
         reconcile_interval,
     );
-    // SAFETY: reading the current database id cannot raise.
-    let dboid = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    let dboid = crate::pg::database_id();
     if queue::is_attached() && !queue::can_be_served(dboid) {
         crate::errors::warn(
             Code::ERRCODE_WARNING,

@@ -30,9 +30,7 @@ struct Context {
 
 impl Context {
     fn read() -> Context {
-        // SAFETY: reading the current database id and the clock.
-        let (dboid, now) =
-            unsafe { (pg_sys::MyDatabaseId.to_u32(), pg_sys::GetCurrentTimestamp()) };
+        let (dboid, now) = (crate::pg::database_id(), crate::pg::now());
         Context {
             tview_count: Spi::get_one::<i64>("SELECT count(*) FROM pg_tview_meta")
                 .ok()

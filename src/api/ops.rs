@@ -5,9 +5,9 @@
 use super::{triggers, tview};
 use crate::capture::dispatch;
 use crate::capture::staging::StagedKey;
+use crate::catalog;
 use crate::errors::raise;
 use crate::queue::kind;
-use crate::catalog;
 use pgrx::prelude::*;
 use pgrx::spi::quote_identifier;
 use pgrx::PgSqlErrorCode as Code;

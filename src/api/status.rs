@@ -14,8 +14,7 @@ fn timestamp(micros_since_2000: i64) -> Option<TimestampWithTimeZone> {
 }
 
 pub(super) fn current_dboid() -> u32 {
-    // SAFETY: reading the current database id.
-    unsafe { pg_sys::MyDatabaseId }.to_u32()
+    crate::pg::database_id()
 }
 
 // pgrx reads the column names from `name!()` in the signature, so it cannot be a type alias.

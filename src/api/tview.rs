@@ -255,8 +255,7 @@ fn _pg_tviews_attach_database() -> bool {
         );
         return false;
     }
-    // SAFETY: reading the current database id cannot raise.
-    let dboid = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    let dboid = crate::pg::database_id();
     if !queue::can_be_served(dboid) {
         crate::errors::warn(
             Code::ERRCODE_WARNING,

@@ -6,13 +6,9 @@
 
 use crate::queue::slots;
 use pgrx::pg_sys;
-use std::cell::UnsafeCell;
 use std::time::{Duration, Instant};
 
-struct PrevHook(UnsafeCell<pg_sys::ProcessUtility_hook_type>);
-// SAFETY: written once in _PG_init (postmaster) and read by the single backend thread.
-unsafe impl Sync for PrevHook {}
-static PREV: PrevHook = PrevHook(UnsafeCell::new(None));
+static PREV: crate::pg::HookCell<pg_sys::ProcessUtility_hook_type> = crate::pg::HookCell::new(None);
 
 /// How long DROP DATABASE waits for the drainer to go.
 const STOP_WAIT: Duration = Duration::from_secs(5);
@@ -20,7 +16,7 @@ const STOP_WAIT: Duration = Duration::from_secs(5);
 pub fn install() {
     // SAFETY: called once from _PG_init; saves and chains the previous hook.
     unsafe {
-        *PREV.0.get() = pg_sys::ProcessUtility_hook;
+        PREV.set(pg_sys::ProcessUtility_hook);
         pg_sys::ProcessUtility_hook = Some(process_utility);
     }
 }
@@ -54,10 +50,10 @@ unsafe extern "C-unwind" fn process_utility(
         if !stmt.is_null() && drops_this_extension(stmt) {
             // No waiting for it to go: under writers a commit may start it again at once;
             // the locks below keep any drainer from getting in the way.
-            slots::request_stop(pg_sys::MyDatabaseId.to_u32());
+            slots::request_stop(crate::pg::database_id());
             lock_captured_tables();
         }
-        match *PREV.0.get() {
+        match PREV.get() {
             Some(prev) => prev(
                 pstmt,
                 query_string,
@@ -161,8 +157,7 @@ fn lock_captured_tables() {
             unsafe { pg_sys::UnlockRelationOid(table, lockmode) };
         }
         // A drainer (re)started by a commit meanwhile is asked to leave again.
-        // SAFETY: reading the current database id cannot raise.
-        let dboid = unsafe { pg_sys::MyDatabaseId }.to_u32();
+        let dboid = crate::pg::database_id();
         slots::request_stop(dboid);
         super::sleep_on_latch(5);
     }

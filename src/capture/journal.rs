@@ -103,8 +103,7 @@ pub fn write(target: Target, entries: &[QueueEntry]) -> bool {
     let Some(relid) = relid(target) else {
         return false;
     };
-    // SAFETY: reading the clock cannot raise.
-    let written_at = unsafe { pg_sys::GetCurrentTimestamp() };
+    let written_at = crate::pg::now();
     for chunk in entries.chunks(KEYS_PER_ROW) {
         // SAFETY: inside a transaction at PRE_COMMIT; the relation is opened and closed here with
         // RowExclusiveLock (kept until commit, as for any insert); the tuple is built for its

@@ -254,8 +254,7 @@ fn pre_commit() {
     if !has_keys || !queue::is_attached() {
         return;
     }
-    // SAFETY: reading the current database id cannot raise.
-    let dboid = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    let dboid = crate::pg::database_id();
     match gucs::durability() {
         Durability::Journal => {
             let Some(ticket) = queue::journal_begin(dboid) else {
@@ -327,14 +326,12 @@ fn commit() {
         if !s.committed {
             return;
         }
-        // SAFETY: reading the current database id cannot raise.
-        let dboid = unsafe { pg_sys::MyDatabaseId }.to_u32();
+        let dboid = crate::pg::database_id();
         if s.attach {
             queue::ensure_slot(dboid);
         }
         if !s.ready.is_empty() || s.journal.is_some() || s.marker_written {
-            // SAFETY: reading the clock cannot raise.
-            let at = unsafe { pg_sys::GetCurrentTimestamp() };
+            let at = crate::pg::now();
             for e in s.ready.iter_mut() {
                 e.committed_at = at;
             }

@@ -21,8 +21,7 @@ use pgrx::pg_sys;
 use shmem::{Locked, NO_SLOT_BUCKETS};
 
 fn now() -> i64 {
-    // SAFETY: GetCurrentTimestamp only reads the clock; it cannot raise.
-    unsafe { pg_sys::GetCurrentTimestamp() }
+    crate::pg::now()
 }
 
 /// The leader slot (partition 0) of `dboid`.

@@ -11,6 +11,7 @@ use super::journal::Journal;
 use super::ring::{Ring, RingHeader, RingSlot};
 use crate::gucs;
 use crate::limits::MAX_PARTITIONS;
+use crate::pg::HookCell;
 use pgrx::pg_sys;
 use std::cell::UnsafeCell;
 use std::mem::{align_of, size_of};
@@ -393,23 +394,17 @@ unsafe impl Sync for AttachmentCell {}
 
 static ATTACHMENT: AttachmentCell = AttachmentCell(UnsafeCell::new(None));
 
-struct HookCell<T>(UnsafeCell<T>);
-// SAFETY: hooks are installed and read only from the single backend thread.
-unsafe impl<T> Sync for HookCell<T> {}
-
-static PREV_REQUEST_HOOK: HookCell<pg_sys::shmem_request_hook_type> =
-    HookCell(UnsafeCell::new(None));
-static PREV_STARTUP_HOOK: HookCell<pg_sys::shmem_startup_hook_type> =
-    HookCell(UnsafeCell::new(None));
+static PREV_REQUEST_HOOK: HookCell<pg_sys::shmem_request_hook_type> = HookCell::new(None);
+static PREV_STARTUP_HOOK: HookCell<pg_sys::shmem_startup_hook_type> = HookCell::new(None);
 
 /// Installs the request and startup hooks. Only from `_PG_init` during shared_preload_libraries.
 pub fn install_hooks() {
     // SAFETY: runs once in the postmaster while it is single-threaded; we save and chain the
     // previous hooks as every preloaded library must.
     unsafe {
-        *PREV_REQUEST_HOOK.0.get() = pg_sys::shmem_request_hook;
+        PREV_REQUEST_HOOK.set(pg_sys::shmem_request_hook);
         pg_sys::shmem_request_hook = Some(request_shmem);
-        *PREV_STARTUP_HOOK.0.get() = pg_sys::shmem_startup_hook;
+        PREV_STARTUP_HOOK.set(pg_sys::shmem_startup_hook);
         pg_sys::shmem_startup_hook = Some(startup_shmem);
     }
 }
@@ -420,7 +415,7 @@ pub fn install_hooks() {
 unsafe extern "C-unwind" fn request_shmem() {
     // SAFETY: called by the postmaster in its request phase; previous hook chained first.
     unsafe {
-        if let Some(prev) = *PREV_REQUEST_HOOK.0.get() {
+        if let Some(prev) = PREV_REQUEST_HOOK.get() {
             prev();
         }
         let layout = Layout::new(gucs::max_workers(), gucs::queue_size());
@@ -438,7 +433,7 @@ unsafe extern "C-unwind" fn startup_shmem() {
     // AddinShmemInitLock serialises ShmemInitStruct as PostgreSQL requires, and the block is
     // initialised in place before anyone else can see `found == true`.
     unsafe {
-        if let Some(prev) = *PREV_STARTUP_HOOK.0.get() {
+        if let Some(prev) = PREV_STARTUP_HOOK.get() {
             prev();
         }
         let max_workers = gucs::max_workers();

@@ -4,7 +4,6 @@
 use super::shmem::{self, Counters, WorkerState};
 use super::{collect_claimed, find_leader, leader_probing, member};
 use crate::limits::MAX_PARTITIONS;
-use pgrx::pg_sys;
 
 #[derive(Clone, Debug)]
 pub struct SlotSnapshot {
@@ -100,8 +99,7 @@ pub fn tview_stats(dboid: u32) -> Vec<TviewQueueStat> {
             });
         }
     }
-    // SAFETY: reading the clock cannot raise.
-    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    let now = crate::pg::now();
     let stats = q.header().tview_stats;
     for s in stats.iter().filter(|s| s.dboid == dboid && s.dboid != 0) {
         let t = entry(&mut out, s.tview_oid);

@@ -25,7 +25,6 @@
 
 use super::shmem::{self, Locked};
 use super::{find_leader, wake, QueueEntry};
-use pgrx::pg_sys;
 
 /// Token slots per server; finished ones are recycled oldest first.
 pub const MAX_TOKENS: usize = 256;
@@ -112,8 +111,7 @@ pub struct TokenRef {
 }
 
 fn now() -> i64 {
-    // SAFETY: GetCurrentTimestamp only reads the clock; it cannot raise.
-    unsafe { pg_sys::GetCurrentTimestamp() }
+    crate::pg::now()
 }
 
 fn slot_of(q: &mut Locked, token: TokenRef) -> Option<&mut TokenSlot> {

@@ -51,15 +51,7 @@ pub extern "C-unwind" fn pg_tviews_bgw_drainer_main(arg: pg_sys::Datum) {
     // until it finished: fast shutdown and pg_terminate_backend would wait for it. PostgreSQL's
     // own handler makes the running statement stop at its next interrupt check (FATAL, exit 1,
     // the batch stays queued; the postmaster restarts us unless it is shutting down).
-    // PG18 renamed the backend's pqsignal to pqsignal_be (port.h makes `pqsignal` a macro, which
-    // bindgen does not see) and made it return nothing; the previous handler is unused here.
-    #[cfg(not(feature = "pg18"))]
-    use pg_sys::pqsignal;
-    #[cfg(feature = "pg18")]
-    use pg_sys::pqsignal_be as pqsignal;
-    // SAFETY: replaces a signal handler with PostgreSQL's standard one for backends (the C
-    // symbol: pgrx's `pg_sys::die` is a Rust shim, not a signal handler).
-    unsafe { pqsignal(pg_sys::SIGTERM as i32, Some(postgres_die)) };
+    crate::pg::die_on_sigterm();
 
     // SAFETY: MyProcPid and MyLatch are set for every background worker before its main runs.
     let (pid, latch) = unsafe { (pg_sys::MyProcPid, pg_sys::MyLatch) };
@@ -126,12 +118,6 @@ fn set_option(name: &std::ffi::CStr, value: &std::ffi::CStr) {
     }
 }
 
-extern "C-unwind" {
-    /// PostgreSQL's SIGTERM handler for backends (`tcop/postgres.c`).
-    #[link_name = "die"]
-    fn postgres_die(postgres_signal_arg: std::ffi::c_int);
-}
-
 thread_local! {
     /// What `on_exit` must detach; cleared when the slot was already released.
     static DETACH: std::cell::Cell<Option<(usize, u32, u64)>> = const { std::cell::Cell::new(None) };
@@ -149,12 +135,7 @@ unsafe extern "C-unwind" fn on_exit(_code: i32, _arg: pg_sys::Datum) {
 }
 
 fn exit(code: i32) -> ! {
-    // SAFETY: proc_exit runs the registered exit callbacks and never returns.
-    unsafe { pg_sys::proc_exit(code) };
-    // PG18 declares it with C11 `_Noreturn` in front, which bindgen does not carry over: there
-    // the binding returns `()`.
-    #[cfg(feature = "pg18")]
-    unreachable!("proc_exit returned")
+    crate::pg::proc_exit(code)
 }
 
 /// Releases the database's slots and exits with 0, which tells the postmaster not to restart us.
@@ -318,8 +299,7 @@ impl Drainer {
                 }
                 continue;
             }
-            // SAFETY: reading the clock cannot raise.
-            let now_ts = unsafe { pg_sys::GetCurrentTimestamp() };
+            let now_ts = crate::pg::now();
             let oldest_age = now_ts - batch.entries[0].committed_at;
             let coalesce_us = gucs::coalesce_us();
             if let Some(wait) =

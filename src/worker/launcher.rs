@@ -82,11 +82,7 @@ unsafe extern "C-unwind" fn on_exit(_code: i32, _arg: pg_sys::Datum) {
 }
 
 fn exit(code: i32) -> ! {
-    // SAFETY: proc_exit never returns.
-    unsafe { pg_sys::proc_exit(code) };
-    // PG18's binding returns `()` (see worker::drainer::exit).
-    #[cfg(feature = "pg18")]
-    unreachable!("proc_exit returned")
+    crate::pg::proc_exit(code)
 }
 
 struct Launcher {
