@@ -47,6 +47,7 @@ pub extern "C-unwind" fn pg_tviews_bgw_drainer_main(arg: pg_sys::Datum) {
         exit(0)
     };
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    super::reload_config_at_start();
     // pgrx's SIGTERM handler only sets a flag, which a long refresh statement would not look at
     // until it finished: fast shutdown and pg_terminate_backend would wait for it. PostgreSQL's
     // own handler makes the running statement stop at its next interrupt check (FATAL, exit 1,

@@ -52,6 +52,7 @@ struct DatabaseRow {
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn pg_tviews_bgw_launcher_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    super::reload_config_at_start();
     // No database: only shared catalogs (pg_database) are readable, which is all we need.
     BackgroundWorker::connect_worker_to_spi(None, None);
     // SAFETY: MyProcPid and MyLatch are valid in a background worker.

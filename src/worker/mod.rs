@@ -35,6 +35,16 @@ pub fn exit_requested() -> bool {
 }
 
 /// Applies postgresql.conf changes after SIGHUP (pgrx's handler only sets the flag).
+/// Reads the configuration files once at start: a reload that the postmaster signalled while
+/// this process was being forked is lost (PostgreSQL ignores SIGHUP in a new background worker
+/// until its main runs), and the values inherited at fork may predate it (e.g. a worker
+/// started while `pg_tviews_bgw.enabled` was being switched back on would stay disabled).
+pub fn reload_config_at_start() {
+    // SAFETY: ProcessConfigFile from the worker's main, outside any transaction, as PostgreSQL's
+    // own workers do on SIGHUP.
+    unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+}
+
 pub fn reload_config_if_asked() {
     // SAFETY: volatile flag access and ProcessConfigFile from the worker's main loop, outside
     // any transaction, as PostgreSQL's own workers do.
