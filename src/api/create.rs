@@ -10,7 +10,7 @@
 
 use super::triggers;
 use crate::catalog::{analyze, lineage, PinnedSearchPath};
-use crate::errors::raise;
+use crate::errors::{raise, Error};
 use crate::queue::kind;
 use crate::{queue, refresh};
 use pgrx::prelude::*;
@@ -623,7 +623,7 @@ fn install_lineage(
                     description.as_str().into(),
                 ],
             )
-            .unwrap_or_else(|e| raise(Code::ERRCODE_INTERNAL_ERROR, format!("could not record lineage: {e}"), None, None));
+            .unwrap_or_else(|e| Error::from(e).raise("could not record lineage"));
         }
     }
     full_sources
@@ -769,7 +769,7 @@ fn record_uncaptured(
         "UPDATE pg_tview_meta SET reconcile_interval = $2, last_reconciled_at = now() WHERE table_oid = $1",
         &[table_oid.into(), interval.into()],
     )
-    .unwrap_or_else(|e| raise(Code::ERRCODE_INTERNAL_ERROR, format!("could not record the reconcile interval: {e}"), None, None));
+    .unwrap_or_else(|e| Error::from(e).raise("could not record the reconcile interval"));
     let mut by_source: std::collections::BTreeMap<u32, Vec<&str>> = Default::default();
     for u in uncaptured {
         by_source.entry(u.oid.to_u32()).or_default().push(&u.what);
@@ -786,7 +786,7 @@ fn record_uncaptured(
                 format!("not captured, reconciled every {interval}: {}", whats.join("; ")).into(),
             ],
         )
-        .unwrap_or_else(|e| raise(Code::ERRCODE_INTERNAL_ERROR, format!("could not record lineage: {e}"), None, None));
+        .unwrap_or_else(|e| Error::from(e).raise("could not record lineage"));
     }
     if !uncaptured.is_empty() {
         let whats: Vec<&str> = uncaptured.iter().map(|u| u.what.as_str()).collect();

@@ -6,7 +6,7 @@ use super::{triggers, tview};
 use crate::capture::dispatch;
 use crate::capture::staging::StagedKey;
 use crate::catalog;
-use crate::errors::raise;
+use crate::errors::{raise, Error};
 use crate::queue::kind;
 use pgrx::prelude::*;
 use pgrx::spi::quote_identifier;
@@ -79,7 +79,7 @@ fn pg_tviews_verify(
         }
         Ok::<_, spi::Error>(out)
     })
-    .unwrap_or_else(|e| raise(Code::ERRCODE_INTERNAL_ERROR, format!("verify failed: {e}"), None, None));
+    .unwrap_or_else(|e| Error::from(e).raise("verify failed"));
     TableIterator::new(rows)
 }
 
@@ -138,7 +138,7 @@ fn pg_tviews_cascade(source_oid: pg_sys::Oid, pk: i64) -> i64 {
         }
         Ok::<_, spi::Error>(Some(keys))
     })
-    .unwrap_or_else(|e| raise(Code::ERRCODE_INTERNAL_ERROR, format!("cascade failed: {e}"), None, None));
+    .unwrap_or_else(|e| Error::from(e).raise("cascade failed"));
     let Some(keys) = keys else {
         raise(
             Code::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -222,7 +222,7 @@ pub fn source_captures(
         }
         Ok::<_, spi::Error>(out)
     })
-    .unwrap_or_else(|e| raise(Code::ERRCODE_INTERNAL_ERROR, format!("could not read lineage: {e}"), None, None))
+    .unwrap_or_else(|e| Error::from(e).raise("could not read lineage"))
 }
 
 /// Recreates the capture triggers of one TVIEW (or of all) from `pg_tview_lineage`, carrying
@@ -407,6 +407,6 @@ fn pg_tviews_explain(
         }
         Ok::<_, spi::Error>(out)
     })
-    .unwrap_or_else(|e| raise(Code::ERRCODE_INTERNAL_ERROR, format!("explain failed: {e}"), None, None));
+    .unwrap_or_else(|e| Error::from(e).raise("explain failed"));
     TableIterator::new(rows)
 }

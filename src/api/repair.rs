@@ -34,13 +34,9 @@ struct Recorded {
     created_at: Option<pgrx::datum::TimestampWithTimeZone>,
 }
 
+/// An SPI failure (or a missing object repair just created) while repairing: a bug, XX000.
 fn fail(what: &str, e: impl std::fmt::Display) -> ! {
-    raise(
-        Code::ERRCODE_INTERNAL_ERROR,
-        format!("could not {what}: {e}"),
-        None,
-        None,
-    )
+    crate::errors::Error::Internal(e.to_string()).raise(&format!("could not {what}"))
 }
 
 fn recorded(entity: &str) -> Option<Recorded> {

@@ -164,10 +164,11 @@ fn unserved_database() -> bool {
         // No queue: every TVIEW is refreshed inside the writing statements.
         return false;
     }
+    // Unreadable: assume there are TVIEWs (fail closed: the wait is false, with the WARNING).
     let tviews = Spi::get_one::<i64>("SELECT count(*) FROM pg_tview_meta")
         .ok()
         .flatten()
-        .unwrap_or(0);
+        .unwrap_or(1);
     if tviews == 0 {
         return false;
     }
@@ -197,7 +198,8 @@ pub(super) fn wait_for_everything(deadline: Instant) -> bool {
     )
     .ok()
     .flatten()
-    .unwrap_or(0);
+    // Unreadable: as many rounds as it takes (each ends early once nothing moved).
+    .unwrap_or(i64::from(u16::MAX));
     let mut previous_target = None;
     for _ in 0..rounds {
         if unmaintained_tviews() {

@@ -7,7 +7,6 @@ pub mod staging;
 pub mod trigger;
 
 use crate::{gucs, queue, refresh};
-use pgrx::PgSqlErrorCode;
 use staging::StagedKey;
 
 /// Routes changed keys. With the queue (shared_preload_libraries) they are always staged for
@@ -53,13 +52,7 @@ pub fn refresh_synchronously(keys: &[StagedKey]) {
         refresh::Locking::Alone,
         &|_| {},
     ) {
-        crate::errors::raise(
-            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-            format!("synchronous TVIEW refresh failed: {e}"),
-            None,
-            Some(
-                "Load pg_tviews_bgw through shared_preload_libraries to refresh in the background.",
-            ),
-        );
+        // An ERROR of the refresh itself propagates with its own SQLSTATE; this is SPI failing.
+        crate::errors::Error::from(e).raise("synchronous TVIEW refresh failed");
     }
 }

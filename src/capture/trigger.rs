@@ -20,6 +20,7 @@
 use super::binding::Binding;
 use super::dispatch;
 use super::staging::StagedKey;
+use crate::errors::Error;
 use crate::queue::kind;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
@@ -31,24 +32,24 @@ type StatementKeys = SmallVec<[(u32, i64); 16]>;
 #[pg_trigger]
 fn pg_tviews_capture<'a>(
     trigger: &'a PgTrigger<'a>,
-) -> Result<Option<PgHeapTuple<'a, AllocatedByRust>>, CaptureError> {
+) -> Result<Option<PgHeapTuple<'a, AllocatedByRust>>, Error> {
     let args = trigger
         .extra_args()
-        .map_err(|e| CaptureError(e.to_string()))?;
+        .map_err(|e| capture_error(e.to_string()))?;
     let parse = |what: &str, v: &str| {
         v.parse::<u32>()
-            .map_err(|_| CaptureError(format!("bad {what} argument {v:?}")))
+            .map_err(|_| capture_error(format!("bad {what} argument {v:?}")))
     };
     // (TVIEW oid, column [, kind] [, column, kind]...): the 2-argument form means kind ROW.
     let Some((oid, rest)) = args.split_first() else {
-        return Err(CaptureError(
-            "pg_tviews_capture() expects (TVIEW oid, column, kind, ...)".into(),
+        return Err(capture_error(
+            "pg_tviews_capture() expects (TVIEW oid, column, kind, ...)",
         ));
     };
     // Which TVIEW, and whether it is in sync mode (see capture::binding: the name wins over
     // the oid, so a restored trigger feeds the restored TVIEW).
     let binding =
-        Binding::parse(oid).ok_or_else(|| CaptureError(format!("bad TVIEW argument {oid:?}")))?;
+        Binding::parse(oid).ok_or_else(|| capture_error(format!("bad TVIEW argument {oid:?}")))?;
     let (tview_oid, tview_sync) = (binding.resolve(), binding.sync);
     let mut captures: SmallVec<[(&str, u32); 4]> = SmallVec::new();
     match rest {
@@ -59,13 +60,13 @@ fn pg_tviews_capture<'a>(
             }
         }
         _ => {
-            return Err(CaptureError(
-                "pg_tviews_capture() expects (TVIEW oid, column, kind, ...)".into(),
+            return Err(capture_error(
+                "pg_tviews_capture() expects (TVIEW oid, column, kind, ...)",
             ))
         }
     }
     let data = trigger.trigger_data();
-    let op = trigger.op().map_err(|e| CaptureError(e.to_string()))?;
+    let op = trigger.op().map_err(|e| capture_error(e.to_string()))?;
     // TRUNCATE, or a change to a source without derived lineage: recompute the whole TVIEW.
     if matches!(op, PgTriggerOperation::Truncate) || captures.iter().any(|(c, _)| c.is_empty()) {
         stage_whole_tview(tview_oid, tview_sync);
@@ -133,13 +134,10 @@ fn stage_whole_tview(tview_oid: u32, tview_sync: bool) {
     dispatch(vec![full], tview_sync);
 }
 
-#[derive(Debug)]
-pub struct CaptureError(String);
-
-impl std::fmt::Display for CaptureError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "pg_tviews_bgw capture: {}", self.0)
-    }
+/// A capture trigger that cannot do its job (bad arguments: a misbound trigger) raises XX000;
+/// one whose lineage went stale recomputes the whole TVIEW instead (`lineage_outdated`).
+fn capture_error(message: impl std::fmt::Display) -> Error {
+    Error::Internal(format!("pg_tviews_bgw capture: {message}"))
 }
 
 thread_local! {
@@ -147,7 +145,7 @@ thread_local! {
     static WARNED: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-fn lineage_outdated(tview_oid: u32, table: String, problem: &CaptureError) {
+fn lineage_outdated(tview_oid: u32, table: String, problem: &Error) {
     let first = WARNED.with(|w| {
         let mut w = w.borrow_mut();
         let first = !w.contains(&tview_oid);
@@ -169,7 +167,7 @@ fn lineage_outdated(tview_oid: u32, table: String, problem: &CaptureError) {
 }
 
 /// 1-based attribute number and type of the key column, checked to be an integer type.
-fn key_attno(tupdesc: pg_sys::TupleDesc, column: &str) -> Result<(i32, pg_sys::Oid), CaptureError> {
+fn key_attno(tupdesc: pg_sys::TupleDesc, column: &str) -> Result<(i32, pg_sys::Oid), Error> {
     // SAFETY: tupdesc is the trigger relation's descriptor, valid for this call. PgTupleDesc
     // reads attributes the same way on every version (PG18 replaced the attrs array by
     // TupleDescAttr) and only borrows the descriptor.
@@ -185,14 +183,14 @@ fn key_attno(tupdesc: pg_sys::TupleDesc, column: &str) -> Result<(i32, pg_sys::O
                     pg_sys::INT2OID | pg_sys::INT4OID | pg_sys::INT8OID => {
                         Ok((i as i32 + 1, att.atttypid))
                     }
-                    _ => Err(CaptureError(format!(
+                    _ => Err(capture_error(format!(
                         "key column \"{column}\" is not an integer column"
                     ))),
                 };
             }
         }
     }
-    Err(CaptureError(format!(
+    Err(capture_error(format!(
         "captured column \"{column}\" no longer exists"
     )))
 }

@@ -7,20 +7,8 @@ use pgrx::pg_sys::panic::CaughtError;
 use pgrx::PgTryBuilder;
 use std::panic::{AssertUnwindSafe, UnwindSafe};
 
-/// Why a subtransaction failed: the error message and its SQLSTATE (e.g. `22012`).
-#[derive(Clone, Debug)]
-pub struct Failure {
-    pub message: String,
-    pub sqlstate: String,
-}
-
-/// The five-character SQLSTATE of an error code (PostgreSQL packs it six bits per character).
-pub fn sqlstate_text(code: pgrx::PgSqlErrorCode) -> String {
-    let packed = code as i32;
-    (0..5)
-        .map(|i| (((packed >> (6 * i)) & 0x3F) as u8 + b'0') as char)
-        .collect()
-}
+/// Why a subtransaction failed: the caught error (its message and SQLSTATE, e.g. `22012`).
+pub type Failure = crate::errors::PgError;
 
 /// `Ok(result)` when `body` finished (its subtransaction is committed into the parent), or the
 /// error when it raised (its subtransaction is rolled back; the parent stays usable).
@@ -45,14 +33,7 @@ pub fn in_subtransaction<R>(body: impl FnOnce() -> R + UnwindSafe) -> Result<R, 
         .catch_others(|error: CaughtError| {
             pg_sys::RollbackAndReleaseCurrentSubTransaction();
             restore();
-            let report = match &error {
-                CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r,
-                CaughtError::RustPanic { ereport, .. } => ereport,
-            };
-            Err(Failure {
-                message: report.message().to_string(),
-                sqlstate: sqlstate_text(report.sql_error_code()),
-            })
+            Err(Failure::from_caught(&error))
         })
         .execute()
     }
@@ -60,7 +41,7 @@ pub fn in_subtransaction<R>(body: impl FnOnce() -> R + UnwindSafe) -> Result<R, 
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::errors::sqlstate_text;
 
     #[test]
     fn sqlstates_unpack_to_their_five_characters() {

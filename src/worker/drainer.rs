@@ -3,7 +3,9 @@
 //! Partition 0, the leader, also runs recoveries (journal replay or full reconcile), retries
 //! deferred keys and rotates the journal. State machine: ARCHITECTURE.md "Drainer state machine".
 
-use super::{exit_requested, planner, rate, reload_config_if_asked, run_in_transaction, scrub};
+use super::{
+    exit_requested, planner, rate, reload_config_if_asked, run_in_transaction, run_spi, scrub,
+};
 use crate::gucs::{self, Durability};
 use crate::queue::drain::{self, RecoveryTicket};
 use crate::queue::slots::{self, Attach, SlotStatus};
@@ -320,7 +322,7 @@ impl Drainer {
             super::set_state(self.slot, WorkerState::Draining);
             let locking = self.locking();
             match self.refresh_entries(&batch.entries, locking) {
-                (Ok(Ok(outcome)), elapsed_ms) => {
+                (Ok(outcome), elapsed_ms) => {
                     self.planner.observe(
                         batch.entries.len(),
                         elapsed_ms,
@@ -365,10 +367,10 @@ impl Drainer {
             let locking = self.locking().for_foreign_keys();
             let started = Instant::now();
             let slot = self.slot;
-            let result = run_in_transaction(|| serve_in_transaction(&taken, &keys, locking, slot));
+            let result = run_spi(|| serve_in_transaction(&taken, &keys, locking, slot));
             let busy_ms = started.elapsed().as_millis() as u64;
             match result {
-                Ok(Ok(outcome)) => {
+                Ok(outcome) => {
                     self.bucket.spend(keys.len() as u64, self.now_us());
                     // Rows and failures count; "applied" and the lag histograms stay the
                     // ring's, which applies these keys again.
@@ -404,16 +406,16 @@ impl Drainer {
         &mut self,
         entries: &[QueueEntry],
         locking: refresh::Locking,
-    ) -> (Result<spi::Result<refresh::Outcome>, String>, u64) {
+    ) -> (crate::errors::Result<refresh::Outcome>, u64) {
         let started = Instant::now();
         let slot = self.slot;
-        let result = run_in_transaction(|| {
+        let result = run_spi(|| {
             refresh::note_read_only();
             refresh::apply_batch(entries, refresh::OnError::Defer, locking, &|oid| {
                 drain::set_current_tview(slot, oid)
             })
         });
-        if matches!(result, Ok(Ok(_))) {
+        if result.is_ok() {
             self.bucket.spend(entries.len() as u64, self.now_us());
         }
         (result, started.elapsed().as_millis() as u64)
@@ -454,8 +456,8 @@ impl Drainer {
     fn recover(&mut self, ticket: &RecoveryTicket) {
         let journal = if gucs::durability() == Durability::Journal {
             super::set_state(self.slot, WorkerState::Replaying);
-            match run_in_transaction(refresh::read_journal) {
-                Ok(Ok(entries)) => Some(entries),
+            match run_spi(refresh::read_journal) {
+                Ok(entries) => Some(entries),
                 failure => {
                     self.failed(format!("reading the journal: {}", describe(failure)));
                     return;
@@ -500,7 +502,7 @@ impl Drainer {
             let chunk = &entries[next..next + allowed];
             let locking = self.locking().for_foreign_keys();
             match self.refresh_entries(chunk, locking) {
-                (Ok(Ok(outcome)), elapsed_ms) => {
+                (Ok(outcome), elapsed_ms) => {
                     self.completed(&lags_of(chunk), (0, 0), &outcome, elapsed_ms);
                 }
                 (failure, _) => {
@@ -519,8 +521,8 @@ impl Drainer {
     /// (retried like any failed key) and the others still reconcile.
     fn reconcile_all(&mut self, why: &str) -> bool {
         super::set_state(self.slot, WorkerState::FullRefresh);
-        let tviews = match run_in_transaction(|| pgrx::Spi::connect(catalog::all_tviews)) {
-            Ok(Ok(tviews)) => tviews,
+        let tviews = match run_spi(|| pgrx::Spi::connect(catalog::all_tviews)) {
+            Ok(tviews) => tviews,
             failure => {
                 self.failed(format!("listing TVIEWs: {}", describe(failure)));
                 return false;
@@ -536,13 +538,13 @@ impl Drainer {
                 super::set_state(self.slot, WorkerState::FullRefresh);
                 let started = Instant::now();
                 let locking = self.locking().for_foreign_keys();
-                let result = run_in_transaction(|| {
+                let result = run_spi(|| {
                     refresh::note_read_only();
                     refresh::reconcile_range(oid, start, batch, locking)
                 });
                 let elapsed_ms = started.elapsed().as_millis() as u64;
                 match result {
-                    Ok(Ok(refresh::Reconciled::Range { rows, next })) => {
+                    Ok(refresh::Reconciled::Range { rows, next }) => {
                         self.bucket.spend(batch as u64, self.now_us());
                         let outcome = refresh::Outcome {
                             rows,
@@ -555,8 +557,8 @@ impl Drainer {
                         self.completed(&[], (0, 0), &outcome, elapsed_ms);
                         from = next;
                     }
-                    Ok(Ok(refresh::Reconciled::Gone)) => from = None,
-                    Ok(Ok(refresh::Reconciled::Deferred(outcome))) => {
+                    Ok(refresh::Reconciled::Gone) => from = None,
+                    Ok(refresh::Reconciled::Deferred(outcome)) => {
                         self.completed(&[], (0, 0), &outcome, elapsed_ms);
                         from = None;
                     }
@@ -580,10 +582,10 @@ impl Drainer {
         let Some(table) = drain::journal_maintain(self.slot, interval_us) else {
             return;
         };
-        match run_in_transaction(|| refresh::truncate_journal(table)) {
-            Ok(Ok(true)) => drain::journal_truncated(self.slot, table),
+        match run_spi(|| refresh::truncate_journal(table)) {
+            Ok(true) => drain::journal_truncated(self.slot, table),
             // Busy (someone holds a lock on it): try again on the next pass.
-            Ok(Ok(false)) => {}
+            Ok(false) => {}
             failure => {
                 let message = describe(failure);
                 drain::note_error(self.slot, &message);
@@ -600,11 +602,11 @@ impl Drainer {
         let limit = gucs::batch_size();
         let max_retries = gucs::max_retries();
         let locking = self.locking().for_foreign_keys();
-        match run_in_transaction(|| {
+        match run_spi(|| {
             refresh::note_read_only();
             refresh::retry_deferred(limit, max_retries, locking)
         }) {
-            Ok(Ok(outcome)) => {
+            Ok(outcome) => {
                 if !outcome.per_tview.is_empty() || !outcome.failed.is_empty() {
                     self.completed(&[], (0, 0), &outcome, 0);
                 }
@@ -729,12 +731,9 @@ fn lags_of(entries: &[QueueEntry]) -> Vec<(u32, i64)> {
         .collect()
 }
 
-fn describe<T>(failure: Result<spi::Result<T>, String>) -> String {
-    match failure {
-        Ok(Ok(_)) => String::new(),
-        Ok(Err(e)) => e.to_string(),
-        Err(message) => message,
-    }
+/// The error of a failed step, for the log and the slot's `last_error`.
+fn describe<T>(failure: crate::errors::Result<T>) -> String {
+    failure.err().map(|e| e.to_string()).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ pub mod planner;
 pub mod rate;
 pub mod scrub;
 
+use crate::errors;
 use crate::queue::{drain, WorkerState};
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::pg_sys;
@@ -58,25 +59,28 @@ pub fn reload_config_if_asked() {
 }
 
 /// Runs `body` in its own transaction. An ERROR (or Rust panic) inside is caught, the
-/// transaction is aborted and the message returned, so the worker survives (invariant 5).
+/// transaction is aborted and the error returned with its SQLSTATE, so the worker survives
+/// (invariant 5).
 pub fn run_in_transaction<R>(
     body: impl FnOnce() -> R + UnwindSafe + RefUnwindSafe,
-) -> Result<R, String> {
+) -> errors::Result<R> {
     PgTryBuilder::new(AssertUnwindSafe(|| Ok(BackgroundWorker::transaction(body))))
         .catch_others(|error: CaughtError| {
-            let message = match &error {
-                CaughtError::PostgresError(report) | CaughtError::ErrorReport(report) => {
-                    report.message().to_string()
-                }
-                CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
-            };
+            let caught = errors::PgError::from_caught(&error);
             // SAFETY: we are in the worker's top level with a failed transaction open; aborting
             // it releases its locks, LWLocks, snapshots and memory, like PostgreSQL's own loop.
             unsafe {
                 pg_sys::AbortCurrentTransaction();
                 pg_sys::LWLockReleaseAll();
             }
-            Err(message)
+            Err(errors::Error::Postgres(caught))
         })
         .execute()
+}
+
+/// `run_in_transaction` of a body that uses SPI: one error for both ways it can fail.
+pub fn run_spi<T>(
+    body: impl FnOnce() -> pgrx::spi::Result<T> + UnwindSafe + RefUnwindSafe,
+) -> errors::Result<T> {
+    run_in_transaction(body).and_then(|r| r.map_err(errors::Error::from))
 }

@@ -3,7 +3,7 @@
 //! takes about `scrub_interval` and capped at `scrub_rows_per_second`; a difference counts as
 //! drift (and is repaired) only once the queue applied everything committed before it was seen.
 
-use super::run_in_transaction;
+use super::run_spi;
 use crate::gucs;
 use crate::queue::drain;
 use crate::queue::status::{self, DrainTarget};
@@ -168,7 +168,7 @@ impl Scrub {
         let Some(from) = pass.from else {
             // Every range of this TVIEW compared and confirmed: record the pass.
             let drift = pass.tview_drift;
-            if let Err(e) = flatten(run_in_transaction(|| scrub::finish_tview(oid, drift))) {
+            if let Err(e) = run_spi(|| scrub::finish_tview(oid, drift)) {
                 warning!("pg_tviews_bgw: recording the scrub of TVIEW oid {oid:?} failed: {e}");
             }
             pass.next_tview();
@@ -177,7 +177,7 @@ impl Scrub {
         let rows = step_rows(rate, gucs::batch_size());
         let started = Instant::now();
         drain::set_current_tview(slot, oid.to_u32());
-        let result = flatten(run_in_transaction(|| scrub::compare_range(oid, from, rows)));
+        let result = run_spi(|| scrub::compare_range(oid, from, rows));
         drain::set_current_tview(slot, 0);
         pass.busy += started.elapsed();
         match result {
@@ -214,7 +214,13 @@ impl Scrub {
                     self.retry_at = Some(Instant::now() + LOCKED_RETRY);
                 }
             }
-            Ok(Compared::Failed(e)) | Err(e) => {
+            Ok(Compared::Failed(e)) => {
+                log!(
+                    "pg_tviews_bgw: scrub of TVIEW oid {oid:?} failed, left for the next pass: {e}"
+                );
+                pass.skip_tview();
+            }
+            Err(e) => {
                 log!(
                     "pg_tviews_bgw: scrub of TVIEW oid {oid:?} failed, left for the next pass: {e}"
                 );
@@ -226,7 +232,7 @@ impl Scrub {
 
     fn start_pass(&mut self, slot: usize, dboid: u32, interval: Duration) -> Poll {
         super::set_state(slot, WorkerState::Scrubbing);
-        let tviews = match flatten(run_in_transaction(scrub::pass_plan)) {
+        let tviews = match run_spi(scrub::pass_plan) {
             Ok(tviews) => tviews,
             Err(e) => {
                 warning!("pg_tviews_bgw: planning a scrub pass failed: {e}");
@@ -290,9 +296,7 @@ impl Scrub {
         let found = std::mem::take(&mut pending.found);
         drain::set_current_tview(slot, oid.to_u32());
         let started = Instant::now();
-        let result = flatten(run_in_transaction(|| {
-            scrub::confirm_and_repair(oid, &found, locking)
-        }));
+        let result = run_spi(|| scrub::confirm_and_repair(oid, &found, locking));
         drain::set_current_tview(slot, 0);
         if let Some(pass) = self.pass.as_mut() {
             pass.busy += started.elapsed();
@@ -304,7 +308,7 @@ impl Scrub {
                 unsettled,
             }) => {
                 if repaired > 0 {
-                    let name = flatten(run_in_transaction(|| scrub::oid_name(oid)))
+                    let name = run_spi(|| scrub::oid_name(oid))
                         .unwrap_or_else(|_| oid.to_u32().to_string());
                     warning!(
                         "pg_tviews_bgw: scrub repaired {repaired} drifted row(s) of TVIEW {name}: they differed from its query although every committed change was applied (a capture gap, or a write behind the extension's back); see pg_tviews_explain('{name}')"
@@ -343,7 +347,10 @@ impl Scrub {
             Ok(Confirmed::Skipped(why)) => {
                 debug1!("pg_tviews_bgw: scrub does not confirm TVIEW oid {oid:?}: {why}");
             }
-            Ok(Confirmed::Failed(e)) | Err(e) => {
+            Ok(Confirmed::Failed(e)) => {
+                log!("pg_tviews_bgw: scrub repair of TVIEW oid {oid:?} failed, left for the next pass: {e}");
+            }
+            Err(e) => {
                 log!("pg_tviews_bgw: scrub repair of TVIEW oid {oid:?} failed, left for the next pass: {e}");
             }
         }
@@ -366,14 +373,6 @@ impl Pass {
             self.checked += rows;
         }
         self.next_tview();
-    }
-}
-
-fn flatten<T>(result: Result<spi::Result<T>, String>) -> Result<T, String> {
-    match result {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(message) => Err(message),
     }
 }
 
