@@ -9,6 +9,7 @@ mod capture;
 mod catalog;
 mod errors;
 mod gucs;
+mod journal;
 mod limits;
 mod pg;
 mod queue;

@@ -255,12 +255,13 @@ fn journal() -> Option<Check> {
     if gucs::durability() != gucs::Durability::Journal {
         return None;
     }
-    let bytes = Spi::get_one::<i64>(
+    let bytes = Spi::get_one::<i64>(&format!(
         "SELECT coalesce(sum(pg_catalog.pg_total_relation_size(c.oid)), 0)::bigint \
          FROM pg_catalog.pg_class c \
-         WHERE c.relname IN ('pg_tview_journal_0', 'pg_tview_journal_1', 'pg_tview_journal_2') \
+         WHERE c.relname IN {} \
            AND c.relnamespace = (SELECT extnamespace FROM pg_catalog.pg_extension WHERE extname = 'pg_tviews_bgw')",
-    )
+        crate::journal::TABLE_LIST_SQL
+    ))
     .ok()
     .flatten()
     .unwrap_or(0);

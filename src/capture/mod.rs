@@ -2,7 +2,6 @@
 //! transaction callbacks publish them at COMMIT.
 
 pub mod binding;
-pub mod journal;
 pub mod staging;
 pub mod trigger;
 

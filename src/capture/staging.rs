@@ -263,11 +263,14 @@ fn pre_commit() {
             // Recorded before writing, so an ERROR while writing still releases the ticket.
             STAGING.with(|s| s.borrow_mut().journal = Some(ticket));
             let ready = STAGING.with(|s| std::mem::take(&mut s.borrow_mut().ready));
-            super::journal::write(super::journal::Target::Journal(ticket.table()), &ready);
+            crate::journal::write::write(
+                crate::journal::write::Target::Journal(ticket.table()),
+                &ready,
+            );
             STAGING.with(|s| s.borrow_mut().ready = ready);
         }
         Durability::None => {
-            use super::journal::{self, Target};
+            use crate::journal::write::{self as journal, Target};
             let Some(table) = journal::relid(Target::Journal(0)) else {
                 return;
             };
@@ -338,7 +341,7 @@ fn commit() {
             let ticket = s.journal.take();
             queue::publish(dboid, &s.ready, ticket, s.marker_written);
             if let Some(table) = s.marker_table {
-                super::journal::remember_marker(table);
+                crate::journal::write::remember_marker(table);
             }
         }
         // After the publish: a waiter woken by its token then finds the keys in the rings too.
@@ -381,7 +384,7 @@ fn pre_prepare() {
             committed_at: 0,
         })
         .collect();
-    if !super::journal::write(super::journal::Target::Prepared, &entries) {
+    if !crate::journal::write::write(crate::journal::write::Target::Prepared, &entries) {
         crate::errors::raise(
             pgrx::PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             "cannot prepare a transaction that changed TVIEW sources: pg_tview_prepared is missing",

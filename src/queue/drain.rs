@@ -2,10 +2,10 @@
 //! recovery tickets (journal replay / full reconcile) and journal rotation for the leader.
 //! Runs in drainers; short LWLock holds, never raises.
 
-use super::journal::{TableState, TABLES};
 use super::ring::QueueEntry;
 use super::shmem::{self, Locked, TviewStat, WorkerState, MAX_TVIEW_STATS, NO_SLOT_BUCKETS};
 use super::{member, now};
+use crate::journal::rotation::{TableState, TABLES};
 use crate::limits::MAX_PARTITIONS;
 
 /// The drainer's step, for `pg_tviews_worker_status`; `Err` holds the state that refused it

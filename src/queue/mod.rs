@@ -5,7 +5,6 @@
 
 pub mod drain;
 pub mod histogram;
-pub mod journal;
 pub mod ring;
 pub mod shmem;
 pub mod slots;

@@ -7,9 +7,9 @@
 //! Everything in it is plain old data; process-local pointers never go in, except latch pointers
 //! that themselves point into shared memory (`PGPROC.procLatch`).
 
-use super::journal::Journal;
 use super::ring::{Ring, RingHeader, RingSlot};
 use crate::gucs;
+use crate::journal::rotation::Journal;
 use crate::limits::MAX_PARTITIONS;
 use crate::pg::HookCell;
 use pgrx::pg_sys;

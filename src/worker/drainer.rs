@@ -456,7 +456,7 @@ impl Drainer {
     fn recover(&mut self, ticket: &RecoveryTicket) {
         let journal = if gucs::durability() == Durability::Journal {
             super::set_state(self.slot, WorkerState::Replaying);
-            match run_spi(refresh::read_journal) {
+            match run_spi(crate::journal::replay::read) {
                 Ok(entries) => Some(entries),
                 failure => {
                     self.failed(format!("reading the journal: {}", describe(failure)));
@@ -582,7 +582,7 @@ impl Drainer {
         let Some(table) = drain::journal_maintain(self.slot, interval_us) else {
             return;
         };
-        match run_spi(|| refresh::truncate_journal(table)) {
+        match run_spi(|| crate::journal::replay::truncate(table)) {
             Ok(true) => drain::journal_truncated(self.slot, table),
             // Busy (someone holds a lock on it): try again on the next pass.
             Ok(false) => {}

@@ -1,4 +1,4 @@
-//! Writes a committing transaction's journal row (`durability = journal`, at PRE_COMMIT) or a
+//! Journal writes: a committing transaction's journal row (`durability = journal`, at PRE_COMMIT) or a
 //! preparing transaction's keys (`pg_tview_prepared`, at PRE_PREPARE). Runs in every process
 //! that stages keys (user backends, and drainers whose refreshes cascade), while the
 //! transaction can still abort: the row commits or vanishes with it.
@@ -7,8 +7,8 @@
 //! check per transaction (writers need no privilege on the extension's tables). The schema is
 //! looked up once per backend; the table by name through the syscache each time.
 
+use super::{encode, table_name};
 use crate::errors::raise;
-use crate::queue::journal::encode;
 use crate::queue::QueueEntry;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
@@ -47,9 +47,7 @@ pub enum Target {
 impl Target {
     fn relname(self) -> &'static std::ffi::CStr {
         match self {
-            Target::Journal(0) => c"pg_tview_journal_0",
-            Target::Journal(1) => c"pg_tview_journal_1",
-            Target::Journal(_) => c"pg_tview_journal_2",
+            Target::Journal(i) => table_name(i),
             Target::Prepared => c"pg_tview_prepared",
         }
     }
