@@ -274,7 +274,7 @@ fn refresh_whole(tview: pg_sys::Oid) {
     .ok()
     .flatten()
     .unwrap_or(false);
-    crate::capture::dispatch(
+    crate::capture::enqueue(
         vec![crate::capture::staging::StagedKey {
             tview_oid: tview.to_u32(),
             kind: crate::queue::kind::FULL,

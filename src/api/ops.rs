@@ -3,7 +3,6 @@
 //! Run in user backends, in the caller's transaction.
 
 use super::{triggers, tview};
-use crate::capture::dispatch;
 use crate::capture::staging::StagedKey;
 use crate::catalog;
 use crate::errors::{raise, Error};
@@ -154,7 +153,7 @@ fn pg_tviews_cascade(source_oid: pg_sys::Oid, pk: i64) -> i64 {
         );
     };
     let count = keys.len() as i64;
-    dispatch(keys, false);
+    crate::capture::enqueue(keys, false);
     count
 }
 

@@ -17,7 +17,6 @@
 
 use super::{create, ops, triggers, tview};
 use crate::errors::raise;
-use crate::queue::{self, kind};
 use crate::refresh;
 use pgrx::prelude::*;
 use pgrx::spi::quote_identifier;
@@ -287,13 +286,7 @@ fn repair_one(entity: &str, schema: Option<&str>) -> String {
     }
     // Exact when the repair commits: every row recomputed, and a full refresh queued so the
     // worker's, which runs after this commit, is the last word (as pg_tviews_refresh does).
-    if queue::is_attached() {
-        crate::capture::staging::stage([crate::capture::staging::StagedKey {
-            tview_oid: table_oid.to_u32(),
-            kind: kind::FULL,
-            key: 0,
-        }]);
-    }
+    crate::capture::enqueue_full_refresh_after_commit(table_oid.to_u32());
     let rows = refresh::refresh_one(table_oid)
         .unwrap_or_else(|e| fail(&format!("recompute tv_{entity}"), e))
         .unwrap_or(0);

@@ -2,7 +2,6 @@
 //! calling user backend inside its transaction, so a failure leaves nothing half-created.
 
 use crate::errors::raise;
-use crate::queue::kind;
 use crate::{catalog, queue, refresh};
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode as Code;
@@ -207,13 +206,7 @@ fn pg_tviews_refresh(name: &str) -> i64 {
     require_owner(table_oid, &entity);
     // A worker batch running concurrently could write rows from an older snapshot after this
     // refresh; queueing a full refresh makes the worker's, which runs after our commit, last.
-    if queue::is_attached() {
-        crate::capture::staging::stage([crate::capture::staging::StagedKey {
-            tview_oid: table_oid.to_u32(),
-            kind: kind::FULL,
-            key: 0,
-        }]);
-    }
+    crate::capture::enqueue_full_refresh_after_commit(table_oid.to_u32());
     match refresh::refresh_one(table_oid) {
         Ok(Some(rows)) => rows as i64,
         Ok(None) => 0,

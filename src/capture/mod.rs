@@ -8,6 +8,26 @@ pub mod trigger;
 use crate::{gucs, queue, refresh};
 use staging::StagedKey;
 
+/// The SQL surface's (`api/`) way to enqueue keys, as if a write had changed their rows: they
+/// go to the worker at COMMIT, and are refreshed now too in sync mode or without the queue.
+pub fn enqueue(keys: Vec<StagedKey>, tview_sync: bool) {
+    dispatch(keys, tview_sync);
+}
+
+/// The SQL surface's way to have the worker recompute a whole TVIEW after this transaction
+/// commits (after `pg_tviews_refresh` or a repair recomputed it in the caller's transaction: a
+/// worker batch running concurrently could write rows from an older snapshot; the worker's
+/// refresh, which runs after the commit, is then the last one). Nothing without the queue.
+pub fn enqueue_full_refresh_after_commit(tview_oid: u32) {
+    if queue::is_attached() {
+        staging::stage([StagedKey {
+            tview_oid,
+            kind: crate::queue::kind::FULL,
+            key: 0,
+        }]);
+    }
+}
+
 /// Routes changed keys. With the queue (shared_preload_libraries) they are always staged for
 /// the worker, whose refresh runs after this transaction commits and is therefore the last one
 /// for each key, even next to sync-mode sessions (invariant 4). In sync mode (of the session
