@@ -159,49 +159,75 @@ fn repair_one(entity: &str, schema: Option<&str>) -> String {
         schema,
     );
     let Some((table_oid, schema)) = table else {
-        // The table is gone: remove what is left, as DROP TABLE would have.
-        let view = recorded
-            .as_ref()
-            .filter(|r| r.view_oid != 0)
-            .and_then(|r| locate("v_", entity, "v", Some(r.view_oid), schema))
-            .or_else(|| schema.and_then(|s| locate("v_", entity, "v", None, Some(s))));
-        let had_triggers = has_own_triggers(entity);
-        if recorded.is_none() && !had_triggers {
-            raise(
-                Code::ERRCODE_UNDEFINED_TABLE,
-                format!("TVIEW \"tv_{entity}\" does not exist"),
-                Some("There is no such table, no metadata and no capture trigger of that name."),
-                Some("List TVIEWs with: SELECT entity FROM pg_tview_meta;"),
-            );
-        }
-        let stored: Vec<u32> = recorded.iter().map(|r| r.table_oid).collect();
-        forget(entity, &stored);
-        triggers::drop_all(entity);
-        let mut removed = vec!["metadata", "lineage", "capture triggers"];
-        if let (Some((_, view_schema)), Some(_)) = (&view, &recorded) {
-            create::run_sql(&format!(
-                "DROP VIEW IF EXISTS {}.{}",
-                quote_identifier(view_schema),
-                quote_identifier(format!("v_{entity}"))
-            ));
-            removed.push("backing view");
-        }
-        return format!(
-            "table tv_{entity} is gone: removed its {}",
-            removed.join(", ")
-        );
+        return remove_leftovers(entity, recorded.as_ref(), schema);
     };
+    let mut done = Vec::new();
+    let view_oid = ensure_view(entity, recorded.as_ref(), &schema, &mut done);
+    if let Some(problems) = what_is_broken(recorded.as_ref(), table_oid, view_oid) {
+        done.extend(problems);
+    } else if done.is_empty() {
+        return "ok".to_string();
+    }
+    rebuild(
+        entity,
+        recorded.as_ref(),
+        &schema,
+        (table_oid, view_oid),
+        &done,
+    )
+}
+
+/// The table is gone: removes what is left, as DROP TABLE would have.
+fn remove_leftovers(entity: &str, recorded: Option<&Recorded>, schema: Option<&str>) -> String {
+    // The table is gone: remove what is left, as DROP TABLE would have.
+    let view = recorded
+        .as_ref()
+        .filter(|r| r.view_oid != 0)
+        .and_then(|r| locate("v_", entity, "v", Some(r.view_oid), schema))
+        .or_else(|| schema.and_then(|s| locate("v_", entity, "v", None, Some(s))));
+    let had_triggers = has_own_triggers(entity);
+    if recorded.is_none() && !had_triggers {
+        raise(
+            Code::ERRCODE_UNDEFINED_TABLE,
+            format!("TVIEW \"tv_{entity}\" does not exist"),
+            Some("There is no such table, no metadata and no capture trigger of that name."),
+            Some("List TVIEWs with: SELECT entity FROM pg_tview_meta;"),
+        );
+    }
+    let stored: Vec<u32> = recorded.iter().map(|r| r.table_oid).collect();
+    forget(entity, &stored);
+    triggers::drop_all(entity);
+    let mut removed = vec!["metadata", "lineage", "capture triggers"];
+    if let (Some((_, view_schema)), Some(_)) = (&view, recorded) {
+        create::run_sql(&format!(
+            "DROP VIEW IF EXISTS {}.{}",
+            quote_identifier(view_schema),
+            quote_identifier(format!("v_{entity}"))
+        ));
+        removed.push("backing view");
+    }
+    format!(
+        "table tv_{entity} is gone: removed its {}",
+        removed.join(", ")
+    )
+}
+
+/// The backing view's oid; recreated from the recorded definition when it is gone.
+fn ensure_view(
+    entity: &str,
+    recorded: Option<&Recorded>,
+    schema: &str,
+    done: &mut Vec<String>,
+) -> pg_sys::Oid {
     let mut view = locate(
         "v_",
         entity,
         "v",
-        recorded.as_ref().map(|r| r.view_oid),
-        Some(&schema),
+        recorded.map(|r| r.view_oid),
+        Some(schema),
     );
-    let mut done = Vec::new();
     if view.is_none() {
         let Some(definition) = recorded
-            .as_ref()
             .map(|r| r.definition.clone())
             .filter(|d| !d.is_empty())
         else {
@@ -209,17 +235,17 @@ fn repair_one(entity: &str, schema: Option<&str>) -> String {
                 Code::ERRCODE_UNDEFINED_OBJECT,
                 format!("cannot repair TVIEW \"tv_{entity}\": its backing view \"v_{entity}\" is gone and no definition is recorded"),
                 None,
-                Some(&format!("Drop the table and create the TVIEW again: DROP TABLE {}.tv_{entity}; SELECT pg_tviews_create(...);", quote_identifier(&schema))),
+                Some(&format!("Drop the table and create the TVIEW again: DROP TABLE {}.tv_{entity}; SELECT pg_tviews_create(...);", quote_identifier(schema))),
             );
         };
         // The definition was written against the creator's search_path; the caller's is the
         // best stand-in (CREATE TVIEW used the same rule).
         create::run_sql(&format!(
             "CREATE VIEW {}.{} AS {definition}",
-            quote_identifier(&schema),
+            quote_identifier(schema),
             quote_identifier(format!("v_{entity}"))
         ));
-        view = locate("v_", entity, "v", None, Some(&schema));
+        view = locate("v_", entity, "v", None, Some(schema));
         done.push(format!(
             "recreated view v_{entity} from its recorded definition"
         ));
@@ -227,26 +253,40 @@ fn repair_one(entity: &str, schema: Option<&str>) -> String {
     let Some((view_oid, _)) = view else {
         fail("find the recreated backing view", entity);
     };
+    view_oid
+}
+
+/// What is wrong with a TVIEW whose table and view exist: `None` when nothing is.
+fn what_is_broken(
+    recorded: Option<&Recorded>,
+    table_oid: pg_sys::Oid,
+    view_oid: pg_sys::Oid,
+) -> Option<Vec<String>> {
     let bound = recorded
-        .as_ref()
         .is_some_and(|r| r.table_oid == table_oid.to_u32() && r.view_oid == view_oid.to_u32());
-    let problems: Vec<String> = if bound {
-        triggers::capture_problems(Some(table_oid))
-            .into_iter()
-            .map(|(_, p)| p)
-            .collect()
-    } else {
-        Vec::new()
-    };
-    if bound && problems.is_empty() && done.is_empty() {
-        return "ok".to_string();
+    match (recorded, bound) {
+        (None, _) => Some(vec!["metadata was missing".into()]),
+        (Some(_), false) => Some(vec!["metadata named other relations".into()]),
+        (Some(_), true) => {
+            let problems: Vec<String> = triggers::capture_problems(Some(table_oid))
+                .into_iter()
+                .map(|(_, p)| p)
+                .collect();
+            (!problems.is_empty()).then_some(problems)
+        }
     }
-    match (&recorded, bound) {
-        (None, _) => done.push("metadata was missing".into()),
-        (Some(_), false) => done.push("metadata named other relations".into()),
-        (Some(_), true) => done.extend(problems),
-    }
-    let definition = match recorded.as_ref().map(|r| r.definition.clone()) {
+}
+
+/// Rebuilds lineage, capture triggers and metadata from the view (as creation derives them),
+/// keeps the recorded settings, and recomputes every row.
+fn rebuild(
+    entity: &str,
+    recorded: Option<&Recorded>,
+    schema: &str,
+    (table_oid, view_oid): (pg_sys::Oid, pg_sys::Oid),
+    done: &[String],
+) -> String {
+    let definition = match recorded.map(|r| r.definition.clone()) {
         Some(d) if !d.is_empty() => d,
         _ => Spi::get_one_with_args::<String>(
             "SELECT pg_catalog.pg_get_viewdef($1, true)",
@@ -256,18 +296,18 @@ fn repair_one(entity: &str, schema: Option<&str>) -> String {
         .unwrap_or_default(),
     };
     let mut stale: Vec<u32> = vec![table_oid.to_u32()];
-    stale.extend(recorded.as_ref().map(|r| r.table_oid));
+    stale.extend(recorded.map(|r| r.table_oid));
     forget(entity, &stale);
     triggers::drop_all(entity);
     create::rebind(
-        &schema,
+        schema,
         entity,
         table_oid,
         view_oid,
         definition.trim().trim_end_matches(';'),
-        recorded.as_ref().and_then(|r| r.reconcile_interval),
+        recorded.and_then(|r| r.reconcile_interval),
     );
-    if let Some(r) = &recorded {
+    if let Some(r) = recorded {
         let _owner = crate::catalog::as_extension_owner();
         Spi::run_with_args(
             "UPDATE pg_tview_meta SET mode = $2, paused = $3, created_at = coalesce($4, created_at) \
@@ -281,7 +321,7 @@ fn repair_one(entity: &str, schema: Option<&str>) -> String {
         )
         .unwrap_or_else(|e| fail("restore the TVIEW's settings", e));
     }
-    if recorded.as_ref().is_some_and(|r| r.mode == "sync") {
+    if recorded.is_some_and(|r| r.mode == "sync") {
         ops::reinstall_triggers(Some(table_oid));
     }
     // Exact when the repair commits: every row recomputed, and a full refresh queued so the
