@@ -179,9 +179,7 @@ fn repair_one(entity: &str, schema: Option<&str>) -> String {
 
 /// The table is gone: removes what is left, as DROP TABLE would have.
 fn remove_leftovers(entity: &str, recorded: Option<&Recorded>, schema: Option<&str>) -> String {
-    // The table is gone: remove what is left, as DROP TABLE would have.
     let view = recorded
-        .as_ref()
         .filter(|r| r.view_oid != 0)
         .and_then(|r| locate("v_", entity, "v", Some(r.view_oid), schema))
         .or_else(|| schema.and_then(|s| locate("v_", entity, "v", None, Some(s))));
