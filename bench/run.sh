@@ -65,10 +65,11 @@ SCRUB_INTERVAL=${SCRUB_INTERVAL:-1s} # scrub_interval while phase S measures it 
 SCRUB_LAG_S=${SCRUB_LAG_S:-15}      # phase S: paced writers + lag probe, scrub off, then on
 # Phase W: 1 vs W_TVIEWS TVIEWs over identical copies of tb_post, worker paused, W_TX
 # transactions per client per round (a fixed count, so a round's keys, W_TVIEWS per write plus a
-# commit marker, always fit the ring: the default fills at most half of it).
+# commit marker, always fit the ring: the default fills a sixth of it, since the worker then
+# needs ~1 s per 16k keys of the W_TVIEWS joins to drain them between rounds).
 W_ROUNDS=${W_ROUNDS:-$ROUNDS}       # 0 skips phase W
 W_TVIEWS=${W_TVIEWS:-8}
-W_TX=${W_TX:-$((QUEUE_SIZE / (CLIENTS * (W_TVIEWS + 1) * 2)))}
+W_TX=${W_TX:-$((QUEUE_SIZE / (CLIENTS * (W_TVIEWS + 1) * 6)))}
 # Phase R: read-your-writes under RYW_LOAD_CLIENTS saturating writers for RYW_LOAD_S seconds
 # each (token waits, then plain waits); a wait gives up after RYW_WAIT_TIMEOUT_S.
 RYW_LOAD_S=${RYW_LOAD_S:-12}        # 0 skips phase R
@@ -511,7 +512,7 @@ if ((W_ROUNDS > 0)); then
     w_check_converged "phase W rounds"
     for sch in w1 w8; do
         for e in $(w_names "$sch"); do q "SELECT pg_tviews_drop('$sch.tv_$e')" >/dev/null; done
-        q "DROP SCHEMA $sch CASCADE" >/dev/null
+        "${PSQL[@]}" -d "$DB" -q -c "SET client_min_messages = warning" -c "DROP SCHEMA $sch CASCADE" >/dev/null
     done
     wait_worker_idle
 fi
