@@ -631,6 +631,11 @@ def main():
         add(f"| {name} | {len(xs)} | {fmt(pct(xs, 50), 2)} | {fmt(pct(xs, 95), 2)} | {fmt(pct(xs, 99), 2)} | "
             f"{fmt(xs[-1], 2)} | {'**' + str(viol) + '**' if viol else 0} | {fw} | "
             f"{fmt(fnum(m.get(f'load.ryw_{mode}.tps')))} | {m.get(f'load.ryw_{mode}.backlog_keys', '?')} |")
+    ov = [m.get(f"ryw.{mode}.overflowed_keys") for mode in ("token", "wait")]
+    if any(o not in (None, "0") for o in ov):
+        add("")
+        add(f"Keys overflowed during these loads (token / plain): {ov[0] or '–'} / {ov[1] or '–'}: the ring "
+            f"filled up and the worker recovered, so those waits include a recovery.")
     add("")
 
     add("## C. Bulk catch-up (one UPDATE of every post)")
