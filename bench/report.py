@@ -361,7 +361,7 @@ def main():
             f"write: {'**' + str(viol) + '**' if viol else 0}; waits that returned false: {fw}) |")
     elif m.get("feature.write_token") == "0":
         add("| read-your-writes: commit → pg_tviews_wait(token) | not available in this version "
-            "(no pg_tviews_write_token() function): skipped |")
+            "(no pg_tviews_write_token() / pg_tviews_wait(text) functions): skipped |")
     lat, fw, viol = ryw_wait
     if lat:
         add(f"| the same with plain pg_tviews_wait() (the whole backlog), p50 / p95 / p99 | "
@@ -624,7 +624,7 @@ def main():
     for name, mode, (xs, fw, viol) in (("pg_tviews_wait(token)", "token", ryw_token),
                                        ("pg_tviews_wait() (whole backlog)", "wait", ryw_wait)):
         if not xs:
-            why = ("skipped: no pg_tviews_write_token() in this version"
+            why = ("skipped: no pg_tviews_write_token() / pg_tviews_wait(text) in this version"
                    if mode == "token" and m.get("feature.write_token") == "0" else "not measured in this run")
             add(f"| {name} | {why} | | | | | | | | |")
             continue

@@ -584,13 +584,16 @@ check_converged "lag probes"
 # waits for that token on another connection, then reads tv_post there: commit -> wait returned,
 # reads that miss the write (violations), waits that returned false. Then the same with plain
 # pg_tviews_wait(), which waits for everything committed before it (the whole backlog).
-HAS_TOKEN=$(q "SELECT count(*) > 0 FROM pg_proc WHERE proname = 'pg_tviews_write_token'" | sed 's/t/1/;s/f/0/')
+# Both halves of the API must be there: pg_tviews_write_token() and pg_tviews_wait(text, ...).
+HAS_TOKEN=$(q "SELECT (EXISTS (SELECT FROM pg_proc WHERE proname = 'pg_tviews_write_token')
+                       AND EXISTS (SELECT FROM pg_proc WHERE proname = 'pg_tviews_wait'
+                                   AND proargtypes[0] = 'text'::regtype))::int")
 metric feature.write_token "$HAS_TOKEN"
 if ((RYW_LOAD_S > 0)); then
     RYW_PROBE_S=$(awk -v s="$RYW_LOAD_S" 'BEGIN { print (s > 3 ? s - 2 : 1) }')
     for mode in token wait; do
         if [[ $mode == token ]] && ((!HAS_TOKEN)); then
-            log "R: read-your-writes token: SKIPPED (no pg_tviews_write_token() in this version)"
+            log "R: read-your-writes token: SKIPPED (no pg_tviews_write_token() / pg_tviews_wait(text) in this version)"
             continue
         fi
         log "R: read-your-writes, $mode waits under $RYW_LOAD_CLIENTS saturating writers (${RYW_LOAD_S}s)"
