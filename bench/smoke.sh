@@ -15,6 +15,7 @@ export USERS=${USERS:-100}
 export POSTS=${POSTS:-1000}
 export ROUNDS=${ROUNDS:-1}
 export ROUND_S=${ROUND_S:-2}
+export NONE_ROUNDS=${NONE_ROUNDS:-1}
 export LAG_PROBES=${LAG_PROBES:-50}
 export LAG_PROBE_IDS=${LAG_PROBE_IDS:-100}
 export LAG_LOAD_S=${LAG_LOAD_S:-3}
