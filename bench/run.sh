@@ -291,21 +291,19 @@ cpu_ticks() {
 # closed and their processes were reaped, so their time is in the postmaster's cutime) and no
 # child is a zombie: a snapshot taken meanwhile could miss or double-count an exiting backend.
 cpu_quiesce() {
-    local pm deadline=$(($(date +%s) + 30)) busy st line rest state ppid cmd
+    local pm deadline=$(($(date +%s) + 30))
     pm=$(postmaster_pid)
-    while :; do
-        busy=0
-        for st in /proc/[0-9]*/stat; do
-            { read -r line <"$st"; } 2>/dev/null || continue
-            rest=${line##*) }
-            read -r state ppid _ <<<"$rest"
-            [[ $ppid == "$pm" ]] || continue
-            if [[ $state == Z ]]; then busy=1; break; fi
-            # Client backends are titled "postgres: <user> <db> ..."; background processes not.
-            cmd=$({ tr '\0' ' ' <"${st%stat}cmdline"; } 2>/dev/null || true)
-            if [[ $cmd == "postgres: postgres "* ]]; then busy=1; break; fi
-        done
-        ((busy)) || return 0
+    # One pass over /proc: 1 if a child of the postmaster is a zombie or a client backend (titled
+    # "postgres: <user> <db> ..."; background processes are not titled after the user).
+    until [[ $({ cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v pm="$pm" '
+        { pid = $1; s = $0; sub(/^.*\) /, "", s); split(s, f, " ") }
+        f[2] == pm {
+            if (f[1] == "Z") { busy = 1; exit }
+            cmd = ""; file = "/proc/" pid "/cmdline"
+            if ((getline cmd < file) > 0 && index(cmd, "postgres: postgres ") == 1) { busy = 1; exit }
+            close(file)
+        }
+        END { print busy + 0 }') == 0 ]]; do
         (($(date +%s) < deadline)) || { log "   WARNING: client backends still running 30s after the round; CPU snapshot taken anyway"; return 0; }
         sleep 0.02
     done
