@@ -204,9 +204,7 @@ fn main() {
         let mut write_token: Option<String> = None;
         if let Some(stmt) = &token_stmt {
             // The token is taken inside the writing transaction, after its writes.
-            let mut tx = writer
-                .transaction()
-                .unwrap_or_else(|e| fail("begin", e));
+            let mut tx = writer.transaction().unwrap_or_else(|e| fail("begin", e));
             check_one(
                 tx.execute(&update, &[&id, &token])
                     .unwrap_or_else(|e| fail("update", e)),
