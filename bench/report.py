@@ -112,7 +112,12 @@ def writer_stats(path):
             for rr in by_round.values()
             if v in rr and "base" in rr and fnum(rr["base"]["tps"])
         ]
+        cpu = [fnum(r.get("cpu_us_per_tx")) for r in rows if fnum(r.get("cpu_us_per_tx"))]
         stats[v] = {
+            "cpu": statistics.median(cpu) if cpu else None,
+            "cpu_all": cpu,
+            "tx": statistics.median([fnum(r.get("tx"), 0) for r in rows]),
+            "overflowed": sum(int(fnum(r.get("overflowed_keys"), 0)) for r in rows),
             "tps": statistics.median(tps),
             "tps_all": tps,
             "lat": statistics.median(lat),
@@ -124,6 +129,39 @@ def writer_stats(path):
     return variants, stats
 
 
+def cpu_pairs(path, num, den):
+    """Per round, server CPU per write of variant num / that of variant den (same round)."""
+    by_round = {}
+    for r in read_tsv_rows(path):
+        by_round.setdefault(r["round"], {})[r["variant"]] = r
+    return [
+        fnum(rr[num]["cpu_us_per_tx"]) / fnum(rr[den]["cpu_us_per_tx"])
+        for rr in by_round.values()
+        if num in rr and den in rr and fnum(rr[num].get("cpu_us_per_tx"))
+        and fnum(rr[den].get("cpu_us_per_tx"))
+    ]
+
+
+def med(xs):
+    return statistics.median(xs) if xs else None
+
+
+def target(v, limit):
+    """' (target ≤ limit: met / **missed**)' for a ratio."""
+    if v is None:
+        return f" (target ≤ {limit})"
+    return f" (target ≤ {limit}: {'met' if v <= limit else '**missed**'})"
+
+
+def wait_probes(path):
+    """Latencies (ms, sorted), false waits and violations (wait true, read missed the write)."""
+    rows = read_csv(path)
+    lat = sorted(fnum(r["lag_us"]) / 1000.0 for r in rows)
+    false_waits = sum(1 for r in rows if r.get("wait_ok") == "0")
+    violations = sum(1 for r in rows if r.get("wait_ok") == "1" and r.get("visible") == "0")
+    return lat, false_waits, violations
+
+
 VARIANT_LABEL = {
     "base": "baseline (no trigger)",
     "tview": "pg_tviews_bgw async (TVIEW)",
@@ -133,6 +171,8 @@ VARIANT_LABEL = {
     "sync": "pg_tviews_bgw mode = sync",
     "noscrub": "pg_tviews_bgw async, scrub off",
     "scrub": "pg_tviews_bgw async, scrub working (interval always behind, no cap)",
+    "w1": "1 TVIEW over the table (worker paused)",
+    "w8": "several TVIEWs over the same table (worker paused)",
 }
 
 
@@ -164,6 +204,15 @@ def main():
     none_variants, none_stats = writer_stats(os.path.join(raw, "writer_none.tsv"))
     scrub_variants, scrub_stats = writer_stats(os.path.join(raw, "writer_scrub.tsv"))
     scrub_paired = scrub_pairs(os.path.join(raw, "writer_scrub.tsv"))
+    wpath = os.path.join(raw, "writer.tsv")
+    cpu_vs_floor = {v: med(cpu_pairs(wpath, v, "syncpl")) for v in variants}
+    cpu_vs_base = {v: med(cpu_pairs(wpath, v, "base")) for v in variants}
+    w_variants, w_stats = writer_stats(os.path.join(raw, "writer_w.tsv"))
+    w_cpu_pairs = cpu_pairs(os.path.join(raw, "writer_w.tsv"), "w8", "w1")
+    w_n = m.get("w.tviews.w8", meta.get("param.W_TVIEWS", "?"))
+    VARIANT_LABEL["w8"] = f"{w_n} TVIEWs over the same table (worker paused)"
+    ryw_token = wait_probes(os.path.join(raw, "ryw_token.csv"))
+    ryw_wait = wait_probes(os.path.join(raw, "ryw_wait.csv"))
 
     # ---- B: lag --------------------------------------------------------------------------
     lag_idle = lags_ms(os.path.join(raw, "lag_idle.csv"))
@@ -286,6 +335,38 @@ def main():
     if m.get("feature.sync_mode") == "0":
         add("| writer tps, pg_tviews_bgw mode = sync / baseline | not available in this version "
             "(no pg_tviews_bgw.mode setting) |")
+    # Server CPU per committed write (phase A rounds; W for the 1 vs n TVIEWs comparison).
+    floor_cpu = wstats.get("syncpl", {}).get("cpu")
+    for v, label, limit in (("tview", "async TVIEW, refresh included", 0.8),
+                            ("sync", "pg_tviews_bgw mode = sync", 1.0),
+                            ("paused", "async TVIEW, worker paused (writers' own cost)", None)):
+        if v in wstats and floor_cpu:
+            r = cpu_vs_floor.get(v)
+            add(f"| server CPU per write, {label} / synchronous PL/pgSQL floor | {fmt(r, 3)}"
+                f"{target(r, limit) if limit else ''} (medians {fmt(wstats[v]['cpu'], 1)} / "
+                f"{fmt(floor_cpu, 1)} µs per write; ratio = median of per-round ratios) |")
+    if "w8" in w_stats and "w1" in w_stats:
+        r = med(w_cpu_pairs)
+        add(f"| server CPU per write, {w_n} TVIEWs / 1 TVIEW over the same table, worker paused "
+            f"(writers' own cost) | {fmt(r, 3)}{target(r, 1.15)} (medians {fmt(w_stats['w8']['cpu'], 1)} / "
+            f"{fmt(w_stats['w1']['cpu'], 1)} µs per write) |")
+    elif meta.get("param.W_ROUNDS") == "0":
+        add("| server CPU per write, several TVIEWs / 1 TVIEW | not measured in this run (W_ROUNDS=0) |")
+    lat, fw, viol = ryw_token
+    if lat:
+        p99 = pct(lat, 99)
+        add(f"| read-your-writes under {meta.get('param.RYW_LOAD_CLIENTS', '?')} saturating writers: "
+            f"commit → pg_tviews_wait(token) returned, p50 / p95 / p99 | {fmt(pct(lat, 50), 2)} / "
+            f"{fmt(pct(lat, 95), 2)} / {fmt(p99, 2)} ms{target(p99, 20)} (n={len(lat)}; reads missing the "
+            f"write: {'**' + str(viol) + '**' if viol else 0}; waits that returned false: {fw}) |")
+    elif m.get("feature.write_token") == "0":
+        add("| read-your-writes: commit → pg_tviews_wait(token) | not available in this version "
+            "(no pg_tviews_write_token() / pg_tviews_wait(text) functions): skipped |")
+    lat, fw, viol = ryw_wait
+    if lat:
+        add(f"| the same with plain pg_tviews_wait() (the whole backlog), p50 / p95 / p99 | "
+            f"{fmt(pct(lat, 50), 2)} / {fmt(pct(lat, 95), 2)} / {fmt(pct(lat, 99), 2)} ms (n={len(lat)}; "
+            f"reads missing the write: {viol}; waits that returned false: {fw}) |")
     add(f"| freshness lag idle, p50 / p95 / p99 | {fmt(pct(lag_idle, 50), 2)} / "
         f"{fmt(pct(lag_idle, 95), 2)} / {fmt(pct(lag_idle, 99), 2)} ms (n={len(lag_idle)}) |")
     add(f"| freshness lag under {meta.get('param.LAG_LOAD_CLIENTS', '?')} writers paced at "
@@ -378,6 +459,25 @@ def main():
         s = wstats[v]
         add(f"| {VARIANT_LABEL.get(v, v)} | {fmt(s['tps'])} | {fmt(ratio(s['tps'], b), 3)} | "
             f"{fmt(s['paired'], 3)} | {fmt(s['lat'], 3)} | {', '.join(fmt(t) for t in s['tps_all'])} |")
+    if any(wstats[v]["cpu"] for v in variants):
+        add("")
+        add(f"Server CPU per committed write, the same rounds: user+sys time of every server process "
+            f"(`/proc/<postmaster>/stat` utime+stime+cutime+cstime, the cutime/cstime covering the "
+            f"reaped backends of closed connections, pgbench's included, plus utime+stime of every "
+            f"live child: worker, launcher, checkpointer, walwriter, autovacuum) from just before "
+            f"pgbench starts to after the round's writes are applied (`pg_tviews_wait`, its own "
+            f"connection included; every client backend gone before each snapshot), divided by the "
+            f"transactions pgbench committed. The async variant thus includes the worker's refresh of "
+            f"the round's backlog; the paused variant is measured before the worker is re-enabled "
+            f"(`pg_tviews_bgw.enabled = off` + reload during the round): the writers' own cost. "
+            f"Clock ticks of 1/{meta.get('clk_tck', '100')} s per process.")
+        add("")
+        add("| Variant | CPU µs per write (median) | / PL/pgSQL floor (median per-round ratio) | / baseline (median per-round ratio) | rounds (µs per write) |")
+        add("|---|---|---|---|---|")
+        for v in variants:
+            s = wstats[v]
+            add(f"| {VARIANT_LABEL.get(v, v)} | {fmt(s['cpu'], 1)} | {fmt(cpu_vs_floor.get(v), 3)} | "
+                f"{fmt(cpu_vs_base.get(v), 3)} | {', '.join(fmt(c, 1) for c in s['cpu_all'])} |")
     if "tview" in wstats:
         add("")
         add(f"Async variant: the worker shares the {meta.get('nproc', '?')} cores with the writers. "
@@ -396,6 +496,29 @@ def main():
                 "two writers changing posts of the same user each recompute that user's row from a "
                 "snapshot that misses the other's change, and the later upsert wins.")
     add("")
+
+    if w_stats:
+        add(f"### W. Writers pay once per table: 1 vs {w_n} TVIEWs over the same table")
+        add("")
+        add(f"Two more identical copies of `tb_user`/`tb_post`: one with a single TVIEW (`tv_post`'s "
+            f"query), one with {w_n} TVIEWs (the same query under other names, each keyed by `pk_post` "
+            f"under its own name), created for this phase and dropped after it. The same single-row "
+            f"UPDATE, {meta.get('param.CLIENTS', '?')} clients, a fixed {meta.get('param.W_TX', '?')} "
+            f"transactions per client per round (so a paused round's keys fit the ring), the two "
+            f"alternated and rotated each round, the worker paused (`pg_tviews_bgw.enabled = off`) "
+            f"during the round and server CPU taken before it is re-enabled: what the writers "
+            f"themselves pay to capture and publish. Keys overflowed in these rounds: "
+            f"{sum(st['overflowed'] for st in w_stats.values())} (non-zero: a round did not fit the "
+            f"ring and the figure is not the normal path).")
+        add("")
+        add("| Variant | CPU µs per write (median) | / 1 TVIEW (median per-round ratio) | median tps | median latency ms | keys queued per round (median) | rounds (µs per write) |")
+        add("|---|---|---|---|---|---|---|")
+        for v in w_variants:
+            st = w_stats[v]
+            r = med(w_cpu_pairs) if v == "w8" else (1.0 if v == "w1" else None)
+            add(f"| {VARIANT_LABEL.get(v, v)} | {fmt(st['cpu'], 1)} | {fmt(r, 3)} | {fmt(st['tps'])} | "
+                f"{fmt(st['lat'], 3)} | {fmt(st['backlog'], 0)} | {', '.join(fmt(c, 1) for c in st['cpu_all'])} |")
+        add("")
 
     if none_stats:
         add("### A2. The same without the journal (`durability = none`)")
@@ -481,6 +604,38 @@ def main():
     add("Probes touch posts 1..LAG_PROBE_IDS, the load writers the other posts. Under saturating "
         "writers the single worker falls behind, the backlog grows for as long as they run and the "
         "few probes that complete each wait for it: that row measures the backlog, not a steady state.")
+    add("")
+
+    add("## R. Read-your-writes (write token)")
+    add("")
+    tl, tfw, tviol = ryw_token
+    wl, wfw, wviol = ryw_wait
+    add(f"{meta.get('param.RYW_LOAD_CLIENTS', '?')} pgbench writers as fast as they go on the posts the "
+        f"probe never touches (the worker falls behind, the backlog grows), {meta.get('param.RYW_LOAD_S', '?')} s "
+        f"per mode. Token: the probe runs `UPDATE tb_post SET title = <unique> WHERE pk_post = $1; "
+        f"SELECT pg_tviews_write_token(); COMMIT` on one connection, then `SELECT pg_tviews_wait(token, "
+        f"interval '{meta.get('param.RYW_WAIT_TIMEOUT_S', '?')} s')` on another and records commit → wait "
+        f"returned, then reads `tv_post` for that row on the waiting connection: a read that does not show "
+        f"the write after the wait returned true is a violation. Plain: an autocommit UPDATE, then "
+        f"`pg_tviews_wait(interval)` (no token: everything committed before it, i.e. the whole backlog).")
+    add("")
+    add("| Wait | n | p50 ms | p95 ms | p99 ms | max ms | reads missing the write | waits returning false | load tps | backlog at end (keys) |")
+    add("|---|---|---|---|---|---|---|---|---|---|")
+    for name, mode, (xs, fw, viol) in (("pg_tviews_wait(token)", "token", ryw_token),
+                                       ("pg_tviews_wait() (whole backlog)", "wait", ryw_wait)):
+        if not xs:
+            why = ("skipped: no pg_tviews_write_token() / pg_tviews_wait(text) in this version"
+                   if mode == "token" and m.get("feature.write_token") == "0" else "not measured in this run")
+            add(f"| {name} | {why} | | | | | | | | |")
+            continue
+        add(f"| {name} | {len(xs)} | {fmt(pct(xs, 50), 2)} | {fmt(pct(xs, 95), 2)} | {fmt(pct(xs, 99), 2)} | "
+            f"{fmt(xs[-1], 2)} | {'**' + str(viol) + '**' if viol else 0} | {fw} | "
+            f"{fmt(fnum(m.get(f'load.ryw_{mode}.tps')))} | {m.get(f'load.ryw_{mode}.backlog_keys', '?')} |")
+    ov = [m.get(f"ryw.{mode}.overflowed_keys") for mode in ("token", "wait")]
+    if any(o not in (None, "0") for o in ov):
+        add("")
+        add(f"Keys overflowed during these loads (token / plain): {ov[0] or '–'} / {ov[1] or '–'}: the ring "
+            f"filled up and the worker recovered, so those waits include a recovery.")
     add("")
 
     add("## C. Bulk catch-up (one UPDATE of every post)")

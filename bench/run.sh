@@ -19,6 +19,14 @@
 #   G  two workers       restart with workers_per_database = 2: drain and bulk catch-up again
 #   S  scrub             writer rounds with the background scrub working (short interval, no
 #                        cap) vs off, and the scrub's own speed in one pass without writers
+#   W  writers pay once  server CPU per write with 1 vs W_TVIEWS TVIEWs over copies of the same
+#                        table (worker paused: the writers' own cost)
+#   R  read-your-writes  pg_tviews_write_token() + pg_tviews_wait(token) under saturating
+#                        writers (skipped if the token API is missing), plain pg_tviews_wait()
+#
+# Phase A (and A2, S, W) also measure server CPU per committed write: user+sys time of every
+# server process (the postmaster's reaped children included) from before a round to after it,
+# refresh included (see cpu_ticks below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -48,13 +56,26 @@ BS_LAG_S=${BS_LAG_S:-6}             # loaded lag measurement per batch size
 QUEUE_SIZE=${QUEUE_SIZE:-1048576}
 MAX_WORKERS=${MAX_WORKERS:-4}
 OVERFLOW=${OVERFLOW:-1}             # run phase E
-NONE_ROUNDS=${NONE_ROUNDS:-$ROUNDS} # phase A2 (durability = none) rounds; 0 skips it
+NONE_ROUNDS=${NONE_ROUNDS:-3}      # phase A2 (durability = none) rounds; 0 skips it (3, not ROUNDS:
+                                    # keeps make bench under 15 min with phases W and R)
 BULK_ROUNDS=${BULK_ROUNDS:-3}       # phase C rounds (medians reported)
 TWO_WORKERS=${TWO_WORKERS:-1}       # run phase G (workers_per_database = 2)
 SCRUB_ROUNDS=${SCRUB_ROUNDS:-$ROUNDS} # phase S rounds (scrub on vs off); 0 skips it
 SCRUB_INTERVAL=${SCRUB_INTERVAL:-1s} # scrub_interval while phase S measures it (no rate cap; 1s:
                                     # always behind, so it uses all the idle time it gets)
 SCRUB_LAG_S=${SCRUB_LAG_S:-15}      # phase S: paced writers + lag probe, scrub off, then on
+# Phase W: 1 vs W_TVIEWS TVIEWs over identical copies of tb_post, worker paused, W_TX
+# transactions per client per round (a fixed count, so a round's keys, W_TVIEWS per write plus a
+# commit marker, always fit the ring: the default fills a sixth of it, since the worker then
+# needs ~1 s per 16k keys of the W_TVIEWS joins to drain them between rounds).
+W_ROUNDS=${W_ROUNDS:-$ROUNDS}       # 0 skips phase W
+W_TVIEWS=${W_TVIEWS:-8}
+W_TX=${W_TX:-$((QUEUE_SIZE / (CLIENTS * (W_TVIEWS + 1) * 6)))}
+# Phase R: read-your-writes under RYW_LOAD_CLIENTS saturating writers for RYW_LOAD_S seconds
+# each (token waits, then plain waits); a wait gives up after RYW_WAIT_TIMEOUT_S.
+RYW_LOAD_S=${RYW_LOAD_S:-12}        # 0 skips phase R
+RYW_LOAD_CLIENTS=${RYW_LOAD_CLIENTS:-4}
+RYW_WAIT_TIMEOUT_S=${RYW_WAIT_TIMEOUT_S:-10}
 SAMPLE_S=${SAMPLE_S:-0.05}          # queue sampling interval while draining
 DEADLINE_S=${DEADLINE_S:-600}       # any single convergence wait longer than this = broken
 SHARED_BUFFERS=${SHARED_BUFFERS:-512MB}
@@ -153,10 +174,11 @@ restart_with() {
     else build="probably release (no debug info)"; fi
     printf 'build\t%s\n' "$build"
     printf 'loadavg_start\t%s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
+    printf 'clk_tck\t%s\n' "$(getconf CLK_TCK)"
     for v in SEED USERS POSTS ROUNDS ROUND_S CLIENTS LAG_PROBES LAG_PROBE_IDS LAG_LOAD_S \
         LAG_LOAD_CLIENTS LAG_LOAD_RATE POLL_SLEEP_US DRAIN_KEYS BATCH_SIZES BS_LAG_S QUEUE_SIZE \
         MAX_WORKERS OVERFLOW NONE_ROUNDS BULK_ROUNDS TWO_WORKERS SCRUB_ROUNDS SCRUB_INTERVAL SCRUB_LAG_S \
-        SAMPLE_S DEADLINE_S; do
+        W_ROUNDS W_TVIEWS W_TX RYW_LOAD_S RYW_LOAD_CLIENTS RYW_WAIT_TIMEOUT_S SAMPLE_S DEADLINE_S; do
         printf 'param.%s\t%s\n' "$v" "${!v}"
     done
 } >"$RAW/meta.tsv"
@@ -246,6 +268,47 @@ set_guc() {   # ALTER SYSTEM + reload: how an operator changes a sighup setting
 }
 reset_guc() { "${PSQL[@]}" -d "$DB" -q -c "ALTER SYSTEM RESET $1" -c "SELECT pg_reload_conf()" >/dev/null; }
 epoch() { date +%s.%N; }
+# ---- server CPU ----------------------------------------------------------------------------
+# Clock ticks (CLK_TCK per second) of user+sys time spent by the whole server so far: the
+# postmaster's own utime+stime, its cutime+cstime (every child it has reaped: the backends of
+# connections that have closed, pgbench's included), plus utime+stime of every live child
+# (background worker, launcher, checkpointer, walwriter, autovacuum, ...). Read from /proc only,
+# so taking a snapshot costs the server nothing.
+CLK_TCK=$(getconf CLK_TCK)
+postmaster_pid() { head -n 1 "$BENCH_DIR/data/postmaster.pid"; }
+cpu_ticks() {
+    local pm
+    pm=$(postmaster_pid)
+    # Fields after "(comm)": 1 state, 2 ppid, 12 utime, 13 stime, 14 cutime, 15 cstime.
+    # (cat fails when a process exits while it reads /proc: that one simply does not count.)
+    { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v pm="$pm" '
+        { pid = $1; s = $0; sub(/^.*\) /, "", s); split(s, f, " ") }
+        pid == pm { t += f[12] + f[13] + f[14] + f[15]; seen = 1 }
+        f[2] == pm { t += f[12] + f[13] }
+        END { if (!seen) exit 1; print t }'
+}
+# Waits until no client backend is left (the connections of pgbench and of psql calls have
+# closed and their processes were reaped, so their time is in the postmaster's cutime) and no
+# child is a zombie: a snapshot taken meanwhile could miss or double-count an exiting backend.
+cpu_quiesce() {
+    local pm deadline=$(($(date +%s) + 30))
+    pm=$(postmaster_pid)
+    # One pass over /proc: 1 if a child of the postmaster is a zombie or a client backend (titled
+    # "postgres: <user> <db> ..."; background processes are not titled after the user).
+    until [[ $({ cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v pm="$pm" '
+        { pid = $1; s = $0; sub(/^.*\) /, "", s); split(s, f, " ") }
+        f[2] == pm {
+            if (f[1] == "Z") { busy = 1; exit }
+            cmd = ""; file = "/proc/" pid "/cmdline"
+            if ((getline cmd < file) > 0 && index(cmd, "postgres: postgres ") == 1) { busy = 1; exit }
+            close(file)
+        }
+        END { print busy + 0 }') == 0 ]]; do
+        (($(date +%s) < deadline)) || { log "   WARNING: client backends still running 30s after the round; CPU snapshot taken anyway"; return 0; }
+        sleep 0.02
+    done
+}
+cpu_snapshot() { cpu_quiesce; cpu_ticks || die "cannot read the postmaster's /proc/<pid>/stat"; }
 # Phases A and B leave every copy with many dead row versions; vacuum (outside any timing) so
 # the compared statements of C, D and E read tables in the same state.
 vacuum_all() { q "VACUUM (ANALYZE)" >/dev/null; }
@@ -282,9 +345,9 @@ metric worker.idle_rssanon_kb "$(awk '/^RssAnon:/ { print $2 }' "/proc/$pid/stat
 # the CPU; its backlog is drained after the round.
 variants=(base tview paused cap syncpl)
 ((HAS_SYNC)) && variants+=(sync)
-for v in "${variants[@]}" scrub noscrub; do
+for v in "${variants[@]}" scrub noscrub w1 w8; do
     case $v in
-        base | cap | syncpl) table=$v.tb_post ;;
+        base | cap | syncpl | w1 | w8) table=$v.tb_post ;;
         tview | paused | sync | scrub | noscrub) table=public.tb_post ;;
     esac
     printf '\\set id random(1, %s)\nUPDATE %s SET votes = votes + 1 WHERE pk_post = :id;\n' \
@@ -310,13 +373,21 @@ repair() {
         done
     fi
 }
-# One pgbench round of variant $2 (round $1), appended to $3.
+# One pgbench round of variant $2 (round $1), appended to $3. Besides tps, the server CPU per
+# committed write: cpu_snapshot before pgbench starts and after the round's writes are applied
+# (pg_tviews_wait, whose own connection counts too), so the async variant includes the refresh;
+# the paused variants (worker disabled: paused, w1, w8) are measured before the worker is
+# re-enabled, i.e. the writers' own cost. w1/w8 run a fixed W_TX transactions per client.
 writer_round() {
-    local r=$1 v=$2 out=$3 opts=() tps lat backlog=0 catchup=0 stale=0 t0 schema
+    local r=$1 v=$2 out=$3 opts=() tps lat backlog=0 catchup=0 stale=0 t0 schema len c0 c1 tx
+    local paused=0 ov0
+    [[ $v == paused || $v == w1 || $v == w8 ]] && paused=1
     wait_applied             # the previous round's backlog must not run into this one
     q "CHECKPOINT" >/dev/null
     [[ $v == sync ]] && opts=(-c pg_tviews_bgw.mode=sync)
-    if [[ $v == paused ]]; then set_guc pg_tviews_bgw.enabled off; wait_worker_state disabled; fi
+    if ((paused)); then set_guc pg_tviews_bgw.enabled off; wait_worker_state disabled; fi
+    len=(-T "$ROUND_S"); [[ $v == w1 || $v == w8 ]] && len=(-t "$W_TX")
+    ov0=$(q "SELECT overflowed FROM pg_tviews_stats")
     # Phase S: the TVIEW with the scrub working through the round (a pass every SCRUB_INTERVAL,
     # no rate cap), or with it off.
     if [[ $v == scrub ]]; then
@@ -324,21 +395,33 @@ writer_round() {
         set_guc pg_tviews_bgw.scrub_interval "$SCRUB_INTERVAL"
     fi
     [[ $v == noscrub ]] && set_guc pg_tviews_bgw.scrub_interval 0
+    c0=$(cpu_snapshot)   # after every psql of the harness has gone (cpu_quiesce)
     PGOPTIONS="${opts[*]}" "$PGBIN/pgbench" -n -M prepared -h "$BENCH_DIR" -p "$BENCH_PORT" \
-        -U postgres -c "$CLIENTS" -j "$((CLIENTS < 2 ? CLIENTS : 2))" -T "$ROUND_S" \
+        -U postgres -c "$CLIENTS" -j "$((CLIENTS < 2 ? CLIENTS : 2))" "${len[@]}" \
         -f "$RAW/pgbench_$v.sql" "$DB" >"$RAW/pgbench_${v}_$r.log" 2>&1 \
         || { tail -n 20 "$RAW/pgbench_${v}_$r.log"; die "pgbench failed ($v, round $r)"; }
     tps=$(awk '/^tps = / { print $3 }' "$RAW/pgbench_${v}_$r.log")
     lat=$(awk '/^latency average = / { print $4 }' "$RAW/pgbench_${v}_$r.log")
+    # "...: 20792", or "...: 224/224" with -t
+    tx=$(awk '/^number of transactions actually processed: / { split($6, n, "/"); print n[1] }' "$RAW/pgbench_${v}_$r.log")
     # Async: how far the worker fell behind during the round, and how long it then needs.
+    if [[ $v == tview || $v == scrub || $v == noscrub ]]; then
+        backlog=$(q "SELECT coalesce(sum(pending), 0) FROM pg_tviews_queue_status")
+        t0=$(epoch)
+        wait_applied
+        catchup=$(awk -v a="$t0" -v b="$(epoch)" 'BEGIN { printf "%.0f", (b - a) * 1000 }')
+    elif ((!paused)); then
+        wait_applied   # refresh included: the same wait (a no-op) for the variants without a queue
+    fi
+    c1=$(cpu_snapshot)
     if [[ $v == scrub || $v == noscrub ]]; then
         reset_guc pg_tviews_bgw.scrub_interval
         reset_guc pg_tviews_bgw.scrub_rows_per_second
     fi
-    if [[ $v == tview || $v == paused || $v == scrub || $v == noscrub ]]; then
+    if ((paused)); then
         backlog=$(q "SELECT coalesce(sum(pending), 0) FROM pg_tviews_queue_status")
         t0=$(epoch)
-        [[ $v == paused ]] && reset_guc pg_tviews_bgw.enabled
+        reset_guc pg_tviews_bgw.enabled
         wait_applied
         catchup=$(awk -v a="$t0" -v b="$(epoch)" 'BEGIN { printf "%.0f", (b - a) * 1000 }')
     fi
@@ -350,14 +433,16 @@ writer_round() {
             repair "$schema"
         fi
     fi
-    echo -e "$r\t$v\t$tps\t$lat\t$backlog\t$catchup\t$stale" >>"$out"
-    log "   round $((r + 1)) $v: $tps tps, latency $lat ms, backlog $backlog keys (drained in ${catchup} ms)"
+    local ov=$(($(q "SELECT overflowed FROM pg_tviews_stats") - ov0)) cpu_us
+    cpu_us=$(awk -v t="$((c1 - c0))" -v hz="$CLK_TCK" -v n="$tx" 'BEGIN { printf "%.1f", (n > 0 ? t / hz * 1e6 / n : 0) }')
+    echo -e "$r\t$v\t$tps\t$lat\t$backlog\t$catchup\t$stale\t$tx\t$((c1 - c0))\t$cpu_us\t$ov" >>"$out"
+    log "   round $((r + 1)) $v: $tps tps, latency $lat ms, backlog $backlog keys (drained in ${catchup} ms), server CPU $cpu_us us/write ($((c1 - c0)) ticks / $tx tx)$( ((ov)) && echo ", $ov keys OVERFLOWED")"
 }
 writer_rounds() {   # writer_rounds ROUNDS OUT VARIANT...: variants rotated every round
     local rounds=$1 out=$2 r i v
     shift 2
     local vs=("$@")
-    echo -e "round\tvariant\ttps\tlatency_ms\tbacklog_keys\tcatchup_ms\tstale_rows" >"$out"
+    echo -e "round\tvariant\ttps\tlatency_ms\tbacklog_keys\tcatchup_ms\tstale_rows\ttx\tcpu_ticks\tcpu_us_per_tx\toverflowed_keys" >"$out"
     for ((r = 0; r < rounds; r++)); do
         # Rotate the order every round so no variant always runs first (warm-up, autovacuum).
         for ((i = 0; i < ${#vs[@]}; i++)); do
@@ -373,6 +458,63 @@ wait_applied
 check_converged "writer overhead"
 # Non-zero if a paused round queued more than QUEUE_SIZE keys (its catch-up was a recovery).
 metric writer.overflowed_keys "$(($(q "SELECT overflowed FROM pg_tviews_stats") - overflowed0))"
+
+# ---- W: writers pay once per table: 1 vs W_TVIEWS TVIEWs over the same table --------------------
+# Two more copies of tb_user/tb_post: w1 with one TVIEW (tv_post's query), w8 with W_TVIEWS (the
+# same query under other names, each keyed by pk_post under its own name; entities are unique in
+# a database, so tv_post_w1 and tv_post_w8_1..N), created for this
+# phase and dropped after it so no other phase sees them. The worker is paused during each round
+# and the CPU is taken before it is re-enabled: what the writers themselves pay for capture and
+# publish. A fixed W_TX transactions per client keep a round's keys within the ring.
+w_post_query() {   # w_post_query SCHEMA KEY
+    echo "SELECT p.pk_post AS $2, p.id, jsonb_build_object('title', p.title, 'votes', p.votes, 'author', u.name) AS data
+          FROM $1.tb_post p JOIN $1.tb_user u ON u.pk_user = p.fk_user"
+}
+w_names() {   # w_names SCHEMA: the entity of each TVIEW of that copy (unique in the database)
+    local i
+    if [[ $1 == w1 ]]; then echo post_w1; return; fi
+    for ((i = 1; i <= W_TVIEWS; i++)); do echo "post_w8_$i"; done
+}
+w_check_converged() {
+    local sch e diff
+    for sch in w1 w8; do
+        for e in $(w_names "$sch"); do
+            diff=$(q "SELECT count(*) FROM (TABLE $sch.tv_$e EXCEPT ALL SELECT * FROM $sch.v_$e
+                                            UNION ALL
+                                            SELECT * FROM $sch.v_$e EXCEPT ALL TABLE $sch.tv_$e) d")
+            [[ $diff == 0 ]] || die "after $1: $diff rows of $sch.tv_$e differ from $sch.v_$e"
+        done
+    done
+}
+if ((W_ROUNDS > 0)); then
+    log "W: writer CPU with 1 vs $W_TVIEWS TVIEWs over copies of tb_post (worker paused); $W_ROUNDS round(s) x $W_TX tx per client"
+    for sch in w1 w8; do
+        "${PSQL[@]}" -d "$DB" -q -c "SET client_min_messages = warning" -c "
+            CREATE SCHEMA $sch;
+            CREATE TABLE $sch.tb_user (LIKE public.tb_user INCLUDING ALL);
+            CREATE TABLE $sch.tb_post (LIKE public.tb_post INCLUDING ALL);
+            ALTER TABLE $sch.tb_post ADD FOREIGN KEY (fk_user) REFERENCES $sch.tb_user;
+            INSERT INTO $sch.tb_user SELECT * FROM base.tb_user;
+            INSERT INTO $sch.tb_post SELECT * FROM base.tb_post" \
+            -c "VACUUM ANALYZE $sch.tb_user, $sch.tb_post" >/dev/null || die "phase W: copying tb_post into $sch failed"
+        for e in $(w_names "$sch"); do
+            q "SELECT pg_tviews_create('$sch.tv_$e', \$q\$$(w_post_query "$sch" "pk_$e")\$q\$)" >/dev/null \
+                || die "phase W: pg_tviews_create('$sch.tv_$e') failed"
+        done
+    done
+    wait_worker_idle
+    w_check_converged "phase W setup"
+    metric w.tviews.w1 "$(w_names w1 | wc -l)"
+    metric w.tviews.w8 "$(w_names w8 | wc -l)"
+    writer_rounds "$W_ROUNDS" "$RAW/writer_w.tsv" w1 w8
+    wait_applied
+    w_check_converged "phase W rounds"
+    for sch in w1 w8; do
+        for e in $(w_names "$sch"); do q "SELECT pg_tviews_drop('$sch.tv_$e')" >/dev/null; done
+        "${PSQL[@]}" -d "$DB" -q -c "SET client_min_messages = warning" -c "DROP SCHEMA $sch CASCADE" >/dev/null
+    done
+    wait_worker_idle
+fi
 
 # ---- A2: writer overhead without the journal ----------------------------------------------------
 # durability is a postmaster setting: restart without the journal, measure the async variants
@@ -400,13 +542,13 @@ probe() {   # probe TAG OUT [extra args]: deadline per probe is the harness dead
 }
 # Writers on the posts the probe never touches, in the background for $1 seconds; paced at
 # LAG_LOAD_RATE tps in total when $3 is "paced", as fast as they can otherwise.
-start_load() {
-    local secs=$1 tag=$2 rate=()
+start_load() {   # start_load SECONDS TAG [paced|saturating [CLIENTS]]
+    local secs=$1 tag=$2 rate=() clients=${4:-$LAG_LOAD_CLIENTS}
     [[ ${3:-} == paced ]] && rate=(-R "$LAG_LOAD_RATE")
     printf '\\set id random(%s, %s)\nUPDATE tb_post SET votes = votes + 1 WHERE pk_post = :id;\n' \
         "$((LAG_PROBE_IDS + 1))" "$POSTS" >"$RAW/pgbench_load.sql"
     "$PGBIN/pgbench" -n -M prepared -h "$BENCH_DIR" -p "$BENCH_PORT" -U postgres \
-        -c "$LAG_LOAD_CLIENTS" -j "$LAG_LOAD_CLIENTS" -T "$secs" "${rate[@]}" \
+        -c "$clients" -j "$((clients < 2 ? clients : 2))" -T "$secs" "${rate[@]}" \
         -f "$RAW/pgbench_load.sql" "$DB" >"$RAW/pgbench_load_$tag.log" 2>&1 &
     LOAD_PID=$!
     BG_PIDS+=("$LOAD_PID")
@@ -434,6 +576,37 @@ sleep 1
 probe load "$RAW/lag_load.csv" --probes "$LAG_PROBES" --warmup 0 --max-seconds "$PROBE_S"
 finish_load lag
 check_converged "lag probes"
+
+# ---- R: read-your-writes (write token) ----------------------------------------------------------
+# RYW_LOAD_CLIENTS saturating writers (the worker falls behind, the backlog grows); meanwhile the
+# probe commits a title change with pg_tviews_write_token() taken in the same transaction and
+# waits for that token on another connection, then reads tv_post there: commit -> wait returned,
+# reads that miss the write (violations), waits that returned false. Then the same with plain
+# pg_tviews_wait(), which waits for everything committed before it (the whole backlog).
+# Both halves of the API must be there: pg_tviews_write_token() and pg_tviews_wait(text, ...).
+HAS_TOKEN=$(q "SELECT (EXISTS (SELECT FROM pg_proc WHERE proname = 'pg_tviews_write_token')
+                       AND EXISTS (SELECT FROM pg_proc WHERE proname = 'pg_tviews_wait'
+                                   AND proargtypes[0] = 'text'::regtype))::int")
+metric feature.write_token "$HAS_TOKEN"
+if ((RYW_LOAD_S > 0)); then
+    RYW_PROBE_S=$(awk -v s="$RYW_LOAD_S" 'BEGIN { print (s > 3 ? s - 2 : 1) }')
+    for mode in token wait; do
+        if [[ $mode == token ]] && ((!HAS_TOKEN)); then
+            log "R: read-your-writes token: SKIPPED (no pg_tviews_write_token() / pg_tviews_wait(text) in this version)"
+            continue
+        fi
+        log "R: read-your-writes, $mode waits under $RYW_LOAD_CLIENTS saturating writers (${RYW_LOAD_S}s)"
+        ov0=$(q "SELECT overflowed FROM pg_tviews_stats")
+        start_load "$RYW_LOAD_S" "ryw_$mode" saturating "$RYW_LOAD_CLIENTS"
+        sleep 1   # no warm-up probes: a plain wait under this load takes seconds, and so
+                  # would a token wait that waits for the backlog ahead of it
+        probe "ryw_$mode" "$RAW/ryw_$mode.csv" --mode "$mode" --wait-timeout-s "$RYW_WAIT_TIMEOUT_S" \
+            --probes "$LAG_PROBES" --warmup 0 --max-seconds "$RYW_PROBE_S"
+        finish_load "ryw_$mode"
+        metric "ryw.$mode.overflowed_keys" "$(($(q "SELECT overflowed FROM pg_tviews_stats") - ov0))"
+    done
+    check_converged "read-your-writes probes"
+fi
 
 # ---- C: bulk catch-up ------------------------------------------------------------------------
 log "C: bulk catch-up: UPDATE of all $POSTS posts, $BULK_ROUNDS round(s)"

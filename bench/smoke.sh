@@ -15,6 +15,7 @@ export USERS=${USERS:-100}
 export POSTS=${POSTS:-1000}
 export ROUNDS=${ROUNDS:-1}
 export ROUND_S=${ROUND_S:-2}
+export NONE_ROUNDS=${NONE_ROUNDS:-1}
 export LAG_PROBES=${LAG_PROBES:-50}
 export LAG_PROBE_IDS=${LAG_PROBE_IDS:-100}
 export LAG_LOAD_S=${LAG_LOAD_S:-3}
@@ -22,6 +23,7 @@ export DRAIN_KEYS=${DRAIN_KEYS:-500}
 export BATCH_SIZES=${BATCH_SIZES:-100}
 export BS_LAG_S=${BS_LAG_S:-2}
 export SCRUB_LAG_S=${SCRUB_LAG_S:-3}
+export RYW_LOAD_S=${RYW_LOAD_S:-2}
 # Small ring, so the overflow phase needs only a few tiny bulk updates.
 export QUEUE_SIZE=${QUEUE_SIZE:-4096}
 export SHARED_BUFFERS=${SHARED_BUFFERS:-128MB}
