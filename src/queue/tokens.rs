@@ -94,10 +94,10 @@ impl TokenSlot {
 
     /// Replaces the tracked keys; false (nothing copied) when they do not fit.
     fn load(&mut self, entries: &[QueueEntry]) -> bool {
-        if entries.len() > TOKEN_KEYS {
+        let Some(keys) = self.keys.get_mut(..entries.len()) else {
             return false;
-        }
-        self.keys[..entries.len()].copy_from_slice(entries);
+        };
+        keys.copy_from_slice(entries);
         self.nkeys = entries.len() as u32;
         true
     }
@@ -267,6 +267,10 @@ pub enum Served<'a> {
 
 /// The leader's refresh transaction of `taken` ended (commit callback or after an abort).
 pub fn served(taken: &[TokenRef], how: Served<'_>) {
+    // Every backend's ABORT calls this; only a drainer serving tokens has any.
+    if taken.is_empty() {
+        return;
+    }
     let Some(mut q) = shmem::lock_exclusive() else {
         return;
     };
