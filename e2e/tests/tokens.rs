@@ -102,7 +102,10 @@ fn a_token_is_applied_ahead_of_the_backlog_with_its_cascades_from_another_sessio
                 &[&(round as i64), &name],
             )
             .unwrap();
-        assert_eq!(row.get::<_, Option<String>>(0).as_deref(), Some(name.as_str()));
+        assert_eq!(
+            row.get::<_, Option<String>>(0).as_deref(),
+            Some(name.as_str())
+        );
         assert_eq!(
             row.get::<_, Option<String>>(1).as_deref(),
             Some(name.as_str()),
@@ -127,7 +130,11 @@ fn a_token_is_applied_ahead_of_the_backlog_with_its_cascades_from_another_sessio
         .unwrap();
     db.batch_execute("SELECT pg_reload_conf()").unwrap();
     wait_drained(&mut db);
-    assert_exact(&mut db, &["user", "post", "comment", "card"], "tokens and backlog");
+    assert_exact(
+        &mut db,
+        &["user", "post", "comment", "card"],
+        "tokens and backlog",
+    );
 }
 
 #[test]
@@ -158,12 +165,12 @@ fn tokens_time_out_fail_closed_and_are_checked() {
 
     // Timeout: nothing is applied while draining is off.
     disable_draining(&mut db);
-    let token = write_with_token(&mut db, "UPDATE tb_user SET name = 'late' WHERE pk_user = 2");
-    let started = Instant::now();
-    assert!(
-        !wait_token(&mut other, &token, "300ms"),
-        "false on timeout"
+    let token = write_with_token(
+        &mut db,
+        "UPDATE tb_user SET name = 'late' WHERE pk_user = 2",
     );
+    let started = Instant::now();
+    assert!(!wait_token(&mut other, &token, "300ms"), "false on timeout");
     assert!(started.elapsed() < Duration::from_secs(5));
     enable_draining(&mut db);
     assert!(wait_token(&mut other, &token, "30s"));
@@ -235,7 +242,10 @@ fn tokens_time_out_fail_closed_and_are_checked() {
     let foreign = {
         let mut postgres = cluster.connect("postgres");
         let oid: u32 = postgres
-            .query_one("SELECT oid FROM pg_database WHERE datname = 'postgres'", &[])
+            .query_one(
+                "SELECT oid FROM pg_database WHERE datname = 'postgres'",
+                &[],
+            )
             .unwrap()
             .get(0);
         format!("v1/{oid}/{}", &token.splitn(3, '/').nth(2).unwrap())
@@ -267,5 +277,72 @@ fn tokens_time_out_fail_closed_and_are_checked() {
         .query_one("SELECT pg_tviews_wait('5s')", &[])
         .unwrap()
         .get::<_, bool>(0));
-    assert_exact(&mut db, &["user", "post", "comment", "ratio"], "token edge cases");
+    assert_exact(
+        &mut db,
+        &["user", "post", "comment", "ratio"],
+        "token edge cases",
+    );
+}
+
+/// The race the priority lane must not lose: the ring refreshed the upstream row moments ago
+/// (so the token's own refresh finds it current and changes nothing), while that refresh's
+/// cascade to the dependent TVIEW still waits behind the backlog. The token must not return
+/// before the dependent row is current too.
+#[test]
+fn a_token_waits_for_a_cascade_the_ring_started_before_it() {
+    let cluster = Cluster::start("tokens-race", &[]);
+    let mut db = cluster.blog("app", 50, 2000, 1);
+    add_card(&mut db);
+    wait_drained(&mut db);
+    // Ring order: the rename, then a backlog; the worker (held, then limited to 100 rows a
+    // second) applies the rename first, and the cascade it publishes lands behind the backlog.
+    disable_draining(&mut db);
+    db.batch_execute("UPDATE tb_user SET name = 'renamed first' WHERE pk_user = 7")
+        .unwrap();
+    db.batch_execute("UPDATE tb_post SET votes = votes + 1")
+        .unwrap();
+    db.batch_execute("ALTER SYSTEM SET pg_tviews_bgw.max_rows_per_second = 100")
+        .unwrap();
+    enable_draining(&mut db);
+    let mut reader = cluster.connect("app");
+    eventually(
+        "the ring applied the rename to tv_user",
+        Duration::from_secs(30),
+        || {
+            reader
+                .query_one("SELECT data->>'name' FROM tv_user WHERE pk_user = 7", &[])
+                .unwrap()
+                .get::<_, String>(0)
+                == "renamed first"
+        },
+    );
+    let card = |db: &mut Client| -> String {
+        db.query_one(
+            "SELECT data->'user'->>'name' FROM tv_card WHERE pk_card = 7",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    };
+    assert_ne!(
+        card(&mut reader),
+        "renamed first",
+        "the cascade to tv_card is still queued behind the backlog (the race this test needs)"
+    );
+    // A write that changes nothing tv_user shows: its token's refresh finds the row current.
+    let token = write_with_token(
+        &mut db,
+        "UPDATE tb_user SET karma = karma WHERE pk_user = 7",
+    );
+    assert!(wait_token(&mut reader, &token, "20s"));
+    assert_eq!(
+        card(&mut reader),
+        "renamed first",
+        "the token's wait covers the cascade of the row it reached"
+    );
+    db.batch_execute("ALTER SYSTEM RESET pg_tviews_bgw.max_rows_per_second")
+        .unwrap();
+    db.batch_execute("SELECT pg_reload_conf()").unwrap();
+    wait_drained(&mut db);
+    assert_exact(&mut db, &["user", "post", "card"], "the cascade race");
 }
