@@ -225,11 +225,7 @@ pub(super) fn wait_for_everything(deadline: Instant) -> bool {
     loop {
         match deferred_unapplied() {
             (_, Some(dead)) => {
-                crate::errors::warn(
-                    pgrx::PgSqlErrorCode::ERRCODE_WARNING,
-                    format!("TVIEWs with dead-lettered keys, those rows are stale: {dead}"),
-                    "pg_tviews_dead_letters lists them; fix the cause, then SELECT pg_tviews_retry_failed();",
-                );
+                warn_dead_letters(&dead);
                 return false;
             }
             (0, None) => return true,
@@ -237,6 +233,16 @@ pub(super) fn wait_for_everything(deadline: Instant) -> bool {
             _ => super::sleep_on_latch(10),
         }
     }
+}
+
+/// The WARNING of a wait that is false because some TVIEWs (`dead`, their names) have dead
+/// letters: those rows stay stale until someone acts.
+pub(super) fn warn_dead_letters(dead: &str) {
+    crate::errors::warn(
+        pgrx::PgSqlErrorCode::ERRCODE_WARNING,
+        format!("TVIEWs with dead-lettered keys, those rows are stale: {dead}"),
+        "pg_tviews_dead_letters lists them; fix the cause, then SELECT pg_tviews_retry_failed();",
+    );
 }
 
 /// `(keys being retried, TVIEWs with dead letters)` in `pg_tview_deferred`, read with a fresh

@@ -7,8 +7,8 @@
 //! waiter can always fall back on the transaction's status), and the token slot tracking its
 //! keys (`seq` 0: none could be reserved). Full xid 0: the transaction had written nothing.
 
-use super::status::{current_dboid, deferred_unapplied, wait_for_everything};
-use crate::errors::{raise, warn};
+use super::status::{current_dboid, deferred_unapplied, wait_for_everything, warn_dead_letters};
+use crate::errors::raise;
 use crate::queue::tokens::{self, Seen, TokenRef};
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode as Code;
@@ -202,11 +202,7 @@ fn prepared_keys_applied(deadline: Instant) -> bool {
             return true;
         }
         if let (_, Some(dead)) = deferred_unapplied() {
-            warn(
-                Code::ERRCODE_WARNING,
-                format!("TVIEWs with dead-lettered keys, those rows are stale: {dead}"),
-                "pg_tviews_dead_letters lists them; fix the cause, then SELECT pg_tviews_retry_failed();",
-            );
+            warn_dead_letters(&dead);
             return false;
         }
         if Instant::now() >= deadline {

@@ -56,15 +56,7 @@ pub fn refresh_synchronously(keys: &[StagedKey]) {
     // for the same reason.
     let _generic =
         crate::catalog::ScopedSettings::set(&[(c"plan_cache_mode", c"force_generic_plan")]);
-    let entries: Vec<queue::QueueEntry> = keys
-        .iter()
-        .map(|k| queue::QueueEntry {
-            tview_oid: k.tview_oid,
-            kind: k.kind,
-            key: k.key,
-            committed_at: 0,
-        })
-        .collect();
+    let entries: Vec<queue::QueueEntry> = keys.iter().map(|k| k.entry()).collect();
     if let Err(e) = refresh::apply_batch(
         &entries,
         refresh::OnError::Raise,

@@ -23,6 +23,18 @@ pub struct StagedKey {
     pub key: i64,
 }
 
+impl StagedKey {
+    /// The queue entry of this key; its commit time is stamped when it is published.
+    pub fn entry(self) -> QueueEntry {
+        QueueEntry {
+            tview_oid: self.tview_oid,
+            kind: self.kind,
+            key: self.key,
+            committed_at: 0,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Staging {
     keys: Vec<StagedKey>,
@@ -241,12 +253,7 @@ fn pre_commit() {
         keys.sort_unstable();
         keys.dedup();
         s.ready.clear();
-        s.ready.extend(keys.iter().map(|k| QueueEntry {
-            tview_oid: k.tview_oid,
-            kind: k.kind,
-            key: k.key,
-            committed_at: 0,
-        }));
+        s.ready.extend(keys.iter().map(|k| k.entry()));
         keys.clear();
         s.keys = keys;
         true
@@ -375,15 +382,7 @@ fn pre_prepare() {
     }
     keys.sort_unstable();
     keys.dedup();
-    let entries: Vec<QueueEntry> = keys
-        .iter()
-        .map(|k| QueueEntry {
-            tview_oid: k.tview_oid,
-            kind: k.kind,
-            key: k.key,
-            committed_at: 0,
-        })
-        .collect();
+    let entries: Vec<QueueEntry> = keys.iter().map(|k| k.entry()).collect();
     if !crate::journal::write::write(crate::journal::write::Target::Prepared, &entries) {
         crate::errors::raise(
             pgrx::PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,

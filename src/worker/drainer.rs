@@ -703,12 +703,7 @@ fn serve_in_transaction(
         batch = now
             .iter()
             .filter(|k| seen.binary_search(k).is_err())
-            .map(|k| QueueEntry {
-                tview_oid: k.tview_oid,
-                kind: k.kind,
-                key: k.key,
-                committed_at: 0,
-            })
+            .map(|k| k.entry())
             .collect();
         seen = now;
         if batch.is_empty() {
