@@ -209,8 +209,11 @@ def main():
     cpu_vs_base = {v: med(cpu_pairs(wpath, v, "base")) for v in variants}
     w_variants, w_stats = writer_stats(os.path.join(raw, "writer_w.tsv"))
     w_cpu_pairs = cpu_pairs(os.path.join(raw, "writer_w.tsv"), "w8", "w1")
+    w_legacy_pairs = cpu_pairs(os.path.join(raw, "writer_w.tsv"), "w8l", "w1")
     w_n = m.get("w.tviews.w8", meta.get("param.W_TVIEWS", "?"))
-    VARIANT_LABEL["w8"] = f"{w_n} TVIEWs over the same table (worker paused)"
+    VARIANT_LABEL["w8"] = f"{w_n} TVIEWs over the same table, one trigger family (worker paused)"
+    VARIANT_LABEL["w8l"] = (f"{w_n} TVIEWs over the same table, per-TVIEW triggers as in 0.5.0 "
+                            f"(worker paused)")
     ryw_token = wait_probes(os.path.join(raw, "ryw_token.csv"))
     ryw_wait = wait_probes(os.path.join(raw, "ryw_wait.csv"))
 
@@ -350,6 +353,10 @@ def main():
         add(f"| server CPU per write, {w_n} TVIEWs / 1 TVIEW over the same table, worker paused "
             f"(writers' own cost) | {fmt(r, 3)}{target(r, 1.15)} (medians {fmt(w_stats['w8']['cpu'], 1)} / "
             f"{fmt(w_stats['w1']['cpu'], 1)} µs per write) |")
+        if "w8l" in w_stats:
+            r = med(w_legacy_pairs)
+            add(f"| the same with the per-TVIEW triggers of 0.5.0 (before one family per table) | "
+                f"{fmt(r, 3)} (median {fmt(w_stats['w8l']['cpu'], 1)} µs per write) |")
     elif meta.get("param.W_ROUNDS") == "0":
         add("| server CPU per write, several TVIEWs / 1 TVIEW | not measured in this run (W_ROUNDS=0) |")
     lat, fw, viol = ryw_token
@@ -500,9 +507,11 @@ def main():
     if w_stats:
         add(f"### W. Writers pay once per table: 1 vs {w_n} TVIEWs over the same table")
         add("")
-        add(f"Two more identical copies of `tb_user`/`tb_post`: one with a single TVIEW (`tv_post`'s "
+        add(f"More identical copies of `tb_user`/`tb_post`: one with a single TVIEW (`tv_post`'s "
             f"query), one with {w_n} TVIEWs (the same query under other names, each keyed by `pk_post` "
-            f"under its own name), created for this phase and dropped after it. The same single-row "
+            f"under its own name) sharing each table's one trigger family, and one with the same "
+            f"{w_n} TVIEWs whose capture is rewritten into the per-TVIEW triggers of 0.5.0 (the "
+            f"layout before), created for this phase and dropped after it. The same single-row "
             f"UPDATE, {meta.get('param.CLIENTS', '?')} clients, a fixed {meta.get('param.W_TX', '?')} "
             f"transactions per client per round (so a paused round's keys fit the ring), the two "
             f"alternated and rotated each round, the worker paused (`pg_tviews_bgw.enabled = off`) "
@@ -515,7 +524,7 @@ def main():
         add("|---|---|---|---|---|---|---|")
         for v in w_variants:
             st = w_stats[v]
-            r = med(w_cpu_pairs) if v == "w8" else (1.0 if v == "w1" else None)
+            r = {"w8": med(w_cpu_pairs), "w8l": med(w_legacy_pairs), "w1": 1.0}.get(v)
             add(f"| {VARIANT_LABEL.get(v, v)} | {fmt(st['cpu'], 1)} | {fmt(r, 3)} | {fmt(st['tps'])} | "
                 f"{fmt(st['lat'], 3)} | {fmt(st['backlog'], 0)} | {', '.join(fmt(c, 1) for c in st['cpu_all'])} |")
         add("")

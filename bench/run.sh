@@ -345,9 +345,9 @@ metric worker.idle_rssanon_kb "$(awk '/^RssAnon:/ { print $2 }' "/proc/$pid/stat
 # the CPU; its backlog is drained after the round.
 variants=(base tview paused cap syncpl)
 ((HAS_SYNC)) && variants+=(sync)
-for v in "${variants[@]}" scrub noscrub w1 w8; do
+for v in "${variants[@]}" scrub noscrub w1 w8 w8l; do
     case $v in
-        base | cap | syncpl | w1 | w8) table=$v.tb_post ;;
+        base | cap | syncpl | w1 | w8 | w8l) table=$v.tb_post ;;
         tview | paused | sync | scrub | noscrub) table=public.tb_post ;;
     esac
     printf '\\set id random(1, %s)\nUPDATE %s SET votes = votes + 1 WHERE pk_post = :id;\n' \
@@ -381,12 +381,12 @@ repair() {
 writer_round() {
     local r=$1 v=$2 out=$3 opts=() tps lat backlog=0 catchup=0 stale=0 t0 schema len c0 c1 tx
     local paused=0 ov0
-    [[ $v == paused || $v == w1 || $v == w8 ]] && paused=1
+    [[ $v == paused || $v == w1 || $v == w8 || $v == w8l ]] && paused=1
     wait_applied             # the previous round's backlog must not run into this one
     q "CHECKPOINT" >/dev/null
     [[ $v == sync ]] && opts=(-c pg_tviews_bgw.mode=sync)
     if ((paused)); then set_guc pg_tviews_bgw.enabled off; wait_worker_state disabled; fi
-    len=(-T "$ROUND_S"); [[ $v == w1 || $v == w8 ]] && len=(-t "$W_TX")
+    len=(-T "$ROUND_S"); [[ $v == w1 || $v == w8 || $v == w8l ]] && len=(-t "$W_TX")
     ov0=$(q "SELECT overflowed FROM pg_tviews_stats")
     # Phase S: the TVIEW with the scrub working through the round (a pass every SCRUB_INTERVAL,
     # no rate cap), or with it off.
@@ -473,11 +473,43 @@ w_post_query() {   # w_post_query SCHEMA KEY
 w_names() {   # w_names SCHEMA: the entity of each TVIEW of that copy (unique in the database)
     local i
     if [[ $1 == w1 ]]; then echo post_w1; return; fi
-    for ((i = 1; i <= W_TVIEWS; i++)); do echo "post_w8_$i"; done
+    for ((i = 1; i <= W_TVIEWS; i++)); do echo "post_$1_$i"; done
+}
+# w8l: the same TVIEWs as w8, their capture rewritten into the per-TVIEW layout of 0.5.0 (each
+# TVIEW its own tview_<entity>_* triggers calling pg_tviews_capture, which the library still
+# serves): the "before" of one trigger family per table, measured in the same run.
+w_legacy_layout() {   # w_legacy_layout SCHEMA
+    q "DO \$\$
+        DECLARE r record; a text;
+        BEGIN
+            FOR r IN SELECT t.tgname, t.tgrelid::regclass AS rel FROM pg_trigger t
+                     WHERE t.tgrelid IN ('$1.tb_post'::regclass, '$1.tb_user'::regclass)
+                       AND t.tgname LIKE 'tview%' AND t.tgparentid = 0 LOOP
+                EXECUTE format('DROP TRIGGER %I ON %s', r.tgname, r.rel);
+            END LOOP;
+            FOR r IN SELECT m.entity, l.source_oid::regclass AS src,
+                            format('%s:async:%I.%I', m.table_oid::oid, '$1', 'tv_' || m.entity) AS binding,
+                            string_agg(format('%L, %L', l.capture_column, l.rule), ', ' ORDER BY l.capture_column) AS cols
+                     FROM pg_tview_meta m JOIN pg_tview_lineage l ON l.tview_oid = m.table_oid
+                     WHERE m.entity LIKE 'post\\_$1\\_%' GROUP BY 1, 2, 3 LOOP
+                a := format('pg_tviews_capture(%L, %s)', r.binding, r.cols);
+                EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS tview_new FOR EACH STATEMENT EXECUTE FUNCTION %s', 'tview_' || r.entity || '_ins', r.src, a);
+                EXECUTE format('CREATE TRIGGER %I AFTER UPDATE ON %s REFERENCING OLD TABLE AS tview_old NEW TABLE AS tview_new FOR EACH STATEMENT EXECUTE FUNCTION %s', 'tview_' || r.entity || '_upd', r.src, a);
+                EXECUTE format('CREATE TRIGGER %I AFTER DELETE ON %s REFERENCING OLD TABLE AS tview_old FOR EACH STATEMENT EXECUTE FUNCTION %s', 'tview_' || r.entity || '_del', r.src, a);
+                EXECUTE format('CREATE TRIGGER %I AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION %s', 'tview_' || r.entity || '_trunc', r.src, a);
+                EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', r.src, 'tview_' || r.entity || '_trunc');
+                EXECUTE format('CREATE TRIGGER %I AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW EXECUTE FUNCTION %s', 'tview_' || r.entity || '_row', r.src, a);
+                EXECUTE format('ALTER TABLE %s ENABLE REPLICA TRIGGER %I', r.src, 'tview_' || r.entity || '_row');
+            END LOOP;
+        END \$\$" >/dev/null || die "phase W: the per-TVIEW layout of $1 failed"
+    [[ $(q "SELECT count(*) FROM pg_trigger WHERE tgrelid = '$1.tb_post'::regclass AND tgname LIKE 'tview%'") == $((5 * W_TVIEWS)) ]] \
+        || die "phase W: $1 lacks its per-TVIEW triggers"
+    [[ $(q "SELECT status FROM pg_tviews_health_check() WHERE check_name = 'triggers'") == OK ]] \
+        || die "phase W: the health check does not accept the per-TVIEW layout of $1"
 }
 w_check_converged() {
     local sch e diff
-    for sch in w1 w8; do
+    for sch in w1 w8 w8l; do
         for e in $(w_names "$sch"); do
             diff=$(q "SELECT count(*) FROM (TABLE $sch.tv_$e EXCEPT ALL SELECT * FROM $sch.v_$e
                                             UNION ALL
@@ -488,7 +520,7 @@ w_check_converged() {
 }
 if ((W_ROUNDS > 0)); then
     log "W: writer CPU with 1 vs $W_TVIEWS TVIEWs over copies of tb_post (worker paused); $W_ROUNDS round(s) x $W_TX tx per client"
-    for sch in w1 w8; do
+    for sch in w1 w8 w8l; do
         "${PSQL[@]}" -d "$DB" -q -c "SET client_min_messages = warning" -c "
             CREATE SCHEMA $sch;
             CREATE TABLE $sch.tb_user (LIKE public.tb_user INCLUDING ALL);
@@ -502,14 +534,15 @@ if ((W_ROUNDS > 0)); then
                 || die "phase W: pg_tviews_create('$sch.tv_$e') failed"
         done
     done
+    w_legacy_layout w8l
     wait_worker_idle
     w_check_converged "phase W setup"
     metric w.tviews.w1 "$(w_names w1 | wc -l)"
     metric w.tviews.w8 "$(w_names w8 | wc -l)"
-    writer_rounds "$W_ROUNDS" "$RAW/writer_w.tsv" w1 w8
+    writer_rounds "$W_ROUNDS" "$RAW/writer_w.tsv" w1 w8 w8l
     wait_applied
     w_check_converged "phase W rounds"
-    for sch in w1 w8; do
+    for sch in w1 w8 w8l; do
         for e in $(w_names "$sch"); do q "SELECT pg_tviews_drop('$sch.tv_$e')" >/dev/null; done
         "${PSQL[@]}" -d "$DB" -q -c "SET client_min_messages = warning" -c "DROP SCHEMA $sch CASCADE" >/dev/null
     done

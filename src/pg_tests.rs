@@ -75,20 +75,20 @@ mod tests {
         );
         assert_eq!(
             triggers,
-            "tview_post_del,tview_post_ins,tview_post_row,tview_post_trunc,tview_post_upd"
+            "tview_del,tview_ins,tview_row,tview_trunc,tview_upd"
         );
         // Ordinary sessions: statement-level AFTER triggers with transition tables, not row
         // triggers; TRUNCATE fires for replicas too.
         assert!(one::<bool>(
-            "SELECT bool_and((tgtype & 1) = 0) FROM pg_trigger WHERE tgrelid = 'tb_post'::regclass AND tgname LIKE 'tview_%' AND tgname <> 'tview_post_row'"
+            "SELECT bool_and((tgtype & 1) = 0) FROM pg_trigger WHERE tgrelid = 'tb_post'::regclass AND tgname LIKE 'tview_%' AND tgname <> 'tview_row'"
         ));
         assert!(one::<bool>(
-            "SELECT tgenabled = 'A' FROM pg_trigger WHERE tgrelid = 'tb_post'::regclass AND tgname = 'tview_post_trunc'"
+            "SELECT tgenabled = 'A' FROM pg_trigger WHERE tgrelid = 'tb_post'::regclass AND tgname = 'tview_trunc'"
         ));
         // Rows applied by a subscription (session_replication_role = replica): one row trigger,
         // enabled only there.
         assert!(one::<bool>(
-            "SELECT (tgtype & 1) = 1 AND tgenabled = 'R' FROM pg_trigger WHERE tgrelid = 'tb_post'::regclass AND tgname = 'tview_post_row'"
+            "SELECT (tgtype & 1) = 1 AND tgenabled = 'R' FROM pg_trigger WHERE tgrelid = 'tb_post'::regclass AND tgname = 'tview_row'"
         ));
         assert_eq!(
             one::<i64>("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'tb_post'::regclass AND tgnewtable IS NOT NULL"),
@@ -187,7 +187,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             one::<String>("SELECT string_agg(tgname, ',' ORDER BY tgname) FROM pg_trigger WHERE tgrelid = 'tb_author'::regclass AND NOT tgisinternal"),
-            "tview_book_del,tview_book_ins,tview_book_row,tview_book_trunc,tview_book_upd"
+            "tview_del,tview_ins,tview_row,tview_trunc,tview_upd"
         );
         assert_eq!(
             one::<Vec<String>>("SELECT fk_columns FROM pg_tview_meta WHERE entity = 'book'"),
@@ -227,8 +227,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            one::<String>("SELECT string_agg(tgname, ',') FROM pg_trigger WHERE tgrelid = 'tb_setting'::regclass AND NOT tgisinternal"),
-            "tview_thing_full,tview_thing_row"
+            one::<String>("SELECT string_agg(tgname, ',' ORDER BY tgname) FROM pg_trigger WHERE tgrelid = 'tb_setting'::regclass AND NOT tgisinternal"),
+            "tview_full,tview_row"
         );
         Spi::run("INSERT INTO tb_setting VALUES ('x', 'y')").unwrap();
         assert_eq!(

@@ -206,7 +206,7 @@ fn verify_cascade_reinstall_and_health_check() {
     assert!(verify(&mut db).is_empty());
 
     // The runbook's orphan clean-up drops triggers on tables not named tb_<entity>.
-    db.batch_execute("DROP TRIGGER tview_post_upd ON tb_user")
+    db.batch_execute("DROP TRIGGER tview_upd ON tb_user")
         .unwrap();
     assert_eq!(status_of(&mut db, "triggers"), "CRITICAL");
     let reinstalled: i64 = db

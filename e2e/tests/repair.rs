@@ -86,8 +86,8 @@ fn every_broken_capture_is_named_by_the_health_check_and_fixed_by_repair() {
 
     // 1. A capture trigger dropped, another disabled.
     db.batch_execute(
-        "DROP TRIGGER tview_post_upd ON tb_post;
-         ALTER TABLE tb_user DISABLE TRIGGER tview_user_ins;",
+        "DROP TRIGGER tview_upd ON tb_post;
+         ALTER TABLE tb_user DISABLE TRIGGER tview_ins;",
     )
     .unwrap();
     let (status, detail) = health(&mut db, "triggers");
@@ -104,16 +104,22 @@ fn every_broken_capture_is_named_by_the_health_check_and_fixed_by_repair() {
         "{actions:?}"
     );
 
-    // 2. Lineage rows lost: nothing would say which triggers are expected.
+    // 2. Lineage rows lost: nothing would say which triggers are expected. The dropped trigger
+    //    is tb_comment's, which every TVIEW reading tb_comment shares: both are named, and
+    //    repairing one rewrites the table's family for both.
     db.batch_execute(
         "DELETE FROM pg_tview_lineage WHERE tview_oid = 'tv_comment'::regclass;
-         DROP TRIGGER tview_comment_ins ON tb_comment;",
+         DROP TRIGGER tview_ins ON tb_comment;",
     )
     .unwrap();
     let (status, detail) = health(&mut db, "triggers");
     assert_eq!(status, "CRITICAL", "{detail}");
     assert!(detail.contains("comment: no lineage rows"), "{detail}");
-    assert!(detail.contains("pg_tviews_repair('comment')"), "{detail}");
+    assert!(
+        detail.contains("post: missing or disabled: tview_ins on public.tb_comment"),
+        "{detail}"
+    );
+    assert!(detail.contains("pg_tviews_repair()"), "{detail}");
     assert!(verify_error(&mut db, "comment").is_some());
     repaired(&mut db, Some("tv_comment"), 20, "lost lineage");
 
@@ -174,7 +180,7 @@ fn every_broken_capture_is_named_by_the_health_check_and_fixed_by_repair() {
     assert!(dropped, "pg_tviews_drop of a TVIEW without metadata");
     let leftovers: i64 = db
         .query_one(
-            "SELECT (SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'tview\\_comment\\_%')
+            "SELECT (SELECT count(*) FROM pg_trigger WHERE encode(tgargs, 'escape') LIKE '%tv\\_comment%')
                   + (SELECT count(*) FROM pg_class WHERE relname IN ('tv_comment', 'v_comment'))",
             &[],
         )

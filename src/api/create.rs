@@ -289,6 +289,8 @@ pub struct SourceTable {
     pub qualified: String,
     /// How many times the definition reads it.
     pub reads: u32,
+    /// Some read of it is a subquery that refers to nothing of its row (`Analysis::uncorrelated`).
+    pub uncorrelated: bool,
 }
 
 /// A read that no trigger can capture, accepted because the creator opted in to a periodic
@@ -392,6 +394,7 @@ fn classify(
                     name,
                     qualified,
                     reads: read.count,
+                    uncorrelated: analysis.uncorrelated.contains(&read.oid),
                 })
             }
             k if k == pg_sys::RELKIND_MATVIEW => refusals.refuse(
@@ -545,7 +548,6 @@ fn materialize(target: &Target) -> pg_sys::Oid {
 /// Step 8: lineage rows and capture triggers for every source; returns the sources that only
 /// have a whole-TVIEW refresh.
 fn install_lineage(
-    target: &Target,
     table_oid: pg_sys::Oid,
     sources: &[SourceTable],
     root: &SourceTable,
@@ -568,41 +570,46 @@ fn install_lineage(
         count: root.reads,
         recursive,
     };
-    let schema = quote_identifier(super::tview::extension_schema());
     let mut next_rule = kind::FIRST_RULE;
     let mut full_sources = Vec::new();
-    for source in &tables {
-        let captures =
-            match lineage::plan(&root_table, root_key, source, &tables, &edges, root_reads) {
-                lineage::Plan::Captures(captures) => captures
-                    .into_iter()
-                    .map(|c| {
-                        let rule = if c.resolve_sql.is_some() {
-                            next_rule += 1;
-                            next_rule - 1
-                        } else {
-                            kind::ROW
-                        };
-                        (c.column, rule, c.resolve_sql, c.description)
-                    })
-                    .collect::<Vec<_>>(),
-                lineage::Plan::Full { reason } => {
-                    full_sources.push(format!("{} ({reason})", source.qualified));
-                    vec![(
-                        String::new(),
-                        kind::FULL,
-                        None,
-                        format!("full refresh: {reason}"),
-                    )]
-                }
-            };
+    for (source, read) in tables.iter().zip(sources) {
+        let plan = if read.uncorrelated {
+            // The schema's references would key it, but the query does not join it to the
+            // TVIEW's row: every row depends on every change.
+            lineage::Plan::Full {
+                reason: "read by a subquery that does not refer to the TVIEW's row".into(),
+            }
+        } else {
+            lineage::plan(&root_table, root_key, source, &tables, &edges, root_reads)
+        };
+        let captures = match plan {
+            lineage::Plan::Captures(captures) => captures
+                .into_iter()
+                .map(|c| {
+                    let rule = if c.resolve_sql.is_some() {
+                        next_rule += 1;
+                        next_rule - 1
+                    } else {
+                        kind::ROW
+                    };
+                    (c.column, rule, c.resolve_sql, c.description)
+                })
+                .collect::<Vec<_>>(),
+            lineage::Plan::Full { reason } => {
+                full_sources.push(format!("{} ({reason})", source.qualified));
+                vec![(
+                    String::new(),
+                    kind::FULL,
+                    None,
+                    format!("full refresh: {reason}"),
+                )]
+            }
+        };
         let columns: Vec<(String, u32)> = captures
             .iter()
             .map(|(c, r, _, _)| (c.clone(), *r))
             .collect();
         triggers::Capture {
-            entity: &target.entity,
-            schema: &schema,
             tview_oid: table_oid.to_u32(),
             sync: false,
             source_oid: pg_sys::Oid::from(source.oid),
@@ -839,7 +846,6 @@ fn record(
 ) {
     let table = format!("tv_{}", target.entity);
     let full_sources = install_lineage(
-        target,
         table_oid,
         &plan.sources,
         &plan.root,
@@ -853,7 +859,7 @@ fn record(
                 "changes to {} will fully refresh TVIEW \"{table}\"",
                 full_sources.join(", ")
             ),
-            "Declare a single-column foreign key (or use fk_<x> -> pk_<x> integer columns) between that table and the TVIEW's root table.",
+            "Declare a single-column foreign key (or use fk_<x> -> pk_<x> integer columns) between that table and the TVIEW's root table, and join it to the row (a subquery that reads it refers to the row, e.g. WHERE p.fk_user = u.pk_user).",
         );
     }
     record_metadata(

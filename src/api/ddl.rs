@@ -251,11 +251,16 @@ fn _pg_tviews_trigger_dropped(trigger_name: &str) {
     if tview::busy() {
         return;
     }
+    // A family trigger (api::triggers) names no TVIEW, and its table is gone: every TVIEW over
+    // a partitioned source, the only tables whose triggers go with a dropped partition.
+    let family = super::triggers::family_name(trigger_name);
     let tviews = Spi::get_one_with_args::<Vec<pg_sys::Oid>>(
         "SELECT coalesce(array_agg(m.table_oid::oid), '{}') FROM pg_tview_meta m \
-         WHERE $1 LIKE 'tview\\_' || m.entity || '\\_%' \
+         WHERE (CASE WHEN $2 THEN EXISTS (SELECT 1 FROM unnest(m.dependencies) d(oid) \
+                                          JOIN pg_catalog.pg_class s ON s.oid = d.oid WHERE s.relkind = 'p') \
+                     ELSE $1 LIKE 'tview\\_' || m.entity || '\\_%' END) \
            AND EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = m.table_oid)",
-        &[trigger_name.into()],
+        &[trigger_name.into(), family.into()],
     )
     .ok()
     .flatten()
@@ -320,11 +325,12 @@ fn _pg_tviews_partitions_changed(table_oid: pg_sys::Oid, command_tag: &str) {
         return;
     }
     let _busy = tview::BusyGuard::enter();
-    let schema = quote_identifier(tview::extension_schema());
     let mut refreshed = Vec::new();
+    let mut covered = Vec::new();
     for (tview, source) in affected {
-        for capture in super::ops::source_captures(Some(tview), Some(source)) {
-            capture.with(&schema, |c| c.cover_partitions());
+        if !covered.contains(&source) {
+            covered.push(source);
+            super::triggers::cover_partitions(source);
         }
         if source == table_oid && command_tag == "ALTER TABLE" && !refreshed.contains(&tview) {
             refreshed.push(tview);

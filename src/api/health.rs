@@ -315,15 +315,8 @@ fn capture_triggers() -> Check {
 }
 
 fn orphaned_triggers() -> Check {
-    let orphaned = Spi::get_one::<String>(
-        "SELECT string_agg(format('%s on %s', t.tgname, t.tgrelid::regclass), ', ') FROM pg_trigger t \
-         WHERE t.tgname LIKE 'tview\\_%' AND t.tgparentid = 0 AND NOT EXISTS (SELECT 1 FROM pg_tview_meta m \
-               CROSS JOIN unnest(m.dependencies) d(oid) \
-               WHERE t.tgname LIKE 'tview\\_' || m.entity || '\\_%' \
-                 AND (t.tgrelid = d.oid OR t.tgrelid IN (SELECT relid FROM pg_partition_tree(d.oid))))",
-    )
-    .ok()
-    .flatten();
+    let orphaned = triggers::orphans();
+    let orphaned = (!orphaned.is_empty()).then(|| orphaned.join(", "));
     match orphaned {
         Some(o) => check(
             "orphaned_triggers",

@@ -175,15 +175,13 @@ pub struct SourceCapture {
 }
 
 impl SourceCapture {
-    pub fn with<R>(&self, schema: &str, f: impl FnOnce(&triggers::Capture<'_>) -> R) -> R {
-        f(&triggers::Capture {
-            entity: &self.entity,
-            schema,
+    pub fn capture(&self) -> triggers::Capture<'_> {
+        triggers::Capture {
             tview_oid: self.table_oid.to_u32(),
             sync: self.sync,
             source_oid: self.source_oid,
             columns: &self.columns,
-        })
+        }
     }
 }
 
@@ -224,22 +222,31 @@ pub fn source_captures(
     .unwrap_or_else(|e| Error::from(e).raise("could not read lineage"))
 }
 
-/// Recreates the capture triggers of one TVIEW (or of all) from `pg_tview_lineage`, carrying
-/// its mode in their arguments, on every source and every partition of one; also removes its
-/// triggers from tables no longer among them (a detached partition).
+/// Rewrites the capture triggers of one TVIEW (or of all) from `pg_tview_lineage`, carrying
+/// its mode in their arguments, on every source and every partition of one; also takes it out
+/// of triggers on tables no longer among them (a detached partition). The other TVIEWs over
+/// the same tables keep their groups. Returns the number of TVIEWs whose triggers were
+/// installed.
 pub fn reinstall_triggers(only: Option<pg_sys::Oid>) -> i64 {
     let _busy = tview::BusyGuard::enter();
-    let schema = quote_identifier(tview::extension_schema());
     let plan = source_captures(only, None);
-    let mut tviews = std::collections::BTreeSet::new();
-    for capture in &plan {
-        if tviews.insert(capture.entity.clone()) {
-            triggers::drop_all(&capture.entity);
-        }
-    }
-    for capture in &plan {
-        capture.with(&schema, |c| c.install());
-    }
+    let scope: Vec<u32> = match only {
+        Some(oid) => vec![oid.to_u32()],
+        None => Spi::get_one::<Vec<pg_sys::Oid>>(
+            "SELECT coalesce(array_agg(table_oid::oid), '{}') FROM pg_tview_meta",
+        )
+        .unwrap_or_else(|e| Error::from(e).raise("could not read pg_tview_meta"))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|o| o.to_u32())
+        .collect(),
+    };
+    let adds: Vec<(pg_sys::Oid, crate::capture::binding::Group)> = plan
+        .iter()
+        .map(|c| (c.source_oid, c.capture().group()))
+        .collect();
+    triggers::rewrite(&|g| scope.contains(&g.binding.resolve()), &adds, &[]);
+    let tviews: std::collections::BTreeSet<&str> = plan.iter().map(|c| c.entity.as_str()).collect();
     tviews.len() as i64
 }
 

@@ -127,12 +127,7 @@ fn locate(
 }
 
 fn has_own_triggers(entity: &str) -> bool {
-    Spi::get_one_with_args::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgname = ANY ($1))",
-        &[triggers::trigger_names(entity).into()],
-    )
-    .unwrap_or_else(|e| fail("read pg_trigger", e))
-    .unwrap_or(false)
+    triggers::carries(entity)
 }
 
 /// Deletes the metadata, lineage and deferred keys recorded for `entity` (and for `table_oid`).
@@ -390,17 +385,13 @@ pub fn drop_leftovers(name: &str) -> Option<String> {
 /// Every entity repair looks at without a name: TVIEWs in the metadata, and entities whose
 /// capture triggers exist without metadata.
 fn all_entities() -> Vec<String> {
-    let rows = Spi::get_one::<Vec<String>>(
-        "SELECT coalesce(array_agg(DISTINCT entity ORDER BY entity), '{}') FROM ( \
-             SELECT entity FROM pg_tview_meta \
-             UNION ALL \
-             SELECT substring(t.tgname FROM '^tview_(.+)_(ins|upd|del|trunc|full|row)$') \
-             FROM pg_catalog.pg_trigger t \
-             WHERE t.tgfoid = 'pg_tviews_capture()'::regprocedure AND t.tgparentid = 0) e \
-         WHERE entity IS NOT NULL",
-    )
-    .unwrap_or_else(|e| fail("list TVIEWs", e))
-    .unwrap_or_default();
+    let mut rows =
+        Spi::get_one::<Vec<String>>("SELECT coalesce(array_agg(entity), '{}') FROM pg_tview_meta")
+            .unwrap_or_else(|e| fail("list TVIEWs", e))
+            .unwrap_or_default();
+    rows.extend(triggers::entities());
+    rows.sort();
+    rows.dedup();
     rows.into_iter()
         .filter(|e| create::valid_entity(e))
         .collect()

@@ -9,11 +9,16 @@
 //!
 //! Forms: `<oid>` and `<oid>:sync` (0.1.0 to 0.3.0), `<oid>:<async|sync>:<schema>.<table>`
 //! (the name as `format('%I.%I')` writes it).
+//!
+//! Argument lists: `pg_tviews_capture` (a trigger per TVIEW, 0.1.0 to 0.5.0) takes one TVIEW,
+//! `(binding, column [, kind] [, column, kind]...)`; `pg_tviews_capture_source` (one trigger
+//! family per source table, 0.6.0) takes every TVIEW that reads the table, each as a
+//! [`Group`]: `(binding, n, column, kind × n)...`.
 
 use pgrx::prelude::*;
 
 /// A parsed first trigger argument.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq, Clone)]
 pub struct Binding {
     /// The TVIEW table's oid when the trigger was created.
     pub oid: u32,
@@ -32,6 +37,14 @@ impl Binding {
             quote(schema),
             quote(table)
         )
+    }
+
+    /// The argument this binding was parsed from (in the current form when it has a name).
+    pub fn to_arg(&self) -> String {
+        match &self.name {
+            Some((schema, table)) => Binding::encode(self.oid, self.sync, schema, table),
+            None => format!("{}:{}", self.oid, if self.sync { "sync" } else { "async" }),
+        }
     }
 
     pub fn parse(arg: &str) -> Option<Binding> {
@@ -77,6 +90,81 @@ impl Binding {
         } else {
             relid.to_u32()
         }
+    }
+}
+
+/// One TVIEW's part of a capture trigger's arguments: which TVIEW, and the columns of the
+/// source whose values are its queue entries, each with its entry kind (see
+/// `catalog::lineage`). An empty column means "any change here recomputes the whole TVIEW".
+#[derive(Debug, PartialEq, Eq, Clone)]
+pub struct Group {
+    pub binding: Binding,
+    pub columns: Vec<(String, u32)>,
+}
+
+impl Group {
+    /// The group asks for whole-TVIEW refreshes only (a source without derived lineage).
+    pub fn full_only(&self) -> bool {
+        self.columns.iter().all(|(c, _)| c.is_empty())
+    }
+
+    /// The arguments of `pg_tviews_capture_source` for `groups`, unquoted.
+    pub fn encode_all(groups: &[Group]) -> Vec<String> {
+        let mut out = Vec::new();
+        for group in groups {
+            out.push(group.binding.to_arg());
+            out.push(group.columns.len().to_string());
+            for (column, kind) in &group.columns {
+                out.push(column.clone());
+                out.push(kind.to_string());
+            }
+        }
+        out
+    }
+
+    /// Parses the arguments of `pg_tviews_capture_source`; `None` when malformed.
+    pub fn parse_all<S: AsRef<str>>(args: &[S]) -> Option<Vec<Group>> {
+        let mut groups = Vec::new();
+        let mut rest = args;
+        while let [binding, n, tail @ ..] = rest {
+            let binding = Binding::parse(binding.as_ref())?;
+            let n = n.as_ref().parse::<usize>().ok()?;
+            if tail.len() < 2 * n {
+                return None;
+            }
+            let mut columns = Vec::with_capacity(n);
+            for pair in tail[..2 * n].chunks(2) {
+                columns.push((
+                    pair[0].as_ref().to_string(),
+                    pair[1].as_ref().parse::<u32>().ok()?,
+                ));
+            }
+            groups.push(Group { binding, columns });
+            rest = &tail[2 * n..];
+        }
+        (rest.is_empty() && !groups.is_empty()).then_some(groups)
+    }
+
+    /// Parses the arguments of `pg_tviews_capture` (one TVIEW); `None` when malformed. The
+    /// two-argument form means kind ROW.
+    pub fn parse_one<S: AsRef<str>>(args: &[S]) -> Option<Group> {
+        let (binding, rest) = args.split_first()?;
+        let binding = Binding::parse(binding.as_ref())?;
+        let columns = match rest {
+            [column] => vec![(column.as_ref().to_string(), crate::queue::kind::ROW)],
+            pairs if pairs.len() % 2 == 0 && !pairs.is_empty() => {
+                let mut columns = Vec::with_capacity(pairs.len() / 2);
+                for pair in pairs.chunks(2) {
+                    columns.push((
+                        pair[0].as_ref().to_string(),
+                        pair[1].as_ref().parse::<u32>().ok()?,
+                    ));
+                }
+                columns
+            }
+            _ => return None,
+        };
+        Some(Group { binding, columns })
     }
 }
 
@@ -172,6 +260,31 @@ mod tests {
         assert_eq!(Binding::parse("x"), None);
         assert_eq!(Binding::parse("1:fast"), None);
         assert_eq!(Binding::parse("1:sync:tv_post"), None);
+    }
+
+    #[test]
+    fn groups_round_trip() {
+        let a = Group {
+            binding: Binding::parse("7:async:public.tv_a").unwrap(),
+            columns: vec![("pk_a".into(), 0), ("fk_b".into(), 3)],
+        };
+        let b = Group {
+            binding: Binding::parse("8:sync:public.tv_b").unwrap(),
+            columns: vec![(String::new(), 1)],
+        };
+        let args = Group::encode_all(&[a.clone(), b.clone()]);
+        assert_eq!(args[0], "7:async:public.tv_a");
+        assert_eq!(Group::parse_all(&args), Some(vec![a.clone(), b.clone()]));
+        assert!(b.full_only() && !a.full_only());
+        // Truncated, trailing or empty argument lists are refused.
+        assert_eq!(Group::parse_all(&args[..args.len() - 1]), None);
+        assert_eq!(Group::parse_all(&["7:async:public.tv_a", "1"]), None);
+        assert_eq!(Group::parse_all::<&str>(&[]), None);
+        assert_eq!(
+            Group::parse_one(&["7", "pk_a"]).map(|g| g.columns),
+            Some(vec![("pk_a".to_string(), crate::queue::kind::ROW)])
+        );
+        assert_eq!(Group::parse_one(&["7", "pk_a", "0", "x"]), None);
     }
 
     #[test]

@@ -9,15 +9,18 @@
 //! `session_replication_role = replica` (a subscription's apply worker fires only row
 //! triggers). See `api::tview::install_capture_triggers` for which trigger fires when.
 //!
-//! Trigger arguments: `(TVIEW, column, kind [, column, kind]...)`: the TVIEW as
-//! `capture::binding` writes it (oid, mode, qualified name); the values of each column are
-//! staged as queue entries of that kind (see `catalog::lineage`); a TVIEW in sync mode is also
-//! refreshed inside the writing statement (`pg_tviews_set_mode`). An empty column
-//! means "any change here recomputes the whole TVIEW". The transition tuplestores are read
-//! directly (no SPI) with a read pointer of our own, because other AFTER triggers of the same
-//! statement share them.
+//! Trigger arguments (see `capture::binding`): `pg_tviews_capture_source`, the function of
+//! the `tview_*` family every source table has once, carries every TVIEW that reads the table,
+//! so a write pays one trigger call and one pass over the transition tables however many
+//! TVIEWs it reaches; `pg_tviews_capture` is the per-TVIEW function of 0.5.0 and earlier,
+//! kept for triggers created (or restored from dumps) before. For each TVIEW the values of
+//! each captured column are staged as queue entries of that kind (see `catalog::lineage`); a
+//! TVIEW in sync mode is also refreshed inside the writing statement
+//! (`pg_tviews_set_mode`). An empty column means "any change here recomputes the whole
+//! TVIEW". The transition tuplestores are read directly (no SPI) with a read pointer of our
+//! own, because other AFTER triggers of the same statement share them.
 
-use super::binding::Binding;
+use super::binding::Group;
 use super::dispatch;
 use super::staging::StagedKey;
 use crate::errors::Error;
@@ -26,9 +29,33 @@ use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use smallvec::SmallVec;
 
-/// `(queue entry kind, value)` of one statement; most statements touch a handful of rows.
-type StatementKeys = SmallVec<[(u32, i64); 16]>;
+/// `(TVIEW, queue entry kind, value)` of one statement; most statements touch a handful of rows.
+type StatementKeys = SmallVec<[(u32, u32, i64); 16]>;
 
+/// A captured column: attribute number and type in the source, and whose entry of which kind
+/// its values become.
+struct Column {
+    attno: i32,
+    typid: pg_sys::Oid,
+    kind: u32,
+    tview: u32,
+}
+
+/// The capture trigger of a source table, for every TVIEW that reads it.
+#[pg_trigger]
+fn pg_tviews_capture_source<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByRust>>, Error> {
+    let args = trigger
+        .extra_args()
+        .map_err(|e| capture_error(e.to_string()))?;
+    let groups = Group::parse_all(&args).ok_or_else(|| {
+        capture_error("pg_tviews_capture_source() expects (TVIEW, n, column, kind × n)...")
+    })?;
+    capture(trigger, &groups)
+}
+
+/// The capture trigger of one TVIEW on one source (0.5.0 and earlier).
 #[pg_trigger]
 fn pg_tviews_capture<'a>(
     trigger: &'a PgTrigger<'a>,
@@ -36,102 +63,104 @@ fn pg_tviews_capture<'a>(
     let args = trigger
         .extra_args()
         .map_err(|e| capture_error(e.to_string()))?;
-    let parse = |what: &str, v: &str| {
-        v.parse::<u32>()
-            .map_err(|_| capture_error(format!("bad {what} argument {v:?}")))
-    };
-    // (TVIEW oid, column [, kind] [, column, kind]...): the 2-argument form means kind ROW.
-    let Some((oid, rest)) = args.split_first() else {
-        return Err(capture_error(
-            "pg_tviews_capture() expects (TVIEW oid, column, kind, ...)",
-        ));
-    };
-    // Which TVIEW, and whether it is in sync mode (see capture::binding: the name wins over
-    // the oid, so a restored trigger feeds the restored TVIEW).
-    let binding =
-        Binding::parse(oid).ok_or_else(|| capture_error(format!("bad TVIEW argument {oid:?}")))?;
-    let (tview_oid, tview_sync) = (binding.resolve(), binding.sync);
-    let mut captures: SmallVec<[(&str, u32); 4]> = SmallVec::new();
-    match rest {
-        [column] => captures.push((column.as_str(), kind::ROW)),
-        pairs if pairs.len() % 2 == 0 && !pairs.is_empty() => {
-            for pair in pairs.chunks(2) {
-                captures.push((pair[0].as_str(), parse("kind", &pair[1])?));
-            }
-        }
-        _ => {
-            return Err(capture_error(
-                "pg_tviews_capture() expects (TVIEW oid, column, kind, ...)",
-            ))
-        }
-    }
+    let group = Group::parse_one(&args).ok_or_else(|| {
+        capture_error("pg_tviews_capture() expects (TVIEW oid, column, kind, ...)")
+    })?;
+    capture(trigger, std::slice::from_ref(&group))
+}
+
+fn capture<'a>(
+    trigger: &'a PgTrigger<'a>,
+    groups: &[Group],
+) -> Result<Option<PgHeapTuple<'a, AllocatedByRust>>, Error> {
     let data = trigger.trigger_data();
     let op = trigger.op().map_err(|e| capture_error(e.to_string()))?;
-    // TRUNCATE, or a change to a source without derived lineage: recompute the whole TVIEW.
-    if matches!(op, PgTriggerOperation::Truncate) || captures.iter().any(|(c, _)| c.is_empty()) {
-        stage_whole_tview(tview_oid, tview_sync);
-        return Ok(None);
-    }
     // SAFETY: tg_relation is valid for the duration of the trigger call.
     let tupdesc = unsafe { (*data.tg_relation).rd_att };
     let row_level = matches!(trigger.level(), PgTriggerLevel::Row);
-    let mut columns: SmallVec<[(i32, pg_sys::Oid, u32); 4]> = SmallVec::new();
-    for (column, entry_kind) in &captures {
-        match key_attno(tupdesc, column) {
-            Ok((attno, typid)) => columns.push((attno, typid, *entry_kind)),
-            // The captured column was renamed, dropped or retyped since the TVIEW was created:
-            // never block the write; recompute the whole TVIEW instead, and say how to fix it.
-            Err(problem) => {
-                lineage_outdated(
-                    tview_oid,
-                    trigger.table_name().unwrap_or_default(),
-                    &problem,
-                );
-                stage_whole_tview(tview_oid, tview_sync);
-                return Ok(None);
+    // Which TVIEW each group feeds, and whether it is in sync mode (see capture::binding: the
+    // name wins over the oid, so a restored trigger feeds the restored TVIEW).
+    let mut whole: SmallVec<[(u32, bool); 4]> = SmallVec::new();
+    let mut sync_tviews: SmallVec<[u32; 4]> = SmallVec::new();
+    let mut columns: SmallVec<[Column; 8]> = SmallVec::new();
+    for group in groups {
+        let tview = group.binding.resolve();
+        let sync = group.binding.sync;
+        if sync {
+            sync_tviews.push(tview);
+        }
+        // TRUNCATE, or a change to a source without derived lineage: recompute the whole TVIEW.
+        if matches!(op, PgTriggerOperation::Truncate)
+            || group.columns.iter().any(|(c, _)| c.is_empty())
+        {
+            whole.push((tview, sync));
+            continue;
+        }
+        let start = columns.len();
+        for (column, entry_kind) in &group.columns {
+            match key_attno(tupdesc, column) {
+                Ok((attno, typid)) => columns.push(Column {
+                    attno,
+                    typid,
+                    kind: *entry_kind,
+                    tview,
+                }),
+                // The captured column was renamed, dropped or retyped since the TVIEW was
+                // created: never block the write; recompute the whole TVIEW instead, and say
+                // how to fix it.
+                Err(problem) => {
+                    lineage_outdated(tview, trigger.table_name().unwrap_or_default(), &problem);
+                    columns.truncate(start);
+                    whole.push((tview, sync));
+                    break;
+                }
             }
         }
     }
     let mut keys = StatementKeys::new();
-    if row_level {
-        // INSERT: tg_trigtuple is NEW; UPDATE: tg_trigtuple is OLD, tg_newtuple NEW; DELETE:
-        // tg_trigtuple is OLD. Both versions of an update count (a key may move).
-        for tuple in [data.tg_trigtuple, data.tg_newtuple] {
-            if !tuple.is_null() {
-                // SAFETY: the trigger tuples are valid for the duration of the trigger call and
-                // match the trigger relation's descriptor.
-                unsafe { read_tuple_keys(tuple, tupdesc, &columns, &mut keys) };
+    if !columns.is_empty() {
+        if row_level {
+            // INSERT: tg_trigtuple is NEW; UPDATE: tg_trigtuple is OLD, tg_newtuple NEW;
+            // DELETE: tg_trigtuple is OLD. Both versions of an update count (a key may move).
+            for tuple in [data.tg_trigtuple, data.tg_newtuple] {
+                if !tuple.is_null() {
+                    // SAFETY: the trigger tuples are valid for the duration of the trigger call
+                    // and match the trigger relation's descriptor.
+                    unsafe { read_tuple_keys(tuple, tupdesc, &columns, &mut keys) };
+                }
             }
-        }
-    } else {
-        for store in [data.tg_oldtable, data.tg_newtable] {
-            if !store.is_null() {
-                // SAFETY: the tuplestore belongs to the current statement's transition capture
-                // and stays valid while AFTER STATEMENT triggers run; the descriptor matches
-                // its tuples.
-                unsafe { read_keys(store, tupdesc, &columns, &mut keys) };
+        } else {
+            for store in [data.tg_oldtable, data.tg_newtable] {
+                if !store.is_null() {
+                    // SAFETY: the tuplestore belongs to the current statement's transition
+                    // capture and stays valid while AFTER STATEMENT triggers run; the
+                    // descriptor matches its tuples.
+                    unsafe { read_keys(store, tupdesc, &columns, &mut keys) };
+                }
             }
         }
     }
+    for &(tview, _) in &whole {
+        keys.push((tview, kind::FULL, 0));
+    }
     keys.sort_unstable();
     keys.dedup();
-    let staged = keys.into_iter().map(|(entry_kind, key)| StagedKey {
-        tview_oid,
-        kind: entry_kind,
-        key,
-    });
-    dispatch(staged.collect(), tview_sync);
+    // Async TVIEWs' keys are staged together; sync ones are refreshed (then staged) together.
+    let (sync_keys, async_keys): (Vec<StagedKey>, Vec<StagedKey>) = keys
+        .into_iter()
+        .map(|(tview_oid, kind, key)| StagedKey {
+            tview_oid,
+            kind,
+            key,
+        })
+        .partition(|k| sync_tviews.contains(&k.tview_oid));
+    if !async_keys.is_empty() {
+        dispatch(async_keys, false);
+    }
+    if !sync_keys.is_empty() {
+        dispatch(sync_keys, true);
+    }
     Ok(None)
-}
-
-/// Asks for a refresh of every row of the TVIEW (TRUNCATE, or a source without usable lineage).
-fn stage_whole_tview(tview_oid: u32, tview_sync: bool) {
-    let full = StagedKey {
-        tview_oid,
-        kind: kind::FULL,
-        key: 0,
-    };
-    dispatch(vec![full], tview_sync);
 }
 
 /// A capture trigger that cannot do its job (bad arguments: a misbound trigger) raises XX000;
@@ -210,16 +239,16 @@ fn key_value(datum: pg_sys::Datum, typid: pg_sys::Oid) -> i64 {
 unsafe fn read_tuple_keys(
     tuple: pg_sys::HeapTuple,
     tupdesc: pg_sys::TupleDesc,
-    columns: &[(i32, pg_sys::Oid, u32)],
+    columns: &[Column],
     keys: &mut StatementKeys,
 ) {
-    for &(attno, typid, entry_kind) in columns {
+    for column in columns {
         let mut isnull = false;
         // SAFETY: caller guarantees `tuple` and `tupdesc` are valid and belong together; the
         // columns are integer (pass-by-value) attributes of that descriptor.
-        let datum = unsafe { pg_sys::heap_getattr(tuple, attno, tupdesc, &mut isnull) };
+        let datum = unsafe { pg_sys::heap_getattr(tuple, column.attno, tupdesc, &mut isnull) };
         if !isnull {
-            keys.push((entry_kind, key_value(datum, typid)));
+            keys.push((column.tview, column.kind, key_value(datum, column.typid)));
         }
     }
 }
@@ -230,7 +259,7 @@ unsafe fn read_tuple_keys(
 unsafe fn read_keys(
     store: *mut pg_sys::Tuplestorestate,
     tupdesc: pg_sys::TupleDesc,
-    columns: &[(i32, pg_sys::Oid, u32)],
+    columns: &[Column],
     keys: &mut StatementKeys,
 ) {
     // SAFETY: caller guarantees `store` and `tupdesc` are valid; the slot is created and dropped
@@ -241,13 +270,13 @@ unsafe fn read_keys(
         pg_sys::tuplestore_select_read_pointer(store, reader);
         pg_sys::tuplestore_rescan(store);
         while pg_sys::tuplestore_gettupleslot(store, true, false, slot) {
-            for &(attno, typid, entry_kind) in columns {
+            for column in columns {
                 let mut isnull = false;
-                let datum = pg_sys::slot_getattr(slot, attno, &mut isnull);
+                let datum = pg_sys::slot_getattr(slot, column.attno, &mut isnull);
                 if isnull {
                     continue;
                 }
-                keys.push((entry_kind, key_value(datum, typid)));
+                keys.push((column.tview, column.kind, key_value(datum, column.typid)));
             }
         }
         pg_sys::ExecDropSingleTupleTableSlot(slot);

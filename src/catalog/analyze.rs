@@ -34,6 +34,10 @@ pub struct Analysis {
     /// The relation and attribute number the key column is selected from, when it is a plain
     /// column of a table (through joins and subqueries).
     pub key_origin: Option<(u32, i16)>,
+    /// Relations read by a scalar, ARRAY or EXISTS subquery that refers to nothing of the
+    /// query around it (`(SELECT max(votes) FROM tb_post)` in every row): a change to them
+    /// reaches every row, whatever keys the schema's references would suggest.
+    pub uncorrelated: Vec<u32>,
 }
 
 #[derive(Default)]
@@ -45,6 +49,9 @@ struct Walk {
     /// Views being walked, innermost last (their own OLD/NEW placeholder entries in PostgreSQL
     /// 15's stored rules read the view itself; a view is never walked inside itself).
     views: Vec<u32>,
+    /// Inside an uncorrelated subquery (see `Analysis::uncorrelated`).
+    in_uncorrelated: bool,
+    uncorrelated: std::collections::BTreeSet<u32>,
 }
 
 /// Items of a pointer `List`.
@@ -131,6 +138,9 @@ impl Walk {
                 count: 0,
             });
             read.count += 1;
+            if self.in_uncorrelated {
+                self.uncorrelated.insert(oid.to_u32());
+            }
             if relkind == pg_sys::RELKIND_VIEW && self.views.len() < 32 {
                 self.views.push(oid.to_u32());
                 self.query(view_query(oid));
@@ -165,6 +175,24 @@ unsafe extern "C-unwind" fn walker(
                 }
                 // With QTW_EXAMINE_RTES_BEFORE the walker descends into the entry itself.
                 return false;
+            }
+            pg_sys::NodeTag::T_SubLink => {
+                // A subquery whose result is the same for every row of the queries around it
+                // (no Var of any enclosing level, and not a comparison with one).
+                let link = node as *mut pg_sys::SubLink;
+                let constant = matches!(
+                    (*link).subLinkType,
+                    pg_sys::SubLinkType::EXPR_SUBLINK
+                        | pg_sys::SubLinkType::ARRAY_SUBLINK
+                        | pg_sys::SubLinkType::EXISTS_SUBLINK
+                ) && !(1..=8)
+                    .any(|level| pg_sys::contain_vars_of_level((*link).subselect, level));
+                if constant && !walk.in_uncorrelated {
+                    walk.in_uncorrelated = true;
+                    let done = pg_sys::expression_tree_walker(node, Some(walker), context);
+                    walk.in_uncorrelated = false;
+                    return done;
+                }
             }
             pg_sys::NodeTag::T_FuncExpr => {
                 walk.functions
@@ -324,5 +352,6 @@ pub fn analyze(view_oid: pg_sys::Oid, key: &str) -> Analysis {
         volatile: walk.volatile,
         functions,
         key_origin,
+        uncorrelated: walk.uncorrelated.into_iter().collect(),
     }
 }

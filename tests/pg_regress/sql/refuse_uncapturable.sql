@@ -8,7 +8,7 @@ CREATE TABLE tb_shop (pk_shop int PRIMARY KEY, name text NOT NULL);
 INSERT INTO tb_shop VALUES (1, 'one'), (2, 'two');
 CREATE VIEW refused_leftovers AS
 SELECT 'relation ' || relname AS leftover FROM pg_class WHERE relname ~ '^(tv|v)_shop$'
-UNION ALL SELECT 'trigger ' || tgname FROM pg_trigger WHERE tgname LIKE 'tview\_shop\_%'
+UNION ALL SELECT 'trigger ' || tgname FROM pg_trigger WHERE encode(tgargs, 'escape') LIKE '%public.tv\_shop%'
 UNION ALL SELECT 'meta ' || entity FROM pg_tview_meta WHERE entity = 'shop'
 ORDER BY 1;
 
@@ -83,7 +83,7 @@ FROM pg_tviews_queue_status WHERE entity = 'shop';
 SELECT status, detail FROM pg_tviews_health_check() WHERE check_name = 'uncaptured';
 -- No capture trigger on what cannot be captured; the captured root keeps its triggers.
 SELECT tgrelid::regclass AS on_table, count(*) FROM pg_trigger
-WHERE tgname LIKE 'tview\_shop\_%' GROUP BY 1 ORDER BY 1;
+WHERE encode(tgargs, 'escape') LIKE '%public.tv\_shop%' GROUP BY 1 ORDER BY 1;
 SELECT pg_tviews_drop('tv_shop');
 SELECT * FROM refused_leftovers;
 

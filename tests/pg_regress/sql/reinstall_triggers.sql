@@ -14,16 +14,16 @@ FROM tb_post p JOIN tb_user u ON u.pk_user = p.fk_user;
 SELECT pg_tviews_wait('5s');
 
 -- Reinstalling triggers after someone dropped one.
-DROP TRIGGER tview_post_upd ON tb_user;
+DROP TRIGGER tview_upd ON tb_user;
 SELECT check_name, status FROM pg_tviews_health_check() WHERE check_name = 'triggers';
 SELECT pg_tviews_install_stmt_triggers();
 SELECT check_name, status FROM pg_tviews_health_check() WHERE check_name = 'triggers';
 SELECT tgrelid::regclass AS on_table, count(*) FROM pg_trigger
-WHERE tgname LIKE 'tview\_post\_%' GROUP BY 1 ORDER BY tgrelid::regclass::text;
+WHERE tgname LIKE 'tview\_%' GROUP BY 1 ORDER BY tgrelid::regclass::text;
 -- A disabled capture trigger is as bad as a missing one.
-ALTER TABLE tb_user DISABLE TRIGGER tview_post_row;
+ALTER TABLE tb_user DISABLE TRIGGER tview_row;
 SELECT check_name, status FROM pg_tviews_health_check() WHERE check_name = 'triggers';
-ALTER TABLE tb_user ENABLE REPLICA TRIGGER tview_post_row;
+ALTER TABLE tb_user ENABLE REPLICA TRIGGER tview_row;
 SELECT check_name, status FROM pg_tviews_health_check() WHERE check_name = 'triggers';
 
 DROP TABLE tv_post;

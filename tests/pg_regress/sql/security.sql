@@ -25,7 +25,7 @@ SELECT pg_tviews_create('tv_stolen', $$
     FROM tb_stolen t JOIN tb_secret s ON s.pk_secret = t.pk_stolen$$);
 \echo :LAST_ERROR_SQLSTATE
 SELECT to_regclass('v_stolen') AS view, to_regclass('tv_stolen') AS tview,
-       (SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'tview\_stolen%') AS triggers;
+       (SELECT count(*) FROM pg_trigger WHERE encode(tgargs, 'escape') LIKE '%tv\_stolen%') AS triggers;
 DROP TABLE tb_stolen;
 -- Alice's TVIEW is not readable, and not his to change.
 SELECT * FROM tv_secret;

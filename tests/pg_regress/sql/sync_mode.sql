@@ -29,7 +29,7 @@ SHOW pg_tviews_bgw.mode;
 SELECT pg_tviews_set_mode('tv_post', 'sync');
 SELECT mode FROM pg_tview_meta WHERE entity = 'post';
 SELECT count(*) AS sync_triggers FROM pg_trigger
-WHERE tgname LIKE 'tview\_post\_%' AND encode(tgargs, 'escape') LIKE '%:sync%';
+WHERE tgname LIKE 'tview\_%' AND encode(tgargs, 'escape') LIKE '%:sync:public.tv\_post%';
 BEGIN;
 UPDATE tb_post SET title = 'one, edited' WHERE pk_post = 1;
 SELECT pk_post, data->>'title' AS title FROM tv_post WHERE pk_post = 1;

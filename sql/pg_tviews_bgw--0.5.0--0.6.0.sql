@@ -1,0 +1,20 @@
+-- pg_tviews_bgw 0.5.0 -> 0.6.0: one capture trigger family per source table.
+--   * every source table carries one family of tview_* triggers (tview_ins, tview_upd,
+--     tview_del, tview_trunc, tview_row; tview_full without lineage; tview_prow and
+--     tview_ptrunc on a partitioned table) calling pg_tviews_capture_source with a group of
+--     arguments per TVIEW that reads it, instead of a family per TVIEW: a write pays one
+--     trigger call and one pass over its transition tables however many TVIEWs it reaches.
+--   * pg_tviews_capture stays: triggers of 0.5.0 and earlier (and dumps of that era) keep
+--     capturing until their table's triggers are rewritten.
+-- Install the new library first; the end of this script rewrites every TVIEW's capture
+-- triggers in the new layout.
+\echo Use "ALTER EXTENSION pg_tviews_bgw UPDATE TO '0.6.0'" to load this file. \quit
+
+-- The capture trigger of a source table, for every TVIEW that reads it (capture/trigger.rs),
+-- as a fresh install defines it.
+CREATE  FUNCTION "pg_tviews_capture_source"() RETURNS TRIGGER
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'pg_tviews_capture_source_wrapper';
+
+-- Existing TVIEWs: one trigger family per source table.
+SELECT @extschema@.pg_tviews_install_stmt_triggers();
