@@ -335,6 +335,23 @@ pub fn assert_exact(db: &mut Client, entities: &[&str], step: &str) {
     }
 }
 
+/// Waits until everything committed is applied, then [`assert_exact`].
+pub fn drained_and_exact(db: &mut Client, entities: &[&str], step: &str) {
+    wait_drained(db);
+    assert_exact(db, entities, step);
+}
+
+/// `(status, detail)` of one check of `pg_tviews_health_check()`.
+pub fn health_of(db: &mut Client, check: &str) -> (String, String) {
+    let row = db
+        .query_one(
+            "SELECT status, detail FROM pg_tviews_health_check() WHERE check_name = $1",
+            &[&check],
+        )
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
 /// `(enqueued, applied, overflowed, published_txns, recoveries)` from `pg_tviews_stats`.
 pub fn stats(db: &mut Client) -> [i64; 5] {
     let row = db

@@ -10,11 +10,6 @@ use pg_tviews_bgw_e2e::*;
 use postgres::Client;
 use std::time::Duration;
 
-fn check(db: &mut Client, entities: &[&str], step: &str) {
-    wait_drained(db);
-    assert_exact(db, entities, step);
-}
-
 #[test]
 fn every_write_to_a_partitioned_source_converges() {
     let cluster = Cluster::start("partitioned", &[]);
@@ -40,7 +35,7 @@ fn every_write_to_a_partitioned_source_converges() {
     )
     .unwrap();
     let tviews = ["event", "user"];
-    check(&mut db, &tviews, "creation");
+    drained_and_exact(&mut db, &tviews, "creation");
     let steps = [
         ("INSERT through the parent", "INSERT INTO tb_event VALUES (1001, 1, '2025-02-01', 'via parent')"),
         ("INSERT aimed at a partition", "INSERT INTO tb_event_2025 VALUES (1002, 2, '2025-03-01', 'direct')"),
@@ -69,7 +64,7 @@ fn every_write_to_a_partitioned_source_converges() {
     for (step, sql) in steps {
         db.batch_execute(sql)
             .unwrap_or_else(|e| panic!("{step}: {e}"));
-        check(&mut db, &tviews, step);
+        drained_and_exact(&mut db, &tviews, step);
     }
     // Every partition still carries its capture triggers; the detached table carries none.
     let health: String = db
@@ -110,7 +105,7 @@ fn a_self_referential_tree_converges_at_every_depth() {
     )
     .unwrap();
     let tviews = ["category", "path"];
-    check(&mut db, &tviews, "creation");
+    drained_and_exact(&mut db, &tviews, "creation");
     let lineage: i64 = db
         .query_one(
             "SELECT count(*) FROM pg_tviews_explain('tv_path') WHERE capture = 'resolved' AND reaches LIKE '%WITH RECURSIVE%'",
@@ -155,7 +150,7 @@ fn a_self_referential_tree_converges_at_every_depth() {
     for (step, sql) in steps {
         db.batch_execute(sql)
             .unwrap_or_else(|e| panic!("{step}: {e}"));
-        check(&mut db, &tviews, step);
+        drained_and_exact(&mut db, &tviews, step);
     }
 }
 
@@ -287,7 +282,7 @@ fn a_join_that_becomes_one_to_many_is_dead_lettered_never_silently_wrong() {
              FROM tb_user u LEFT JOIN tb_profile p ON p.fk_user = u.pk_user$$);",
     )
     .unwrap();
-    check(&mut db, &["user"], "creation");
+    drained_and_exact(&mut db, &["user"], "creation");
     // A second profile for user 1: the definition now returns two rows for key 1.
     db.batch_execute("INSERT INTO tb_profile VALUES (11, 1, 'second bio'); UPDATE tb_user SET name = 'renamed' WHERE pk_user = 2")
         .unwrap();
@@ -342,7 +337,7 @@ fn a_join_that_becomes_one_to_many_is_dead_lettered_never_silently_wrong() {
                 == 0
         },
     );
-    check(&mut db, &["user"], "fix and retry");
+    drained_and_exact(&mut db, &["user"], "fix and retry");
 }
 
 #[test]
@@ -361,11 +356,11 @@ fn an_opted_in_uncaptured_read_is_reconciled_on_its_interval() {
              FROM tb_shop s LEFT JOIN mv_stock m ON m.fk_shop = s.pk_shop$$, reconcile_interval => '1 second');",
     )
     .unwrap();
-    check(&mut db, &["shop"], "creation");
+    drained_and_exact(&mut db, &["shop"], "creation");
     // Captured reads still converge through the queue.
     db.batch_execute("UPDATE tb_shop SET name = 'renamed' WHERE pk_shop = 3")
         .unwrap();
-    check(&mut db, &["shop"], "a captured write");
+    drained_and_exact(&mut db, &["shop"], "a captured write");
     // The materialized view changes behind every trigger: the reconcile catches up.
     db.batch_execute("INSERT INTO stock VALUES (5, 1000); REFRESH MATERIALIZED VIEW mv_stock")
         .unwrap();

@@ -9,16 +9,6 @@ use postgres::Client;
 const USERS: i64 = 20;
 const POSTS: i64 = 60;
 
-fn health(db: &mut Client, check: &str) -> (String, String) {
-    let row = db
-        .query_one(
-            "SELECT status, detail FROM pg_tviews_health_check() WHERE check_name = $1",
-            &[&check],
-        )
-        .unwrap();
-    (row.get(0), row.get(1))
-}
-
 fn repair(db: &mut Client, name: Option<&str>) -> Vec<(String, String)> {
     db.query("SELECT entity, action FROM pg_tviews_repair($1)", &[&name])
         .unwrap()
@@ -56,12 +46,12 @@ fn repaired(db: &mut Client, name: Option<&str>, seed: u64, what: &str) -> Vec<(
     writes(db, seed + 1, 100);
     wait_drained(db);
     assert_exact(db, &BLOG_ENTITIES, what);
-    let (status, detail) = health(db, "triggers");
+    let (status, detail) = health_of(db, "triggers");
     assert_eq!(
         status, "OK",
         "triggers check after repairing {what}: {detail}"
     );
-    let (status, detail) = health(db, "metadata");
+    let (status, detail) = health_of(db, "metadata");
     assert_eq!(
         status, "OK",
         "metadata check after repairing {what}: {detail}"
@@ -90,7 +80,7 @@ fn every_broken_capture_is_named_by_the_health_check_and_fixed_by_repair() {
          ALTER TABLE tb_user DISABLE TRIGGER tview_ins;",
     )
     .unwrap();
-    let (status, detail) = health(&mut db, "triggers");
+    let (status, detail) = health_of(&mut db, "triggers");
     assert_eq!(status, "CRITICAL", "{detail}");
     assert!(detail.contains("pg_tviews_repair()"), "{detail}");
     let (code, hint) = verify_error(&mut db, "post").expect("verify of tv_post refuses");
@@ -112,7 +102,7 @@ fn every_broken_capture_is_named_by_the_health_check_and_fixed_by_repair() {
          DROP TRIGGER tview_ins ON tb_comment;",
     )
     .unwrap();
-    let (status, detail) = health(&mut db, "triggers");
+    let (status, detail) = health_of(&mut db, "triggers");
     assert_eq!(status, "CRITICAL", "{detail}");
     assert!(detail.contains("comment: no lineage rows"), "{detail}");
     assert!(
@@ -130,7 +120,7 @@ fn every_broken_capture_is_named_by_the_health_check_and_fixed_by_repair() {
          UPDATE pg_tview_lineage SET tview_oid = 'pg_class'::regclass WHERE tview_oid = 'tv_user'::regclass;",
     )
     .unwrap();
-    let (status, detail) = health(&mut db, "metadata");
+    let (status, detail) = health_of(&mut db, "metadata");
     assert_eq!(status, "CRITICAL", "{detail}");
     assert!(
         detail.contains("user") && detail.contains("pg_tviews_repair()"),
@@ -147,7 +137,7 @@ fn every_broken_capture_is_named_by_the_health_check_and_fixed_by_repair() {
     // 4. A metadata row lost: the TVIEW is re-adopted from its table and view.
     db.batch_execute("DELETE FROM pg_tview_meta WHERE entity = 'post'")
         .unwrap();
-    let (status, detail) = health(&mut db, "orphaned_triggers");
+    let (status, detail) = health_of(&mut db, "orphaned_triggers");
     assert_eq!(status, "WARNING", "{detail}");
     assert!(detail.contains("pg_tviews_repair()"), "{detail}");
     let actions = repaired(&mut db, None, 40, "a lost metadata row");
@@ -202,7 +192,7 @@ fn every_broken_capture_is_named_by_the_health_check_and_fixed_by_repair() {
 
     // 6. The backing view dropped behind the extension's back: recreated from the definition.
     db.batch_execute("DROP VIEW v_user").unwrap();
-    let (status, detail) = health(&mut db, "metadata");
+    let (status, detail) = health_of(&mut db, "metadata");
     assert_eq!(status, "CRITICAL", "{detail}");
     let actions = repaired(&mut db, Some("tv_user"), 60, "a dropped backing view");
     assert!(

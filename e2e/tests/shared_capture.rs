@@ -61,21 +61,6 @@ fn groups_on_post(db: &mut Client, entity: &str) -> i64 {
     .get(0)
 }
 
-fn health(db: &mut Client, name: &str) -> (String, String) {
-    let row = db
-        .query_one(
-            "SELECT status, detail FROM pg_tviews_health_check() WHERE check_name = $1",
-            &[&name],
-        )
-        .unwrap();
-    (row.get(0), row.get(1))
-}
-
-fn check(db: &mut Client, entities: &[&str], step: &str) {
-    wait_drained(db);
-    assert_exact(db, entities, step);
-}
-
 #[test]
 fn eight_tviews_over_one_table_share_one_trigger_family_and_all_converge() {
     let cluster = Cluster::start("shared-capture", &[]);
@@ -106,9 +91,9 @@ fn eight_tviews_over_one_table_share_one_trigger_family_and_all_converge() {
             "tv_{entity} in every trigger"
         );
     }
-    let (status, detail) = health(&mut db, "triggers");
+    let (status, detail) = health_of(&mut db, "triggers");
     assert_eq!(status, "OK", "{detail}");
-    check(&mut db, &VIEWS, "creation");
+    drained_and_exact(&mut db, &VIEWS, "creation");
 
     // Every kind of write reaches every TVIEW.
     db.batch_execute(
@@ -119,7 +104,7 @@ fn eight_tviews_over_one_table_share_one_trigger_family_and_all_converge() {
          UPDATE tb_user SET name = name || '!' WHERE pk_user % 4 = 0;",
     )
     .unwrap();
-    check(&mut db, &VIEWS, "updates, moves, inserts, deletes");
+    drained_and_exact(&mut db, &VIEWS, "updates, moves, inserts, deletes");
     // The sync TVIEW is current inside the writing statement's transaction.
     db.batch_execute(
         "BEGIN;
@@ -143,18 +128,18 @@ fn eight_tviews_over_one_table_share_one_trigger_family_and_all_converge() {
          SET session_replication_role = origin;",
     )
     .unwrap();
-    check(
+    drained_and_exact(
         &mut db,
         &VIEWS,
         "rows applied with session_replication_role = replica",
     );
     db.batch_execute("TRUNCATE tb_post").unwrap();
-    check(&mut db, &VIEWS, "TRUNCATE");
+    drained_and_exact(&mut db, &VIEWS, "TRUNCATE");
     db.batch_execute(
         "INSERT INTO tb_post SELECT g, 1 + g % 20, 'post ' || g, g % 5 FROM generate_series(1, 200) g",
     )
     .unwrap();
-    check(&mut db, &VIEWS, "refill");
+    drained_and_exact(&mut db, &VIEWS, "refill");
 
     // Dropping one TVIEW takes only its group out; changing another's mode keeps the rest.
     db.batch_execute(
@@ -184,12 +169,12 @@ fn eight_tviews_over_one_table_share_one_trigger_family_and_all_converge() {
     assert_eq!(sync_groups, 5, "each TVIEW's mode in its own group");
     db.batch_execute("UPDATE tb_post SET votes = votes * 2 WHERE pk_post % 3 = 0")
         .unwrap();
-    check(&mut db, &left, "after a drop and two mode changes");
+    drained_and_exact(&mut db, &left, "after a drop and two mode changes");
 
     // A family trigger dropped by hand: every TVIEW over the table is named, repair restores.
     db.batch_execute("DROP TRIGGER tview_upd ON tb_post")
         .unwrap();
-    let (status, detail) = health(&mut db, "triggers");
+    let (status, detail) = health_of(&mut db, "triggers");
     assert_eq!(status, "CRITICAL", "{detail}");
     for entity in &left {
         assert!(
@@ -199,12 +184,12 @@ fn eight_tviews_over_one_table_share_one_trigger_family_and_all_converge() {
     }
     db.batch_execute("SELECT * FROM pg_tviews_repair()")
         .unwrap();
-    let (status, detail) = health(&mut db, "triggers");
+    let (status, detail) = health_of(&mut db, "triggers");
     assert_eq!(status, "OK", "{detail}");
     db.batch_execute("UPDATE tb_post SET title = title || '.' WHERE pk_post % 4 = 1")
         .unwrap();
-    check(&mut db, &left, "after repair");
-    let (status, detail) = health(&mut db, "orphaned_triggers");
+    drained_and_exact(&mut db, &left, "after repair");
+    let (status, detail) = health_of(&mut db, "orphaned_triggers");
     assert_eq!(status, "OK", "{detail}");
 }
 
@@ -249,11 +234,11 @@ fn two_sessions_creating_tviews_over_one_table_keep_both_captures() {
     }
     db.batch_execute("UPDATE tb_post SET title = title || '!' WHERE pk_post % 2 = 0")
         .unwrap();
-    check(
+    drained_and_exact(
         &mut db,
         &["first", "second"],
         "writes after concurrent creations",
     );
-    let (status, detail) = health(&mut db, "triggers");
+    let (status, detail) = health_of(&mut db, "triggers");
     assert_eq!(status, "OK", "{detail}");
 }

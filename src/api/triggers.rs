@@ -155,13 +155,9 @@ fn partitions(oid: pg_sys::Oid) -> Vec<pg_sys::Oid> {
     .unwrap_or_default()
 }
 
-fn fail(what: &str, e: impl std::fmt::Display) -> ! {
-    raise(
-        Code::ERRCODE_INTERNAL_ERROR,
-        format!("could not {what}: {e}"),
-        None,
-        None,
-    )
+/// An SPI failure reading the catalogs: the caller's statement fails with it.
+fn fail(what: &str, e: spi::Error) -> ! {
+    crate::errors::Error::from(e).raise(&format!("could not {what}"))
 }
 
 /// One capture trigger of ours (calling either capture function) on a relation.
