@@ -446,6 +446,14 @@ pub fn rewrite(
         let Some(relation) = qualified_name(relid) else {
             continue;
         };
+        if functions.1 == pg_sys::InvalidOid {
+            // A schema older than 0.6.0: per-TVIEW triggers, one group each; only those of
+            // the TVIEWs `remove` selects go.
+            for trigger in inherited.iter().filter(|i| i.groups.iter().any(remove)) {
+                drop_trigger(&trigger.name, &relation);
+            }
+            continue;
+        }
         for trigger in &inherited {
             drop_trigger(&trigger.name, &relation);
         }
