@@ -1,11 +1,14 @@
 //! Reads of the `pg_tview_meta` catalog and of PostgreSQL's own catalogs about a TVIEW.
-//! SPI only; runs in user backends (create/drop) and in drainers (inside their transaction).
+//! SPI, except `state` (catalog scans); runs in user backends (create/drop, sync-mode writes)
+//! and in drainers (inside their transaction).
 
 pub mod analyze;
 pub mod lineage;
 pub mod shape;
+pub mod state;
 
 pub use shape::TviewShape;
+pub use state::tview_state;
 
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -21,8 +24,13 @@ pub fn extension_installed() -> bool {
 /// Schema of the extension in the current database; `None` when it is not installed.
 pub fn extension_schema() -> Option<String> {
     // Sync-mode writers pin their search_path on every statement: the schema of the extension
-    // (which cannot move, it is not relocatable) is kept per extension oid, looked up through
-    // pg_extension's index without SPI; a dropped and re-created extension has a new oid.
+    // (which cannot move, it is not relocatable) is kept with the location of its catalog
+    // table (`state::cached_schema`, a syscache probe), else per extension oid, looked up
+    // through pg_extension's index without SPI; a dropped and re-created extension has a new
+    // oid.
+    if let Some(schema) = state::cached_schema() {
+        return Some(schema);
+    }
     // SAFETY: a catalog index lookup inside a transaction; with missing_ok it returns
     // InvalidOid instead of raising.
     let extension = unsafe { pg_sys::get_extension_oid(c"pg_tviews_bgw".as_ptr(), true) };

@@ -107,6 +107,12 @@ fn run_count(
 /// SQLSTATE, never as one silently chosen row.
 fn written(table: SpiTupleTable<'_>, table_oid: pg_sys::Oid) -> spi::Result<u64> {
     let (rows, repeated) = table.first().get_two::<i64, i64>()?;
+    Ok(counted(rows, repeated, table_oid))
+}
+
+/// Rows written, from a refresh statement's first two columns; raises on repeated keys (see
+/// `written`).
+pub(super) fn counted(rows: Option<i64>, repeated: Option<i64>, table_oid: pg_sys::Oid) -> u64 {
     let repeated = repeated.unwrap_or(0);
     if repeated > 0 {
         // SAFETY: a syscache lookup by OID; NULL (handled) when the relation is gone.
@@ -127,7 +133,7 @@ fn written(table: SpiTupleTable<'_>, table_oid: pg_sys::Oid) -> spi::Result<u64>
             Some("Aggregate the joined rows (e.g. jsonb_agg) or make the join unique, then run pg_tviews_retry_failed()."),
         );
     }
-    Ok(rows.unwrap_or(0).max(0) as u64)
+    rows.unwrap_or(0).max(0) as u64
 }
 
 /// How a drainer keeps one refresher per TVIEW row when its database has several partitions
@@ -272,8 +278,7 @@ fn refresh_group(
         }
         plans::with_plans(client, table_oid, |client, plans| {
             let keys = tview_keys(client, plans, table_oid, group)?;
-            let table = client.update(&plans.keyed, None, &[keys.clone().into()])?;
-            let rows = written(table, table_oid)?;
+            let rows = plans.refresh(client, table_oid, &keys)?;
             if serving_waiters()
                 && plans
                     .touch(client, table_oid, &keys)?
@@ -416,8 +421,8 @@ pub fn apply_batch(
             lock_tview(table_oid, exclusive)?;
         }
         progress(oid);
-        // One kept statement (plans::tview_state): a sync-mode writer runs this per statement.
-        let (owner, paused) = plans::tview_state(table_oid)?;
+        // Without SPI (catalog::state): a sync-mode writer checks this per statement.
+        let (owner, paused) = catalog::tview_state(table_oid);
         if paused {
             defer(table_oid, group, "paused", None)?;
             continue;
@@ -558,7 +563,7 @@ pub fn retry_deferred(limit: usize, max_retries: i32, locking: Locking) -> spi::
         }
         let mut isolated = Isolated::default();
         // A table that is gone leaves `isolated` empty, as before.
-        if let (Some(owner), _) = plans::tview_state(table_oid)? {
+        if let (Some(owner), _) = catalog::tview_state(table_oid) {
             refresh_bisect(table_oid, owner, &group, &mut isolated)?;
         }
         let kinds: Vec<i32> = isolated.applied.iter().map(|e| e.kind as i32).collect();
@@ -645,7 +650,7 @@ pub fn reconcile_range(
         key: 0,
         committed_at: 0,
     }];
-    let (owner, paused) = plans::tview_state(table_oid)?;
+    let (owner, paused) = catalog::tview_state(table_oid);
     if paused {
         defer(table_oid, &whole, "paused", None)?;
         return Ok(Reconciled::Deferred(Outcome::default()));

@@ -11,8 +11,11 @@ use std::collections::HashMap;
 
 pub struct Plans {
     view_oid: u32,
-    /// `refresh_keys_sql`, argument `$1 bigint[]`.
-    pub keyed: OwnedPreparedStatement,
+    /// `upsert_keys_sql`, argument `$1 bigint[]`.
+    upsert: OwnedPreparedStatement,
+    /// `delete_missing_keys_sql`, argument `$1 bigint[]`, built on first use (most batches
+    /// delete nothing).
+    delete_missing: Option<OwnedPreparedStatement>,
     /// Lineage rule -> `SELECT array_agg(k) FROM (resolve_sql)`, argument `$1 bigint[]`.
     resolvers: HashMap<u32, Option<OwnedPreparedStatement>>,
     /// `touch_keys_sql` when another TVIEW reads this one (`Some(None)`: none does), built on
@@ -28,38 +31,6 @@ thread_local! {
     /// plans itself); `None` means "everything".
     static STALE: RefCell<Option<Vec<u32>>> = const { RefCell::new(Some(Vec::new())) };
     static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
-    /// `tview_state`'s statement, prepared once per process.
-    static STATE: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
-}
-
-/// `(owner of the TVIEW table, paused)`: the owner is `None` when the table is gone. One kept
-/// statement (planned once per process, re-planned by the plan cache when its tables change)
-/// instead of two parsed and planned every time: sync-mode writers run it per statement.
-pub fn tview_state(table_oid: pg_sys::Oid) -> spi::Result<(Option<pg_sys::Oid>, bool)> {
-    Spi::connect(|client| {
-        let kept = STATE.with(|s| s.borrow_mut().take());
-        let plan = match kept {
-            Some(plan) => plan,
-            None => client
-                .prepare(
-                    "SELECT (SELECT relowner FROM pg_catalog.pg_class WHERE oid = $1), \
-                            coalesce((SELECT paused FROM pg_tview_meta WHERE table_oid = $1), false)",
-                    &[PgBuiltInOids::OIDOID.into()],
-                )?
-                .keep(),
-        };
-        let row = client
-            .select(&plan, None, &[table_oid.into()])
-            .and_then(|rows| {
-                let row = rows.first();
-                Ok((
-                    row.get::<pg_sys::Oid>(1)?,
-                    row.get::<bool>(2)?.unwrap_or(false),
-                ))
-            });
-        STATE.with(|s| *s.borrow_mut() = Some(plan));
-        row
-    })
 }
 
 /// # Safety
@@ -114,15 +85,16 @@ fn build(client: &SpiClient<'_>, table_oid: pg_sys::Oid) -> spi::Result<Option<P
         .first()
         .get_one::<pg_sys::Oid>()?
         .unwrap_or(pg_sys::InvalidOid);
-    let keyed = client
+    let upsert = client
         .prepare_mut(
-            shape.refresh_keys_sql().as_str(),
+            shape.upsert_keys_sql().as_str(),
             &[PgBuiltInOids::INT8ARRAYOID.into()],
         )?
         .keep();
     Ok(Some(Plans {
         view_oid: view_oid.to_u32(),
-        keyed,
+        upsert,
+        delete_missing: None,
         resolvers: HashMap::new(),
         touch: None,
         shape,
@@ -151,6 +123,45 @@ pub fn with_plans<R>(
 }
 
 impl Plans {
+    /// Recomputes the rows of `keys` (sorted, distinct): upserts what the view returns, then,
+    /// only when the view returned fewer keys than asked for, deletes the rows it no longer
+    /// returns. Returns rows written; raises `cardinality_violation` on repeated keys (see
+    /// `refresh::written`).
+    pub fn refresh(
+        &mut self,
+        client: &mut SpiClient<'_>,
+        table_oid: pg_sys::Oid,
+        keys: &[i64],
+    ) -> spi::Result<u64> {
+        let (rows, repeated, returned) = client
+            .update(&self.upsert, None, &[keys.to_vec().into()])?
+            .first()
+            .get_three::<i64, i64, i64>()?;
+        let mut rows = super::counted(rows, repeated, table_oid);
+        let returned = returned.unwrap_or(0).max(0) as usize;
+        if returned < keys.len() {
+            if self.delete_missing.is_none() {
+                self.delete_missing = Some(
+                    client
+                        .prepare_mut(
+                            self.shape.delete_missing_keys_sql().as_str(),
+                            &[PgBuiltInOids::INT8ARRAYOID.into()],
+                        )?
+                        .keep(),
+                );
+            }
+            if let Some(plan) = &self.delete_missing {
+                rows += client
+                    .update(plan, None, &[keys.to_vec().into()])?
+                    .first()
+                    .get_one::<i64>()?
+                    .unwrap_or(0)
+                    .max(0) as u64;
+            }
+        }
+        Ok(rows)
+    }
+
     /// Rewrites the rows of `keys` unchanged when another TVIEW reads this one, so that its
     /// capture triggers stage the dependents' keys again (the priority lane follows them).
     /// `Some(missing)`: how many of the keys have no row; `None`: no TVIEW reads this one.

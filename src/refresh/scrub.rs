@@ -106,7 +106,7 @@ pub fn compare_range(table_oid: pg_sys::Oid, from: i64, rows: usize) -> spi::Res
     if let Some(why) = not_scrubbed(table_oid)? {
         return Ok(Compared::Skipped(why));
     }
-    let (Some(owner), _) = super::plans::tview_state(table_oid)? else {
+    let (Some(owner), _) = crate::catalog::tview_state(table_oid) else {
         return Ok(Compared::Skipped("dropped"));
     };
     let attempt = isolate::in_subtransaction(|| {
@@ -152,7 +152,7 @@ pub fn confirm_and_repair(
     if let Some(why) = not_scrubbed(table_oid)? {
         return Ok(Confirmed::Skipped(why));
     }
-    let (Some(owner), _) = super::plans::tview_state(table_oid)? else {
+    let (Some(owner), _) = crate::catalog::tview_state(table_oid) else {
         return Ok(Confirmed::Skipped("dropped"));
     };
     let keys: Vec<i64> = found.iter().map(|c| c.key).collect();
