@@ -2,6 +2,7 @@
 //! transaction callbacks publish them at COMMIT.
 
 pub mod binding;
+pub mod cache;
 pub mod staging;
 pub mod trigger;
 

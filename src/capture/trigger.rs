@@ -9,7 +9,8 @@
 //! `session_replication_role = replica` (a subscription's apply worker fires only row
 //! triggers). See `api::tview::install_capture_triggers` for which trigger fires when.
 //!
-//! Trigger arguments (see `capture::binding`): `pg_tviews_capture_source`, the function of
+//! Trigger arguments (see `capture::binding`; parsed and resolved once per trigger and backend,
+//! `capture::cache`): `pg_tviews_capture_source`, the function of
 //! the `tview_*` family every source table has once, carries every TVIEW that reads the table,
 //! so a write pays one trigger call and one pass over the transition tables however many
 //! TVIEWs it reaches; `pg_tviews_capture` is the per-TVIEW function of 0.5.0 and earlier,
@@ -21,6 +22,7 @@
 //! own, because other AFTER triggers of the same statement share them.
 
 use super::binding::Group;
+use super::cache::{self, Resolved};
 use super::dispatch;
 use super::staging::StagedKey;
 use crate::errors::Error;
@@ -46,13 +48,10 @@ struct Column {
 fn pg_tviews_capture_source<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByRust>>, Error> {
-    let args = trigger
-        .extra_args()
-        .map_err(|e| capture_error(e.to_string()))?;
-    let groups = Group::parse_all(&args).ok_or_else(|| {
+    let resolved = resolved(trigger, Group::parse_all)?.ok_or_else(|| {
         capture_error("pg_tviews_capture_source() expects (TVIEW, n, column, kind × n)...")
     })?;
-    capture(trigger, &groups)
+    capture(trigger, &resolved)
 }
 
 /// The capture trigger of one TVIEW on one source (0.5.0 and earlier).
@@ -60,18 +59,40 @@ fn pg_tviews_capture_source<'a>(
 fn pg_tviews_capture<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByRust>>, Error> {
-    let args = trigger
-        .extra_args()
-        .map_err(|e| capture_error(e.to_string()))?;
-    let group = Group::parse_one(&args).ok_or_else(|| {
-        capture_error("pg_tviews_capture() expects (TVIEW oid, column, kind, ...)")
-    })?;
-    capture(trigger, std::slice::from_ref(&group))
+    let resolved =
+        resolved(trigger, |args| Group::parse_one(args).map(|g| vec![g]))?.ok_or_else(|| {
+            capture_error("pg_tviews_capture() expects (TVIEW oid, column, kind, ...)")
+        })?;
+    capture(trigger, &resolved)
+}
+
+/// The trigger's groups and TVIEWs (`capture::cache`); `Ok(None)`: malformed arguments.
+fn resolved<'a>(
+    trigger: &'a PgTrigger<'a>,
+    parse: impl FnOnce(&[String]) -> Option<Vec<Group>>,
+) -> Result<Option<Resolved>, Error> {
+    // SAFETY: tg_trigger is valid for the duration of the trigger call.
+    let (tgoid, nargs) = unsafe {
+        let tg = trigger.trigger_data().tg_trigger;
+        ((*tg).tgoid, (*tg).tgnargs)
+    };
+    let mut failure = None;
+    let found = cache::resolved(tgoid, nargs, || match trigger.extra_args() {
+        Ok(args) => parse(&args),
+        Err(e) => {
+            failure = Some(capture_error(e.to_string()));
+            None
+        }
+    });
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(found),
+    }
 }
 
 fn capture<'a>(
     trigger: &'a PgTrigger<'a>,
-    groups: &[Group],
+    resolved: &Resolved,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByRust>>, Error> {
     let data = trigger.trigger_data();
     let op = trigger.op().map_err(|e| capture_error(e.to_string()))?;
@@ -83,8 +104,7 @@ fn capture<'a>(
     let mut whole: SmallVec<[(u32, bool); 4]> = SmallVec::new();
     let mut sync_tviews: SmallVec<[u32; 4]> = SmallVec::new();
     let mut columns: SmallVec<[Column; 8]> = SmallVec::new();
-    for group in groups {
-        let tview = group.binding.resolve();
+    for (group, &tview) in resolved.groups.iter().zip(resolved.tviews.iter()) {
         let sync = group.binding.sync;
         if sync {
             sync_tviews.push(tview);
