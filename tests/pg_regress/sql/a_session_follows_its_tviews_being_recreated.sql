@@ -22,7 +22,8 @@ UPDATE tb_item SET name = 'two, b' WHERE pk_item = 2;
 SELECT pk_item, data FROM tv_item ORDER BY 1;
 SELECT pg_tviews_wait('5s');
 
--- Renamed: the trigger's name no longer resolves and its oid is used.
+-- Renamed: the trigger's name no longer resolves and its oid is used (writes still reach it;
+-- the wait says the metadata names no live table until it has its name back).
 ALTER TABLE tv_item RENAME TO tv_item_renamed;
 UPDATE tb_item SET name = 'one, c' WHERE pk_item = 1;
 SELECT pk_item, data FROM tv_item_renamed ORDER BY 1;
