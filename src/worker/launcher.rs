@@ -198,6 +198,10 @@ impl Launcher {
                 Ok(handle) => {
                     slots::mark_worker_registered(slot, generation);
                     self.handles.insert(slot, (dboid, handle));
+                    // A database we start a drainer for needs no probe later: if its extension
+                    // is dropped before our next scan sees it served, a probe would only find
+                    // it gone (and show a stray worker); re-creating it claims a slot again.
+                    self.probed.insert(dboid);
                     self.warned_no_slot = false;
                     self.retry_delay = RETRY_MIN;
                 }
