@@ -191,9 +191,33 @@ fn every_broken_capture_is_named_by_the_health_check_and_fixed_by_repair() {
     );
 
     // 6. The backing view dropped behind the extension's back: recreated from the definition.
+    //    Until then its keys are deferred with an error naming the view (not dropped, nor
+    //    refreshed from SQL naming the view by its oid, as on PostgreSQL 16 and 18 before),
+    //    and pg_tviews_wait is false.
     db.batch_execute("DROP VIEW v_user").unwrap();
     let (status, detail) = health_of(&mut db, "metadata");
     assert_eq!(status, "CRITICAL", "{detail}");
+    db.batch_execute("UPDATE tb_user SET name = name || '.' WHERE pk_user <= 3")
+        .unwrap();
+    eventually(
+        "the keys of tv_user deferred with SQLSTATE 42P01",
+        std::time::Duration::from_secs(30),
+        || {
+            db.query_one(
+                "SELECT count(*) FROM pg_tview_deferred d JOIN pg_tview_meta m ON m.table_oid = d.tview_oid \
+                 WHERE m.entity = 'user' AND d.sqlstate = '42P01' \
+                   AND d.last_error LIKE '%backing view of TVIEW \"tv_user\" is missing%'",
+                &[],
+            )
+            .unwrap()
+            .get::<_, i64>(0)
+                >= 3
+        },
+    );
+    assert!(
+        !wait_says_current(&mut db, "1s"),
+        "pg_tviews_wait while tv_user's view is missing"
+    );
     let actions = repaired(&mut db, Some("tv_user"), 60, "a dropped backing view");
     assert!(
         actions[0].1.contains("recreated view v_user"),

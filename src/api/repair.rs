@@ -397,6 +397,26 @@ fn all_entities() -> Vec<String> {
         .collect()
 }
 
+/// Locks the tables `tv_<entity>` (any schema) against writers before repair changes anything,
+/// in ascending oid order as drainers refresh them. Repair deletes the deferred keys and
+/// rewrites every row of what it rebuilds; a drainer deferring or refreshing the same TVIEW
+/// meanwhile made each wait for the other (a deadlock). EXCLUSIVE lets readers through and
+/// waits for the batch in progress; the drainer's next batch waits for the repair's commit.
+fn keep_drainers_out(entities: &[String]) {
+    let names: Vec<String> = entities.iter().map(|e| format!("tv_{e}")).collect();
+    let tables = Spi::get_one_with_args::<Vec<String>>(
+        "SELECT coalesce(array_agg(c.oid::regclass::text ORDER BY c.oid), '{}') \
+         FROM pg_catalog.pg_class c WHERE c.relkind = 'r' AND c.relname = ANY ($1::text[])",
+        &[names.into()],
+    )
+    .unwrap_or_else(|e| fail("look up TVIEW tables", e))
+    .unwrap_or_default();
+    for table in tables {
+        Spi::run(&format!("LOCK TABLE {table} IN EXCLUSIVE MODE"))
+            .unwrap_or_else(|e| fail(&format!("lock {table}"), e));
+    }
+}
+
 /// Lineage and deferred keys of no TVIEW at all (their metadata row is gone): removed.
 fn forget_orphans() -> Option<String> {
     let _owner = crate::catalog::as_extension_owner();
@@ -432,11 +452,14 @@ fn pg_tviews_repair(
             if !create::valid_entity(&entity) {
                 create::bad_name(name);
             }
+            keep_drainers_out(std::slice::from_ref(&entity));
             let action = repair_one(&entity, schema.as_deref());
             out.push((entity, action));
         }
         None => {
-            for entity in all_entities() {
+            let entities = all_entities();
+            keep_drainers_out(&entities);
+            for entity in entities {
                 // One broken TVIEW must not keep the others from being repaired.
                 let action = match refresh::isolate::in_subtransaction(|| repair_one(&entity, None))
                 {

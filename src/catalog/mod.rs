@@ -230,6 +230,10 @@ pub fn meta_has_column(column: &str) -> bool {
 }
 
 /// Shape of the TVIEW whose table has `table_oid`, or `None` if it is not (any more) a TVIEW.
+/// A dropped table or view makes it `None`: existence is checked by oid, not with
+/// `to_regclass(oid::regclass::text)`, which from PostgreSQL 16 on takes the digits a
+/// dropped relation prints as for an oid and returns it (the refresh then ran SQL naming
+/// the view as a number: a syntax error in a loop, and a deadlock with `pg_tviews_repair`).
 pub fn load_shape(
     client: &SpiClient<'_>,
     table_oid: pg_sys::Oid,
@@ -240,8 +244,8 @@ pub fn load_shape(
                 quote_ident(coalesce(to_jsonb(m) ->> 'root_key', m.key_column)) \
          FROM pg_tview_meta m \
          WHERE m.table_oid = $1 \
-           AND to_regclass(m.table_oid::regclass::text) IS NOT NULL \
-           AND to_regclass(m.view_oid::regclass::text) IS NOT NULL",
+           AND EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = m.table_oid) \
+           AND EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = m.view_oid)",
         None,
         &[table_oid.into()],
     )?;
@@ -274,6 +278,35 @@ pub fn load_shape(
         values,
         root,
     }))
+}
+
+/// Raises `undefined_table` when `table_oid` is a TVIEW whose backing view was dropped behind
+/// the extension's back (`load_shape` gave `None`): its keys are deferred with this error, so
+/// `pg_tviews_wait` is false and they turn into dead letters, instead of being dropped as a
+/// dropped TVIEW's are; a sync-mode write fails. `pg_tviews_repair` recreates the view.
+pub fn raise_if_view_missing(client: &SpiClient<'_>, table_oid: pg_sys::Oid) -> spi::Result<()> {
+    let entity = client
+        .select(
+            "SELECT m.entity FROM pg_tview_meta m \
+             WHERE m.table_oid = $1 \
+               AND EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = m.table_oid) \
+               AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = m.view_oid)",
+            None,
+            &[table_oid.into()],
+        )?
+        .first()
+        .get_one::<String>()?;
+    if let Some(entity) = entity {
+        crate::errors::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            format!("the backing view of TVIEW \"tv_{entity}\" is missing: its rows are not refreshed"),
+            None,
+            Some(&format!(
+                "SELECT pg_tviews_repair('{entity}'); recreates v_{entity} from the recorded definition and recomputes tv_{entity}."
+            )),
+        );
+    }
+    Ok(())
 }
 
 /// Every TVIEW table of this database, in creation order.

@@ -163,6 +163,9 @@ impl Locking {
 pub const LOCK_NOT_AVAILABLE: &str = "55P03";
 /// SQLSTATE of a write in a read-only transaction (`default_transaction_read_only = on`).
 pub const READ_ONLY_SQL_TRANSACTION: &str = "25006";
+/// SQLSTATE of a relation the refresh reads that does not exist (the backing view dropped, see
+/// `catalog::raise_if_view_missing`, or a table its definition reads).
+pub const UNDEFINED_TABLE: &str = "42P01";
 
 thread_local! {
     /// Inside `for_waiters`: refreshed rows of TVIEWs that other TVIEWs read are rewritten so
@@ -333,11 +336,12 @@ fn refresh_bisect(
         refresh_group(table_oid, owner, group)
     });
     match attempt {
-        // Waiting for a lock, or a read-only database, says nothing about which keys are at
-        // fault: set them all aside (no bisection, each half would fail the same way).
+        // Waiting for a lock, a read-only database or a missing relation says nothing about
+        // which keys are at fault: set them all aside (no bisection, each half would fail the same way).
         Err(failure)
             if failure.sqlstate == LOCK_NOT_AVAILABLE
-                || failure.sqlstate == READ_ONLY_SQL_TRANSACTION =>
+                || failure.sqlstate == READ_ONLY_SQL_TRANSACTION
+                || failure.sqlstate == UNDEFINED_TABLE =>
         {
             out.exists = true;
             out.failed
@@ -729,7 +733,10 @@ fn refresh_all(client: &mut SpiClient<'_>, table_oid: pg_sys::Oid) -> spi::Resul
             &shape.refresh_all_sql(),
             None,
         )?)),
-        None => Ok(None),
+        None => {
+            catalog::raise_if_view_missing(client, table_oid)?;
+            Ok(None)
+        }
     }
 }
 

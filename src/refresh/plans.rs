@@ -74,6 +74,7 @@ fn build(client: &SpiClient<'_>, table_oid: pg_sys::Oid) -> spi::Result<Option<P
         };
     }
     let Some(shape) = catalog::load_shape(client, table_oid)? else {
+        catalog::raise_if_view_missing(client, table_oid)?;
         return Ok(None);
     };
     let view_oid = client
