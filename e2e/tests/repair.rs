@@ -235,6 +235,27 @@ fn every_broken_capture_is_named_by_the_health_check_and_fixed_by_repair() {
         Some("42501".to_string())
     );
 
+    // 8. In sync mode, a write reaching a TVIEW whose backing view is gone fails, naming it.
+    db.batch_execute("SELECT pg_tviews_set_mode('tv_user', 'sync'); DROP VIEW v_user")
+        .unwrap();
+    let refused = db
+        .batch_execute("UPDATE tb_user SET name = name || '!' WHERE pk_user = 1")
+        .unwrap_err();
+    let refused = refused.as_db_error().expect("a server error");
+    assert_eq!(refused.code().code(), "42P01", "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("backing view of TVIEW \"tv_user\" is missing"),
+        "{refused:?}"
+    );
+    let actions = repair(&mut db, Some("tv_user"));
+    assert!(
+        actions[0].1.contains("recreated view v_user"),
+        "{actions:?}"
+    );
+    repaired(&mut db, Some("tv_user"), 70, "a dropped view in sync mode");
+
     // Nothing to repair any more, and a name that is no TVIEW at all is an error.
     assert!(repair(&mut db, None).iter().all(|(_, a)| a == "ok"));
     let missing = db

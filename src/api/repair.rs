@@ -131,12 +131,17 @@ fn has_own_triggers(entity: &str) -> bool {
 }
 
 /// Deletes the metadata, lineage and deferred keys recorded for `entity` (and for `table_oid`).
+/// Deferred rows a drainer is writing at this moment are skipped, not waited for: the drainer
+/// may in turn be waiting for a row this repair deleted (a deadlock), and a skipped key is
+/// only retried later, harmlessly, against the rebuilt TVIEW.
 fn forget(entity: &str, oids: &[u32]) {
     let oids: Vec<i64> = oids.iter().map(|&o| i64::from(o)).collect();
     let _owner = crate::catalog::as_extension_owner();
     Spi::run_with_args(
         "WITH l AS (DELETE FROM pg_tview_lineage WHERE tview_oid::oid = ANY ($2::oid[])), \
-              d AS (DELETE FROM pg_tview_deferred WHERE tview_oid = ANY ($2::oid[])) \
+              d AS (DELETE FROM pg_tview_deferred WHERE ctid IN \
+                        (SELECT ctid FROM pg_tview_deferred WHERE tview_oid = ANY ($2::oid[]) \
+                         FOR UPDATE SKIP LOCKED)) \
          DELETE FROM pg_tview_meta WHERE entity = $1",
         &[entity.into(), oids.into()],
     )
@@ -423,8 +428,10 @@ fn forget_orphans() -> Option<String> {
     let removed = Spi::get_one::<i64>(
         "WITH l AS (DELETE FROM pg_tview_lineage l WHERE NOT EXISTS \
                         (SELECT 1 FROM pg_tview_meta m WHERE m.table_oid = l.tview_oid) RETURNING 1), \
-              d AS (DELETE FROM pg_tview_deferred d WHERE NOT EXISTS \
-                        (SELECT 1 FROM pg_tview_meta m WHERE m.table_oid = d.tview_oid) RETURNING 1) \
+              d AS (DELETE FROM pg_tview_deferred WHERE ctid IN \
+                        (SELECT ctid FROM pg_tview_deferred d WHERE NOT EXISTS \
+                             (SELECT 1 FROM pg_tview_meta m WHERE m.table_oid = d.tview_oid) \
+                         FOR UPDATE SKIP LOCKED) RETURNING 1) \
          SELECT (SELECT count(*) FROM l) + (SELECT count(*) FROM d)",
     )
     .unwrap_or_else(|e| fail("remove orphaned lineage", e))
