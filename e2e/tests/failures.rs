@@ -168,9 +168,20 @@ fn a_read_only_database_dead_letters_its_keys_and_says_why() {
     writer
         .batch_execute("SET default_transaction_read_only = off")
         .unwrap();
-    writer
-        .batch_execute("UPDATE tb_tag SET name = name || ' (late)' WHERE pk_tag <= 3")
-        .unwrap();
+    // The worker re-reads the setting at most once a second (refresh::note_read_only): a
+    // write right after the ALTER may still be applied. Write until one is refused (its
+    // keys deferred, so the wait is false); rows applied before that are simply current.
+    let mut refused = false;
+    for _ in 0..20 {
+        writer
+            .batch_execute("UPDATE tb_tag SET name = name || ' (late)' WHERE pk_tag <= 3")
+            .unwrap();
+        if !wait_says_current(&mut db, "3s") {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "every write was applied in a read-only database");
     eventually(
         "the keys become dead letters with SQLSTATE 25006",
         Duration::from_secs(60),
