@@ -158,9 +158,16 @@ fn sync_mode_refreshes_inside_the_writing_statement() {
     tx.commit().unwrap();
     assert!(
         stats(&mut db)[0] > before[0],
-        "sync mode still queues the keys, so the worker's refresh after commit is the last one"
+        "the author's change reaches tv_post through a lineage rule: those keys still go to the worker"
     );
     wait_drained(&mut db);
+    assert_eq!(differences(&mut db, "post"), 0);
+    // A post's own row is locked by the writer that recomputes it (refresh::locks): that
+    // refresh is the last one, and nothing is queued.
+    let before = stats(&mut db);
+    db.batch_execute("UPDATE tb_post SET title = 'locked, not queued' WHERE pk_post = 8")
+        .unwrap();
+    assert_eq!(stats(&mut db)[0], before[0], "a direct key is not queued");
     assert_eq!(differences(&mut db, "post"), 0);
 }
 

@@ -365,12 +365,20 @@ fn read_only(ctx: &Context) -> Option<Check> {
 fn blocked() -> Check {
     let blocked = Spi::get_one::<String>(
         "SELECT string_agg(format('%s: %s key(s) waiting for a lock (%s)', m.entity, d.n, \
-                    coalesce((SELECT string_agg(format('%s held by pid %s', l.mode, l.pid), ', ' ORDER BY l.pid) \
-                              FROM pg_locks l WHERE l.granted AND l.locktype = 'relation' \
-                                AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-                                AND l.relation IN (SELECT m.table_oid UNION SELECT unnest(m.dependencies)) \
-                                AND l.mode IN ('AccessExclusiveLock', 'ExclusiveLock', 'ShareRowExclusiveLock', 'ShareLock', 'RowShareLock') \
-                                AND l.pid <> pg_backend_pid()), 'no table lock now; row locks, or released')), \
+                    coalesce((SELECT string_agg(h.holder, ', ' ORDER BY h.pid) FROM ( \
+                                SELECT l.pid, format('%s held by pid %s', l.mode, l.pid) AS holder \
+                                FROM pg_locks l WHERE l.granted AND l.locktype = 'relation' \
+                                  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+                                  AND l.relation IN (SELECT m.table_oid UNION SELECT unnest(m.dependencies)) \
+                                  AND l.mode IN ('AccessExclusiveLock', 'ExclusiveLock', 'ShareRowExclusiveLock', 'ShareLock', 'RowShareLock') \
+                                  AND l.pid <> pg_backend_pid() \
+                                UNION ALL \
+                                SELECT l.pid, format('a sync-mode writer''s transaction, pid %s', l.pid) \
+                                FROM pg_locks l WHERE l.granted AND l.locktype = 'advisory' \
+                                  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+                                  AND l.classid = m.table_oid::oid AND l.objsubid = 4 AND l.mode = 'RowExclusiveLock' \
+                                  AND l.pid <> pg_backend_pid()) h), \
+                             'no table lock now; row locks, or released')), \
                     '; ' ORDER BY m.entity) \
          FROM (SELECT tview_oid, count(*) AS n FROM pg_tview_deferred \
                WHERE reason = 'failed' AND sqlstate = '55P03' GROUP BY tview_oid) d \

@@ -5,6 +5,7 @@
 //! was already applied is harmless and at-least-once delivery is enough.
 
 pub mod isolate;
+pub mod locks;
 pub mod plans;
 pub mod scrub;
 pub mod sql;
@@ -58,6 +59,10 @@ pub struct Outcome {
     /// Per TVIEW, entries whose refresh raised: moved to `pg_tview_deferred` for retry.
     pub failed: Vec<Applied>,
     pub last_error: Option<String>,
+    /// In-statement refreshes only (`OnError::Raise`): the TVIEW keys that lineage rules
+    /// resolved to, as row entries. They were recomputed without the locks of
+    /// `refresh::locks`, so the caller leaves them to the worker too.
+    pub resolved: Vec<QueueEntry>,
 }
 
 impl Outcome {
@@ -66,6 +71,7 @@ impl Outcome {
         self.rows += other.rows;
         self.per_tview.extend(other.per_tview);
         self.failed.extend(other.failed);
+        self.resolved.extend(other.resolved);
         if other.last_error.is_some() {
             self.last_error = other.last_error;
         }
@@ -265,10 +271,13 @@ pub fn defer(
 
 /// Recomputes one TVIEW's rows for `group` (entries of that TVIEW, sorted by kind); `None`
 /// when it is not a TVIEW any more.
+/// `resolved`: collects the TVIEW keys that lineage rules resolved to (see
+/// `Outcome::resolved`).
 fn refresh_group(
     table_oid: pg_sys::Oid,
     owner: pg_sys::Oid,
     group: &[QueueEntry],
+    resolved: Option<&mut Vec<QueueEntry>>,
 ) -> spi::Result<Option<u64>> {
     refuse_if_read_only();
     let _as_owner = AsOwner::switch_to(owner);
@@ -281,6 +290,16 @@ fn refresh_group(
         }
         plans::with_plans(client, table_oid, |client, plans| {
             let keys = tview_keys(client, plans, table_oid, group)?;
+            if let Some(resolved) = resolved {
+                if group.iter().any(|e| e.kind != kind::ROW) {
+                    resolved.extend(keys.iter().map(|&key| QueueEntry {
+                        tview_oid: table_oid.to_u32(),
+                        kind: kind::ROW,
+                        key,
+                        committed_at: 0,
+                    }));
+                }
+            }
             let rows = plans.refresh(client, table_oid, &keys)?;
             if serving_waiters()
                 && plans
@@ -333,7 +352,9 @@ fn refresh_bisect(
         // No head-of-line blocking: a TVIEW whose table or rows are locked gives up after
         // lock_timeout, and the batch goes on with the other TVIEWs.
         let _timeout = catalog::ScopedSettings::set(&[(c"lock_timeout", lock_timeout.as_c_str())]);
-        refresh_group(table_oid, owner, group)
+        // Before the refresh's snapshot: writers that locked keys of this TVIEW have ended.
+        locks::lock_for_worker(table_oid);
+        refresh_group(table_oid, owner, group, None)
     });
     match attempt {
         // Waiting for a lock, a read-only database or a missing relation says nothing about
@@ -436,7 +457,8 @@ pub fn apply_batch(
             continue;
         };
         if on_error == OnError::Raise {
-            if let Some(rows) = refresh_group(table_oid, owner, group)? {
+            if let Some(rows) = refresh_group(table_oid, owner, group, Some(&mut outcome.resolved))?
+            {
                 outcome.rows += rows;
                 outcome.per_tview.push(Applied {
                     tview_oid: oid,
@@ -662,8 +684,14 @@ pub fn reconcile_range(
     let Some(owner) = owner else {
         return Ok(Reconciled::Gone);
     };
+    let lock_timeout = std::ffi::CString::new(gucs::lock_timeout_ms().to_string())
+        .unwrap_or_else(|_| c"0".to_owned());
     let attempt = isolate::in_subtransaction(|| {
         refuse_if_read_only();
+        // As in refresh_bisect: no writer that locked keys of this TVIEW is still in progress,
+        // and waiting for one gives up after lock_timeout (the range is retried).
+        let _timeout = catalog::ScopedSettings::set(&[(c"lock_timeout", lock_timeout.as_c_str())]);
+        locks::lock_for_worker(table_oid);
         let _as_owner = AsOwner::switch_to(owner);
         Spi::connect_mut(|client| {
             let Some(shape) = catalog::load_shape(client, table_oid)? else {

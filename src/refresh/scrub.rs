@@ -182,6 +182,8 @@ pub fn confirm_and_repair(
                 return Ok(None);
             }
         }
+        // Before the comparison's snapshot (see refresh::locks).
+        super::locks::lock_for_worker(table_oid);
         let result = {
             let _as_owner = AsOwner::switch_to(owner);
             Spi::connect_mut(|client| {

@@ -81,6 +81,10 @@ pub extern "C-unwind" fn pg_tviews_bgw_drainer_main(arg: pg_sys::Datum) {
     // recording what it could not apply: its session is read-write, and its refreshes honour
     // the setting by failing with 25006 (refresh::note_read_only), retried, then dead letters.
     set_option(c"default_transaction_read_only", c"off");
+    // Every refresh statement takes a snapshot of its own, after the locks that order it after
+    // sync-mode writers (refresh::locks): a configured REPEATABLE READ would read older ones.
+    set_option(c"default_transaction_isolation", c"read committed");
+    refresh::locks::mark_worker();
     let schema = run_in_transaction(catalog::extension_schema).unwrap_or(None);
     let Some(schema) = schema else {
         if probing && slots::release_if_probing(slot, dboid, generation) {

@@ -12,7 +12,7 @@ SELECT pg_tviews_wait('5s');
 SET pg_tviews_bgw.mode = sync;
 UPDATE tb_item SET name = 'one, a' WHERE pk_item = 1;
 SELECT pk_item, data->>'name' AS name FROM tv_item ORDER BY 1;
--- (Sync mode also queues the keys for the worker: let it finish before each DDL.)
+-- (Let the worker finish whatever was queued before each DDL.)
 SELECT pg_tviews_wait('5s');
 
 -- Dropped and re-created under the same name, with another shape: the new TVIEW is written.

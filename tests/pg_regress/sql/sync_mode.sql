@@ -20,8 +20,8 @@ UPDATE tb_user SET name = 'ada lovelace' WHERE pk_user = 1;
 SELECT pk_post, data->>'author' AS author FROM tv_post ORDER BY pk_post;
 COMMIT;
 RESET pg_tviews_bgw.mode;
--- Sync mode still queues the keys for the worker's confirming refresh; let it finish so the
--- DDL below does not race it.
+-- The author's change reaches tv_post through a lineage rule, whose keys still go to the
+-- worker; let it finish so the DDL below does not race it.
 SELECT pg_tviews_wait('5s');
 SHOW pg_tviews_bgw.mode;
 
