@@ -603,3 +603,25 @@ pub fn enable_draining(db: &mut Client) {
         .unwrap();
     db.batch_execute("SELECT pg_reload_conf()").unwrap();
 }
+
+/// The token of a transaction running `sql` on `db`, committed.
+pub fn write_with_token(db: &mut Client, sql: &str) -> String {
+    let mut tx = db.transaction().unwrap();
+    tx.batch_execute(sql).unwrap();
+    let token: String = tx
+        .query_one("SELECT pg_tviews_write_token()", &[])
+        .unwrap()
+        .get(0);
+    tx.commit().unwrap();
+    token
+}
+
+/// What `pg_tviews_wait(token, timeout)` answers.
+pub fn wait_token(db: &mut Client, token: &str, timeout: &str) -> bool {
+    db.query_one(
+        "SELECT pg_tviews_wait($1, $2::text::interval)",
+        &[&token, &timeout],
+    )
+    .unwrap()
+    .get(0)
+}

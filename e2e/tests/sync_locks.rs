@@ -31,6 +31,13 @@ fn waiting_for_key_lock(db: &mut Client, tview: &str) -> i64 {
     .get(0)
 }
 
+/// Runs `sql` on a connection of its own to database `app`, in a thread (it is expected to
+/// wait for a lock); join the handle for its end.
+fn write_in_background(cluster: &Cluster, sql: &'static str) -> std::thread::JoinHandle<()> {
+    let mut writer = cluster.connect("app");
+    std::thread::spawn(move || writer.batch_execute(sql).unwrap())
+}
+
 fn votes_of_user(db: &mut Client, user: i64) -> (i64, i64) {
     let row = db
         .query_one(
@@ -60,14 +67,10 @@ fn racing_sync_writers_of_one_row_leave_it_exact_without_the_worker() {
     first
         .batch_execute("BEGIN; UPDATE tb_post SET votes = votes + 10 WHERE pk_post = 1")
         .unwrap();
-    let second = std::thread::spawn({
-        let mut second = cluster.connect("app");
-        move || {
-            second
-                .batch_execute("UPDATE tb_post SET votes = votes + 100 WHERE pk_post = 6")
-                .unwrap();
-        }
-    });
+    let second = write_in_background(
+        &cluster,
+        "UPDATE tb_post SET votes = votes + 100 WHERE pk_post = 6",
+    );
     // The second writer's change is made; it waits for the first writer's lock on user 2's row
     // of tv_user before it recomputes that row.
     eventually(
@@ -119,19 +122,14 @@ fn racing_sync_writers_of_one_row_leave_it_exact_without_the_worker() {
 
     // Such a write's token is satisfied at its commit, worker or not (a comment's rows of
     // tv_comment and tv_post are found by its own columns, no lineage rule).
-    let mut tx = db.transaction().unwrap();
-    tx.batch_execute("UPDATE tb_comment SET body = 'with a token' WHERE pk_comment = 4")
-        .unwrap();
-    let token: String = tx
-        .query_one("SELECT pg_tviews_write_token()", &[])
-        .unwrap()
-        .get(0);
-    tx.commit().unwrap();
-    let waited: bool = db
-        .query_one("SELECT pg_tviews_wait($1, '1s')", &[&token])
-        .unwrap()
-        .get(0);
-    assert!(waited, "the token of a write whose keys were all locked");
+    let token = write_with_token(
+        &mut db,
+        "UPDATE tb_comment SET body = 'with a token' WHERE pk_comment = 4",
+    );
+    assert!(
+        wait_token(&mut db, &token, "1s"),
+        "the token of a write whose keys were all locked"
+    );
 
     // REPEATABLE READ reads the transaction's first snapshot whatever it waited for: its keys
     // go to the worker as before.
@@ -251,14 +249,10 @@ fn a_sync_write_found_through_a_lineage_rule_leaves_the_rows_it_wrote_to_the_wor
         .unwrap();
     // The commenter: its comment on post 10 is resolved to ada (the move is not committed),
     // its refresh reads a snapshot without the move and waits for the mover's row of ada.
-    let commenter = std::thread::spawn({
-        let mut commenter = cluster.connect("app");
-        move || {
-            commenter
-                .batch_execute("INSERT INTO tb_comment VALUES (101, 10, 'second')")
-                .unwrap();
-        }
-    });
+    let commenter = write_in_background(
+        &cluster,
+        "INSERT INTO tb_comment VALUES (101, 10, 'second')",
+    );
     eventually(
         "the commenter waits for the mover's row",
         Duration::from_secs(10),

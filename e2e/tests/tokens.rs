@@ -8,27 +8,6 @@ use pg_tviews_bgw_e2e::*;
 use postgres::Client;
 use std::time::{Duration, Instant};
 
-/// The token of a transaction running `sql` on `db`, committed.
-fn write_with_token(db: &mut Client, sql: &str) -> String {
-    let mut tx = db.transaction().unwrap();
-    tx.batch_execute(sql).unwrap();
-    let token: String = tx
-        .query_one("SELECT pg_tviews_write_token()", &[])
-        .unwrap()
-        .get(0);
-    tx.commit().unwrap();
-    token
-}
-
-fn wait_token(db: &mut Client, token: &str, timeout: &str) -> bool {
-    db.query_one(
-        "SELECT pg_tviews_wait($1, $2::text::interval)",
-        &[&token, &timeout],
-    )
-    .unwrap()
-    .get(0)
-}
-
 fn sqlstate_of(db: &mut Client, sql: &str) -> String {
     let error = db.batch_execute(sql).unwrap_err();
     error
