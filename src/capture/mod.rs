@@ -75,13 +75,14 @@ pub fn dispatch(keys: Vec<StagedKey>, tview_sync: bool) {
 pub fn refresh_synchronously(keys: &[StagedKey]) -> Vec<StagedKey> {
     // The statements name the extension's tables unqualified; the writer's search_path is
     // the application's.
-    let _path = crate::catalog::PinnedSearchPath::enter();
     // The kept refresh plans take a key array: custom plans (the default for the first
     // executions, and whenever the planner guesses them cheaper) re-plan the whole view on
     // every statement, which was most of a sync write's cost. The worker forces generic plans
     // for the same reason.
-    let _generic =
-        crate::catalog::ScopedSettings::set(&[(c"plan_cache_mode", c"force_generic_plan")]);
+    let _settings = crate::catalog::PinnedSearchPath::enter_with(&[(
+        c"plan_cache_mode",
+        c"force_generic_plan",
+    )]);
     let entries: Vec<queue::QueueEntry> = keys.iter().map(|k| k.entry()).collect();
     match refresh::apply_batch(
         &entries,

@@ -61,6 +61,12 @@ thread_local! {
     static SCHEMA: std::cell::RefCell<Option<(u32, String)>> = const { std::cell::RefCell::new(None) };
 }
 
+thread_local! {
+    /// `(extension schema, the search_path pinned for it)`, see `PinnedSearchPath`.
+    static PINNED: std::cell::RefCell<Option<(String, std::ffi::CString)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// Settings changed until dropped, at a GUC nesting level of their own: restored on drop; an
 /// ERROR that unwinds past it is cleaned up by the (sub)transaction abort, which pops every GUC
 /// nesting level opened inside it.
@@ -114,15 +120,33 @@ pub struct PinnedSearchPath {
 
 impl PinnedSearchPath {
     pub fn enter() -> PinnedSearchPath {
+        PinnedSearchPath::enter_with(&[])
+    }
+
+    /// The pinned path and `settings`, at one GUC nesting level: on PostgreSQL 15 leaving a
+    /// level walks every setting, and sync-mode writers leave one per statement.
+    pub fn enter_with(settings: &[(&std::ffi::CStr, &std::ffi::CStr)]) -> PinnedSearchPath {
         let path = extension_schema().and_then(|schema| {
-            std::ffi::CString::new(format!(
-                "pg_catalog, {}",
-                pgrx::spi::quote_identifier(&schema)
-            ))
-            .ok()
+            PINNED.with(|p| {
+                let mut p = p.borrow_mut();
+                if p.as_ref().is_none_or(|(s, _)| *s != schema) {
+                    let path = std::ffi::CString::new(format!(
+                        "pg_catalog, {}",
+                        pgrx::spi::quote_identifier(&schema)
+                    ))
+                    .ok()?;
+                    *p = Some((schema, path));
+                }
+                p.as_ref().map(|(_, path)| path.clone())
+            })
         });
+        let mut all: smallvec::SmallVec<[(&std::ffi::CStr, &std::ffi::CStr); 4]> =
+            settings.iter().copied().collect();
+        if let Some(path) = &path {
+            all.push((c"search_path", path.as_c_str()));
+        }
         PinnedSearchPath {
-            _settings: path.map(|p| ScopedSettings::set(&[(c"search_path", p.as_c_str())])),
+            _settings: (!all.is_empty()).then(|| ScopedSettings::set(&all)),
         }
     }
 }

@@ -144,7 +144,9 @@ fn paused(meta: Meta, table_oid: pg_sys::Oid) -> bool {
             paused = !isnull && datum.value() != 0;
         }
         pg_sys::systable_endscan(scan);
-        pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
+        // The lock is kept until the transaction ends, as PostgreSQL's catalog reads do: the
+        // next TVIEW of the same statement (and the next statement) finds it held locally.
+        pg_sys::table_close(rel, pg_sys::NoLock as i32);
         paused
     }
 }

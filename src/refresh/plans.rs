@@ -123,23 +123,37 @@ pub fn with_plans<R>(
     Ok(Some(result))
 }
 
+/// What `upsert_keys_sql` returned: rows written, rows of the view that repeat a key, and
+/// distinct keys the view returned.
+fn tally(table: pgrx::spi::SpiTupleTable<'_>) -> spi::Result<(i64, i64, usize)> {
+    let mut returned: smallvec::SmallVec<[i64; 8]> = smallvec::SmallVec::new();
+    let mut rows = 0;
+    for row in table {
+        if let Some(key) = row.get::<i64>(1)? {
+            returned.push(key);
+        }
+        rows = row.get::<i64>(2)?.unwrap_or(0);
+    }
+    let all = returned.len();
+    returned.sort_unstable();
+    returned.dedup();
+    Ok((rows, (all - returned.len()) as i64, returned.len()))
+}
+
 impl Plans {
     /// Recomputes the rows of `keys` (sorted, distinct): upserts what the view returns, then,
     /// only when the view returned fewer keys than asked for, deletes the rows it no longer
     /// returns. Returns rows written; raises `cardinality_violation` on repeated keys (see
-    /// `refresh::written`).
+    /// `refresh::counted`).
     pub fn refresh(
         &mut self,
         client: &mut SpiClient<'_>,
         table_oid: pg_sys::Oid,
         keys: &[i64],
     ) -> spi::Result<u64> {
-        let (rows, repeated, returned) = client
-            .update(&self.upsert, None, &[keys.to_vec().into()])?
-            .first()
-            .get_three::<i64, i64, i64>()?;
-        let mut rows = super::counted(rows, repeated, table_oid);
-        let returned = returned.unwrap_or(0).max(0) as usize;
+        let (rows, repeated, returned) =
+            tally(client.update(&self.upsert, None, &[keys.to_vec().into()])?)?;
+        let mut rows = super::counted(Some(rows), Some(repeated), table_oid);
         if returned < keys.len() {
             if self.delete_missing.is_none() {
                 self.delete_missing = Some(
