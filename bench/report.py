@@ -415,6 +415,15 @@ def main():
                 add(f"| writer tps with durability = none, {VARIANT_LABEL.get(v, v)} / baseline | "
                     f"{fmt(ratio(none_stats[v]['tps'], nb), 3)} (medians {fmt(none_stats[v]['tps'])} / "
                     f"{fmt(nb)} tps; median of per-round ratios {fmt(none_stats[v]['paired'], 3)}) |")
+        # The same comparison in CPU: what each write costs the server, which the tps ratio
+        # follows only while the writers are CPU-bound (and the machine's other tenants allow).
+        nc = none_stats.get("base", {}).get("cpu")
+        r = med(cpu_pairs(os.path.join(raw, "writer_none.tsv"), "base", "paused"))
+        if r is not None and "paused" in none_stats:
+            add(f"| server CPU per write with durability = none, baseline / async worker paused "
+                f"(the writer's own cost; target ≥ 0.92: {'met' if r >= 0.92 else '**missed**'}) | "
+                f"{fmt(r, 3)} (medians {fmt(nc, 1)} / {fmt(none_stats['paused']['cpu'], 1)} µs per write; "
+                f"ratio = median of per-round ratios) |")
         if m.get("restart.journal_replay_ms"):
             add(f"| restart back to durability = journal: until the worker is idle again | "
                 f"{fmt(fnum(m.get('restart.journal_replay_ms')))} ms |")
