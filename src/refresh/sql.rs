@@ -95,7 +95,7 @@ impl TviewShape {
     /// CPU. Returns one row per row of the view's result: its key, and the rows written
     /// (the same in every row). The caller counts the keys, which tells repeated keys (a join
     /// that became one-to-many) and keys the view no longer returns; counting them here took
-    /// two more aggregates, one of them sorting, about a fifth of a sync-mode write's CPU.
+    /// two more aggregates, one of them sorting, in every statement's executor start and run.
     pub fn upsert_keys_sql(&self) -> String {
         format!(
             "WITH src AS MATERIALIZED (SELECT {cols} FROM {view} WHERE {key} = ANY($1)), \
