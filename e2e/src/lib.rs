@@ -604,14 +604,18 @@ pub fn enable_draining(db: &mut Client) {
     db.batch_execute("SELECT pg_reload_conf()").unwrap();
 }
 
+/// `pg_tviews_write_token()` of the transaction open on `db` (or of an implicit one).
+pub fn write_token(db: &mut impl postgres::GenericClient) -> String {
+    db.query_one("SELECT pg_tviews_write_token()", &[])
+        .unwrap()
+        .get(0)
+}
+
 /// The token of a transaction running `sql` on `db`, committed.
 pub fn write_with_token(db: &mut Client, sql: &str) -> String {
     let mut tx = db.transaction().unwrap();
     tx.batch_execute(sql).unwrap();
-    let token: String = tx
-        .query_one("SELECT pg_tviews_write_token()", &[])
-        .unwrap()
-        .get(0);
+    let token = write_token(&mut tx);
     tx.commit().unwrap();
     token
 }

@@ -124,19 +124,13 @@ fn tokens_time_out_fail_closed_and_are_checked() {
     wait_drained(&mut db);
 
     // A transaction that wrote nothing, an aborted one: nothing to wait for.
-    let nothing: String = db
-        .query_one("SELECT pg_tviews_write_token()", &[])
-        .unwrap()
-        .get(0);
+    let nothing = write_token(&mut db);
     assert!(wait_token(&mut other, &nothing, "0s"));
     let aborted = {
         let mut tx = db.transaction().unwrap();
         tx.batch_execute("UPDATE tb_user SET name = 'never' WHERE pk_user = 1")
             .unwrap();
-        let token: String = tx
-            .query_one("SELECT pg_tviews_write_token()", &[])
-            .unwrap()
-            .get(0);
+        let token = write_token(&mut tx);
         tx.rollback().unwrap();
         token
     };
@@ -182,10 +176,7 @@ fn tokens_time_out_fail_closed_and_are_checked() {
     let mut tx = db.transaction().unwrap();
     tx.batch_execute("UPDATE tb_user SET name = 'two-phase' WHERE pk_user = 3")
         .unwrap();
-    let prepared: String = tx
-        .query_one("SELECT pg_tviews_write_token()", &[])
-        .unwrap()
-        .get(0);
+    let prepared = write_token(&mut tx);
     tx.batch_execute("PREPARE TRANSACTION 'p1'").unwrap();
     drop(tx);
     assert!(
@@ -204,10 +195,7 @@ fn tokens_time_out_fail_closed_and_are_checked() {
     let mut tx = db.transaction().unwrap();
     tx.batch_execute("UPDATE tb_user SET name = 'rolled back' WHERE pk_user = 4")
         .unwrap();
-    let rolled_back: String = tx
-        .query_one("SELECT pg_tviews_write_token()", &[])
-        .unwrap()
-        .get(0);
+    let rolled_back = write_token(&mut tx);
     tx.batch_execute("PREPARE TRANSACTION 'p2'").unwrap();
     drop(tx);
     other.batch_execute("ROLLBACK PREPARED 'p2'").unwrap();
