@@ -196,3 +196,12 @@ CREATE EVENT TRIGGER pg_tviews_bgw_partitions ON ddl_command_end
     WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE')
     EXECUTE FUNCTION _pg_tviews_on_table_ddl();
 REVOKE EXECUTE ON FUNCTION @extschema@.pg_tviews_repair(text) FROM PUBLIC;
+
+-- Every row write that may change a TVIEW's paused flag (or add or remove a TVIEW) sends a
+-- relcache invalidation of pg_tview_meta, which empties each backend's cache of paused flags
+-- (catalog/state.rs): sync-mode writers and workers read them from that cache.
+CREATE TRIGGER pg_tview_meta_changed
+    AFTER INSERT OR DELETE OR UPDATE OF paused, table_oid ON pg_tview_meta
+    FOR EACH ROW EXECUTE FUNCTION _pg_tviews_meta_changed();
+CREATE TRIGGER pg_tview_meta_truncated AFTER TRUNCATE ON pg_tview_meta
+    FOR EACH STATEMENT EXECUTE FUNCTION _pg_tviews_meta_changed();

@@ -157,6 +157,61 @@ fn pause_parks_keys_durably_and_resume_applies_them() {
     });
 }
 
+/// Sync-mode writers and the worker read paused flags from a per-process cache
+/// (`catalog::state`): a pause or resume committed by another session must reach a writer that
+/// already cached the flag, from its next transaction on, and the worker's next batch.
+#[test]
+fn a_pause_in_another_session_reaches_a_sync_writers_next_transaction() {
+    let cluster = Cluster::start("pause-cache", &[]);
+    let mut db = setup(&cluster);
+    db.batch_execute("SELECT pg_tviews_set_mode('tv_tag', 'sync')")
+        .unwrap();
+    let mut writer = cluster.connect("app");
+    let name = |db: &mut Client| -> String {
+        db.query_one("SELECT data->>'name' FROM tv_tag WHERE pk_tag = 1", &[])
+            .unwrap()
+            .get(0)
+    };
+    // Refreshed in the statement: the writer has read (and cached) "not paused".
+    writer
+        .batch_execute("UPDATE tb_tag SET name = 'one' WHERE pk_tag = 1")
+        .unwrap();
+    assert_eq!(name(&mut writer), "one");
+
+    db.batch_execute("SELECT pg_tviews_pause('tv_tag')")
+        .unwrap();
+    writer
+        .batch_execute("UPDATE tb_tag SET name = 'two' WHERE pk_tag = 1")
+        .unwrap();
+    assert_eq!(
+        name(&mut writer),
+        "one",
+        "the writer's next transaction saw the pause"
+    );
+    assert_eq!(deferred(&mut db, "paused"), 1, "{}", dump(&mut db));
+    // The worker too: its copy of the key (sync writes queue none of the keys they locked,
+    // but a paused TVIEW's are parked, not refreshed) stays parked.
+    wait_drained(&mut db);
+    assert_eq!(name(&mut db), "one", "{}", dump(&mut db));
+
+    let resumed: i64 = db
+        .query_one("SELECT pg_tviews_resume('tv_tag')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(resumed, 1);
+    writer
+        .batch_execute("UPDATE tb_tag SET name = 'three' WHERE pk_tag = 1")
+        .unwrap();
+    assert_eq!(
+        name(&mut writer),
+        "three",
+        "the writer's next transaction saw the resume"
+    );
+    eventually("parked key applied", Duration::from_secs(15), || {
+        deferred(&mut db, "paused") == 0 && differences(&mut db, "tag") == 0
+    });
+}
+
 #[test]
 fn a_read_only_database_dead_letters_its_keys_and_says_why() {
     let cluster = Cluster::start("read-only", &["pg_tviews_bgw.max_retries = 2"]);
