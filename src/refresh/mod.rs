@@ -53,7 +53,8 @@ fn serving_waiters() -> bool {
 /// Totals of one refresh transaction.
 #[derive(Default)]
 pub struct Outcome {
-    /// Rows written (inserted, updated or deleted) in TVIEW tables.
+    /// Rows written (inserted, updated or deleted) in TVIEW tables; in-statement refreshes
+    /// (`OnError::Raise`) count only the rows they deleted.
     pub rows: u64,
     pub per_tview: Vec<Applied>,
     /// Per TVIEW, entries whose refresh raised: moved to `pg_tview_deferred` for retry.
@@ -271,9 +272,18 @@ pub fn defer(
 
 /// Recomputes one TVIEW's rows for `group` (entries of that TVIEW, sorted by kind); `None`
 /// when it is not a TVIEW any more.
-/// `resolved`: collects the TVIEW keys that lineage rules resolved to (see
-/// `Outcome::resolved`).
 fn refresh_group(
+    table_oid: pg_sys::Oid,
+    owner: pg_sys::Oid,
+    group: &[QueueEntry],
+) -> spi::Result<Option<u64>> {
+    Spi::connect_mut(|client| refresh_group_with(client, table_oid, owner, group, None))
+}
+
+/// `refresh_group` through the caller's SPI connection. `resolved`: collects the TVIEW keys
+/// that lineage rules resolved to (see `Outcome::resolved`).
+fn refresh_group_with(
+    client: &mut SpiClient<'_>,
     table_oid: pg_sys::Oid,
     owner: pg_sys::Oid,
     group: &[QueueEntry],
@@ -281,35 +291,36 @@ fn refresh_group(
 ) -> spi::Result<Option<u64>> {
     refuse_if_read_only();
     let _as_owner = AsOwner::switch_to(owner);
-    Spi::connect_mut(|client| {
-        if group.iter().any(|e| e.kind == kind::FULL) {
-            if serving_waiters() {
-                for_waiters_missed();
-            }
-            return refresh_all(client, table_oid);
+    if group.iter().any(|e| e.kind == kind::FULL) {
+        if serving_waiters() {
+            for_waiters_missed();
         }
-        plans::with_plans(client, table_oid, |client, plans| {
-            let keys = tview_keys(client, plans, table_oid, group)?;
-            if let Some(resolved) = resolved {
-                if group.iter().any(|e| e.kind != kind::ROW) {
-                    resolved.extend(keys.iter().map(|&key| QueueEntry {
-                        tview_oid: table_oid.to_u32(),
-                        kind: kind::ROW,
-                        key,
-                        committed_at: 0,
-                    }));
-                }
+        return refresh_all(client, table_oid);
+    }
+    // Only in-statement refreshes collect `resolved`; they report no rows written (nothing
+    // shows them), which saves the count's aggregate in every writing statement.
+    let count_written = resolved.is_none();
+    plans::with_plans(client, table_oid, |client, plans| {
+        let keys = tview_keys(client, plans, table_oid, group)?;
+        if let Some(resolved) = resolved {
+            if group.iter().any(|e| e.kind != kind::ROW) {
+                resolved.extend(keys.iter().map(|&key| QueueEntry {
+                    tview_oid: table_oid.to_u32(),
+                    kind: kind::ROW,
+                    key,
+                    committed_at: 0,
+                }));
             }
-            let rows = plans.refresh(client, table_oid, &keys)?;
-            if serving_waiters()
-                && plans
-                    .touch(client, table_oid, &keys)?
-                    .is_some_and(|m| m > 0)
-            {
-                for_waiters_missed();
-            }
-            Ok(rows)
-        })
+        }
+        let rows = plans.refresh(client, table_oid, &keys, count_written)?;
+        if serving_waiters()
+            && plans
+                .touch(client, table_oid, &keys)?
+                .is_some_and(|m| m > 0)
+        {
+            for_waiters_missed();
+        }
+        Ok(rows)
     })
 }
 
@@ -354,7 +365,7 @@ fn refresh_bisect(
         let _timeout = catalog::ScopedSettings::set(&[(c"lock_timeout", lock_timeout.as_c_str())]);
         // Before the refresh's snapshot: writers that locked keys of this TVIEW have ended.
         locks::lock_for_worker(table_oid);
-        refresh_group(table_oid, owner, group, None)
+        refresh_group(table_oid, owner, group)
     });
     match attempt {
         // Waiting for a lock, a read-only database or a missing relation says nothing about
@@ -428,17 +439,13 @@ pub fn apply_batch(
     let mut sorted: Vec<QueueEntry> = entries.to_vec();
     sorted.sort_unstable_by_key(|e| (e.tview_oid, e.kind, e.key));
     sorted.dedup_by_key(|e| (e.tview_oid, e.kind, e.key));
+    if on_error == OnError::Raise {
+        // A writing statement's refresh (sync mode): one SPI connection for all its TVIEWs.
+        return Spi::connect_mut(|client| apply_raising(client, &sorted, progress));
+    }
     let mut outcome = Outcome::default();
-    let mut start = 0;
-    while start < sorted.len() {
-        let oid = sorted[start].tview_oid;
-        let end = start
-            + sorted[start..]
-                .iter()
-                .take_while(|e| e.tview_oid == oid)
-                .count();
-        let group = &sorted[start..end];
-        start = end;
+    for group in sorted.chunk_by(|a, b| a.tview_oid == b.tview_oid) {
+        let oid = group[0].tview_oid;
         let table_oid = pg_sys::Oid::from(oid);
         if locking != Locking::Alone {
             let exclusive = locking == Locking::PartitionedExclusive
@@ -456,17 +463,6 @@ pub fn apply_batch(
         let Some(owner) = owner else {
             continue;
         };
-        if on_error == OnError::Raise {
-            if let Some(rows) = refresh_group(table_oid, owner, group, Some(&mut outcome.resolved))?
-            {
-                outcome.rows += rows;
-                outcome.per_tview.push(Applied {
-                    tview_oid: oid,
-                    keys: group.len() as u64,
-                });
-            }
-            continue;
-        }
         let mut isolated = Isolated::default();
         refresh_bisect(table_oid, owner, group, &mut isolated)?;
         if !isolated.exists {
@@ -474,6 +470,39 @@ pub fn apply_batch(
         }
         defer_failures(table_oid, &isolated.failed)?;
         outcome.add(oid, &isolated);
+    }
+    Ok(outcome)
+}
+
+/// `apply_batch` for `OnError::Raise` (in-statement refreshes, `Locking::Alone`): errors
+/// propagate to the writing statement.
+fn apply_raising(
+    client: &mut SpiClient<'_>,
+    sorted: &[QueueEntry],
+    progress: &dyn Fn(u32),
+) -> spi::Result<Outcome> {
+    let mut outcome = Outcome::default();
+    for group in sorted.chunk_by(|a, b| a.tview_oid == b.tview_oid) {
+        let oid = group[0].tview_oid;
+        let table_oid = pg_sys::Oid::from(oid);
+        progress(oid);
+        let (owner, paused) = catalog::tview_state(table_oid);
+        if paused {
+            defer(table_oid, group, "paused", None)?;
+            continue;
+        }
+        let Some(owner) = owner else {
+            continue;
+        };
+        if let Some(rows) =
+            refresh_group_with(client, table_oid, owner, group, Some(&mut outcome.resolved))?
+        {
+            outcome.rows += rows;
+            outcome.per_tview.push(Applied {
+                tview_oid: oid,
+                keys: group.len() as u64,
+            });
+        }
     }
     Ok(outcome)
 }

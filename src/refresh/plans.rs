@@ -11,8 +11,10 @@ use std::collections::HashMap;
 
 pub struct Plans {
     view_oid: u32,
-    /// `upsert_keys_sql`, argument `$1 bigint[]`.
+    /// `upsert_keys_sql(true)`, argument `$1 bigint[]`.
     upsert: OwnedPreparedStatement,
+    /// `upsert_keys_sql(false)` (in-statement refreshes), built on first use.
+    upsert_uncounted: Option<OwnedPreparedStatement>,
     /// `delete_missing_keys_sql`, argument `$1 bigint[]`, built on first use (most batches
     /// delete nothing).
     delete_missing: Option<OwnedPreparedStatement>,
@@ -88,13 +90,14 @@ fn build(client: &SpiClient<'_>, table_oid: pg_sys::Oid) -> spi::Result<Option<P
         .unwrap_or(pg_sys::InvalidOid);
     let upsert = client
         .prepare_mut(
-            shape.upsert_keys_sql().as_str(),
+            shape.upsert_keys_sql(true).as_str(),
             &[PgBuiltInOids::INT8ARRAYOID.into()],
         )?
         .keep();
     Ok(Some(Plans {
         view_oid: view_oid.to_u32(),
         upsert,
+        upsert_uncounted: None,
         delete_missing: None,
         resolvers: HashMap::new(),
         touch: None,
@@ -123,16 +126,18 @@ pub fn with_plans<R>(
     Ok(Some(result))
 }
 
-/// What `upsert_keys_sql` returned: rows written, rows of the view that repeat a key, and
-/// distinct keys the view returned.
-fn tally(table: pgrx::spi::SpiTupleTable<'_>) -> spi::Result<(i64, i64, usize)> {
+/// What `upsert_keys_sql` returned: rows written (0 when not `counted`), rows of the view
+/// that repeat a key, and distinct keys the view returned.
+fn tally(table: pgrx::spi::SpiTupleTable<'_>, counted: bool) -> spi::Result<(i64, i64, usize)> {
     let mut returned: smallvec::SmallVec<[i64; 8]> = smallvec::SmallVec::new();
     let mut rows = 0;
     for row in table {
         if let Some(key) = row.get::<i64>(1)? {
             returned.push(key);
         }
-        rows = row.get::<i64>(2)?.unwrap_or(0);
+        if counted {
+            rows = row.get::<i64>(2)?.unwrap_or(0);
+        }
     }
     let all = returned.len();
     returned.sort_unstable();
@@ -143,16 +148,33 @@ fn tally(table: pgrx::spi::SpiTupleTable<'_>) -> spi::Result<(i64, i64, usize)> 
 impl Plans {
     /// Recomputes the rows of `keys` (sorted, distinct): upserts what the view returns, then,
     /// only when the view returned fewer keys than asked for, deletes the rows it no longer
-    /// returns. Returns rows written; raises `cardinality_violation` on repeated keys (see
-    /// `refresh::counted`).
+    /// returns. Returns rows written (`count_written`; else only the rows deleted); raises
+    /// `cardinality_violation` on repeated keys (see `refresh::counted`).
     pub fn refresh(
         &mut self,
         client: &mut SpiClient<'_>,
         table_oid: pg_sys::Oid,
         keys: &[i64],
+        count_written: bool,
     ) -> spi::Result<u64> {
-        let (rows, repeated, returned) =
-            tally(client.update(&self.upsert, None, &[keys.to_vec().into()])?)?;
+        if !count_written && self.upsert_uncounted.is_none() {
+            self.upsert_uncounted = Some(
+                client
+                    .prepare_mut(
+                        self.shape.upsert_keys_sql(false).as_str(),
+                        &[PgBuiltInOids::INT8ARRAYOID.into()],
+                    )?
+                    .keep(),
+            );
+        }
+        let plan = match (&self.upsert_uncounted, count_written) {
+            (Some(uncounted), false) => uncounted,
+            _ => &self.upsert,
+        };
+        let (rows, repeated, returned) = tally(
+            client.update(plan, None, &[keys.to_vec().into()])?,
+            count_written,
+        )?;
         let mut rows = super::counted(Some(rows), Some(repeated), table_oid);
         if returned < keys.len() {
             if self.delete_missing.is_none() {

@@ -48,7 +48,7 @@ impl TviewShape {
             format!("DO UPDATE SET {set} WHERE ROW({old}) IS DISTINCT FROM ROW({new})")
         };
         format!(
-            "INSERT INTO {table} AS t ({cols}) SELECT {cols} FROM src ON CONFLICT ({key}) {conflict} RETURNING 1",
+            "INSERT INTO {table} AS t ({cols}) SELECT {cols} FROM src ON CONFLICT ({key}) {conflict}",
             table = self.table,
             key = self.key
         )
@@ -69,7 +69,7 @@ impl TviewShape {
         };
         format!(
             "WITH src AS MATERIALIZED (SELECT {cols} FROM {view}{src_where}), \
-             up AS ({upsert}), \
+             up AS ({upsert} RETURNING 1), \
              del AS (DELETE FROM {table} t WHERE {del_where}\
                      NOT EXISTS (SELECT 1 FROM src WHERE src.{key} = t.{key}) RETURNING 1) \
              SELECT ((SELECT count(*) FROM up) + (SELECT count(*) FROM del))::bigint, \
@@ -92,15 +92,24 @@ impl TviewShape {
     /// every batch: only the upsert of what the view returns (`delete_missing_keys_sql` runs
     /// after it when some key has no row in the view any more). A smaller plan than
     /// `refresh_keys_sql`'s: its executor start and end were a quarter of a sync-mode write's
-    /// CPU. Returns one row per row of the view's result: its key, and the rows written
-    /// (the same in every row). The caller counts the keys, which tells repeated keys (a join
-    /// that became one-to-many) and keys the view no longer returns; counting them here took
-    /// two more aggregates, one of them sorting, in every statement's executor start and run.
-    pub fn upsert_keys_sql(&self) -> String {
+    /// CPU. Returns one row per row of the view's result: its key, and with `count_written`
+    /// the rows written (the same in every row). The caller counts the keys, which tells
+    /// repeated keys (a join that became one-to-many) and keys the view no longer returns;
+    /// counting them here took two more aggregates, one of them sorting, in every statement's
+    /// executor start and run. Sync-mode writers do not count the rows written (nothing reports
+    /// them): the count's aggregate and init plan were about 3% of a sync write's instructions.
+    /// The upsert then has no RETURNING and nothing reads it; a data-modifying WITH still runs
+    /// to completion (after the main query, before the statement ends).
+    pub fn upsert_keys_sql(&self, count_written: bool) -> String {
+        let (returning, count) = if count_written {
+            (" RETURNING 1", ", (SELECT count(*) FROM up)::bigint")
+        } else {
+            ("", "")
+        };
         format!(
             "WITH src AS MATERIALIZED (SELECT {cols} FROM {view} WHERE {key} = ANY($1)), \
-             up AS ({upsert}) \
-             SELECT src.{key}::bigint, (SELECT count(*) FROM up)::bigint FROM src",
+             up AS ({upsert}{returning}) \
+             SELECT src.{key}::bigint{count} FROM src",
             cols = self.all_columns(),
             view = self.view,
             key = self.key,
@@ -233,13 +242,21 @@ mod tests {
     #[test]
     fn batch_refresh_upserts_then_deletes_only_what_the_view_lost() {
         let s = shape(&["id", "data"]);
-        let up = s.upsert_keys_sql();
+        let up = s.upsert_keys_sql(true);
         assert!(up.contains("SELECT pk_post, id, data FROM public.v_post WHERE pk_post = ANY($1)"));
         assert!(up.contains("ON CONFLICT (pk_post) DO UPDATE"));
         assert!(!up.contains("DELETE"));
         assert!(
-            up.ends_with("SELECT src.pk_post::bigint, (SELECT count(*) FROM up)::bigint FROM src"),
+            up.ends_with(
+                "RETURNING 1) SELECT src.pk_post::bigint, (SELECT count(*) FROM up)::bigint FROM src"
+            ),
             "{up}"
+        );
+        let uncounted = s.upsert_keys_sql(false);
+        assert!(uncounted.contains("ON CONFLICT (pk_post) DO UPDATE"));
+        assert!(
+            uncounted.ends_with("EXCLUDED.data)) SELECT src.pk_post::bigint FROM src"),
+            "{uncounted}"
         );
         let del = s.delete_missing_keys_sql();
         assert!(del.contains("DELETE FROM public.tv_post t WHERE t.pk_post = ANY($1)"));
