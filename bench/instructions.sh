@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Instructions per single-row UPDATE, counted by valgrind (callgrind) in a single-user backend:
+# a deterministic figure beside make bench's CPU times, which swing by tens of percent on a
+# shared machine. Not part of make bench (about a minute; valgrind is installed if missing).
+#
+# One cluster with bench/sql/schema.sql's workload (the same seed and sizes as make bench),
+# stopped; then, for each variant, `postgres --single` runs a prepared single-row UPDATE of
+# random posts N1 and N2 times under callgrind, and (Ir(N2) - Ir(N1)) / (N2 - N1) is the cost
+# of one write without the backend's start and first executions. Each run starts with a
+# VACUUM (outside the count), so the variants read tables in similar states.
+#   base    the UPDATE of a copy without triggers
+#   floor   the copy with the hand-written PL/pgSQL statement trigger that refreshes its read
+#           model synchronously (the bench's syncpl variant)
+#   sync    public.tb_post with pg_tviews_bgw.mode = sync (both TVIEWs refreshed in-statement)
+# Single-user mode runs no background worker; the sync variant does not need one.
+# Usage: bash bench/instructions.sh   (N1, N2, USERS, POSTS, DIR, PORT: environment)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PGBIN=${PGBIN:-$(scripts/pg-bindir.sh "${PG:-15}")}
+DIR=${DIR:-$PWD/target/bench-instructions}
+PORT=${PORT:-5602}
+N1=${N1:-200}
+N2=${N2:-1200}
+USERS=${USERS:-10000}
+POSTS=${POSTS:-100000}
+
+if ! command -v valgrind >/dev/null; then
+    echo "instructions: installing valgrind"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null 2>&1 \
+        || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null; }
+fi
+as_pg() { (cd / && sudo -u postgres -- "$@"); }
+
+scripts/cluster.sh stop "$DIR" >/dev/null 2>&1 || true
+rm -rf "$DIR"
+env -u RUST_BACKTRACE scripts/cluster.sh start "$DIR" "$PORT" "fsync = off" "autovacuum = off" \
+    "shared_buffers = '512MB'" >/dev/null
+PSQL=("$PGBIN/psql" -h "$DIR" -p "$PORT" -U postgres -X -v ON_ERROR_STOP=1)
+as_pg "${PSQL[@]}" -qc "CREATE DATABASE bench" postgres
+as_pg "${PSQL[@]}" -q -v nusers="$USERS" -v nposts="$POSTS" -v seed=0.42 \
+    -f "$PWD/bench/sql/schema.sql" bench >/dev/null
+as_pg "${PSQL[@]}" -qc "SELECT pg_tviews_wait('60s')" bench >/dev/null
+scripts/cluster.sh stop "$DIR" >/dev/null
+
+work=$(mktemp -d)
+chmod 777 "$work"
+# ir TABLE N [sync]: total instructions of one single-user backend running N UPDATEs.
+ir() {
+    local sql=$work/run.sql out=$work/cg.out
+    {
+        [[ ${3:-} == sync ]] && echo "SET pg_tviews_bgw.mode = sync;"
+        echo "PREPARE u(int) AS UPDATE $1 SET votes = votes + 1 WHERE pk_post = \$1;"
+        awk -v n="$2" -v posts="$POSTS" 'BEGIN { srand(7); for (i = 0; i < n; i++) printf "EXECUTE u(%d);\n", 1 + int(rand() * posts) }'
+    } >"$sql"
+    chmod a+r "$sql"
+    local single=("$PGBIN/postgres" --single -D "$DIR/data" -c shared_preload_libraries=pg_tviews_bgw -j bench)
+    echo "VACUUM;" | as_pg env -u RUST_BACKTRACE "${single[@]}" >/dev/null 2>&1
+    as_pg env -u RUST_BACKTRACE valgrind --tool=callgrind --callgrind-out-file="$out" \
+        "${single[@]}" <"$sql" >"$work/run.log" 2>&1
+    if grep -q ERROR "$work/run.log"; then
+        grep ERROR "$work/run.log" | head -3 >&2
+        exit 1
+    fi
+    awk '/^(summary|totals):/ { print $2; exit }' "$out"
+    rm -f "$out"
+}
+per_write() { echo $(( ($(ir "$1" "$N2" "${2:-}") - $(ir "$1" "$N1" "${2:-}")) / (N2 - N1) )); }
+
+base=$(per_write base.tb_post)
+floor=$(per_write syncpl.tb_post)
+sync=$(per_write public.tb_post sync)
+rm -rf "$work"
+printf 'instructions per single-row UPDATE (callgrind, %s - %s writes)\n' "$N2" "$N1"
+printf '  base   %9d\n  floor  %9d\n  sync   %9d\n' "$base" "$floor" "$sync"
+awk -v s="$sync" -v f="$floor" 'BEGIN { printf "  sync / floor = %.3f\n", s / f }'
