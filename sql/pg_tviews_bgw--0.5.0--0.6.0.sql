@@ -8,6 +8,8 @@
 --     capturing until their table's triggers are rewritten.
 --   * the pg_tview_meta_changed trigger: backends cache paused flags, and every statement
 --     that may change one invalidates those caches.
+--   * _pg_tviews_note_key: the refresh statement of writing statements (sync mode) hands the
+--     keys its view returned through it.
 -- Install the new library first; the end of this script rewrites every TVIEW's capture
 -- triggers in the new layout.
 \echo Use "ALTER EXTENSION pg_tviews_bgw UPDATE TO '0.6.0'" to load this file. \quit
@@ -31,3 +33,11 @@ CREATE TRIGGER pg_tview_meta_changed
     FOR EACH ROW EXECUTE FUNCTION _pg_tviews_meta_changed();
 CREATE TRIGGER pg_tview_meta_truncated AFTER TRUNCATE ON pg_tview_meta
     FOR EACH STATEMENT EXECUTE FUNCTION _pg_tviews_meta_changed();
+
+-- Sync-mode refreshes hand the keys their view returned through this (refresh/plans.rs).
+CREATE  FUNCTION "_pg_tviews_note_key"(
+	"key" bigint /* i64 */
+) RETURNS bool /* bool */
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_pg_tviews_note_key_wrapper';

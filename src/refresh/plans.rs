@@ -11,10 +11,10 @@ use std::collections::HashMap;
 
 pub struct Plans {
     view_oid: u32,
-    /// `upsert_keys_sql(true)`, argument `$1 bigint[]`.
+    /// `upsert_keys_sql`, argument `$1 bigint[]`.
     upsert: OwnedPreparedStatement,
-    /// `upsert_keys_sql(false)` (in-statement refreshes), built on first use.
-    upsert_uncounted: Option<OwnedPreparedStatement>,
+    /// `upsert_keys_noting_sql` (writing statements), built on first use.
+    upsert_noting: Option<OwnedPreparedStatement>,
     /// `delete_missing_keys_sql`, argument `$1 bigint[]`, built on first use (most batches
     /// delete nothing).
     delete_missing: Option<OwnedPreparedStatement>,
@@ -28,6 +28,9 @@ pub struct Plans {
 }
 
 thread_local! {
+    /// The keys `_pg_tviews_note_key` was handed, one frame per `upsert_keys_noting_sql`
+    /// statement running (a statement's triggers may refresh another TVIEW inside it).
+    static NOTED: RefCell<Vec<Vec<i64>>> = const { RefCell::new(Vec::new()) };
     static CACHE: RefCell<HashMap<u32, Plans>> = RefCell::new(HashMap::new());
     /// Relations invalidated since the last use (filled by the callback, which must not free
     /// plans itself); `None` means "everything".
@@ -90,14 +93,14 @@ fn build(client: &SpiClient<'_>, table_oid: pg_sys::Oid) -> spi::Result<Option<P
         .unwrap_or(pg_sys::InvalidOid);
     let upsert = client
         .prepare_mut(
-            shape.upsert_keys_sql(true).as_str(),
+            shape.upsert_keys_sql().as_str(),
             &[PgBuiltInOids::INT8ARRAYOID.into()],
         )?
         .keep();
     Ok(Some(Plans {
         view_oid: view_oid.to_u32(),
         upsert,
-        upsert_uncounted: None,
+        upsert_noting: None,
         delete_missing: None,
         resolvers: HashMap::new(),
         touch: None,
@@ -126,30 +129,67 @@ pub fn with_plans<R>(
     Ok(Some(result))
 }
 
-/// What `upsert_keys_sql` returned: rows written (0 when not `counted`), rows of the view
-/// that repeat a key, and distinct keys the view returned.
-fn tally(table: pgrx::spi::SpiTupleTable<'_>, counted: bool) -> spi::Result<(i64, i64, usize)> {
+/// What `upsert_keys_sql` returned: rows written, rows of the view that repeat a key, and
+/// distinct keys the view returned.
+fn tally(table: pgrx::spi::SpiTupleTable<'_>) -> spi::Result<(i64, i64, usize)> {
     let mut returned: smallvec::SmallVec<[i64; 8]> = smallvec::SmallVec::new();
     let mut rows = 0;
     for row in table {
         if let Some(key) = row.get::<i64>(1)? {
             returned.push(key);
         }
-        if counted {
-            rows = row.get::<i64>(2)?.unwrap_or(0);
+        rows = row.get::<i64>(2)?.unwrap_or(0);
+    }
+    let (repeated, distinct) = repeats(returned.into_vec());
+    Ok((rows, repeated, distinct))
+}
+
+/// `(keys that repeat, distinct keys)` of `keys`.
+fn repeats(mut keys: Vec<i64>) -> (i64, usize) {
+    let all = keys.len();
+    keys.sort_unstable();
+    keys.dedup();
+    ((all - keys.len()) as i64, keys.len())
+}
+
+/// Called by `upsert_keys_noting_sql` for every row of the view's result: hands its key to the
+/// statement's caller (`Plans::refresh`). Outside such a statement it does nothing. Returns
+/// true (the row goes on into the upsert).
+#[pg_extern(volatile, parallel_unsafe)]
+fn _pg_tviews_note_key(key: i64) -> bool {
+    NOTED.with(|n| {
+        if let Some(frame) = n.borrow_mut().last_mut() {
+            frame.push(key);
+        }
+    });
+    true
+}
+
+/// Runs `f` with a frame of `NOTED` open; returns its result and the keys noted meanwhile. The
+/// frame is closed on unwinding too.
+fn noting<R>(f: impl FnOnce() -> R) -> (R, Vec<i64>) {
+    struct Frame;
+    impl Drop for Frame {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                NOTED.with(|n| n.borrow_mut().pop());
+            }
         }
     }
-    let all = returned.len();
-    returned.sort_unstable();
-    returned.dedup();
-    Ok((rows, (all - returned.len()) as i64, returned.len()))
+    NOTED.with(|n| n.borrow_mut().push(Vec::new()));
+    let frame = Frame;
+    let result = f();
+    std::mem::forget(frame);
+    let keys = NOTED.with(|n| n.borrow_mut().pop()).unwrap_or_default();
+    (result, keys)
 }
 
 impl Plans {
     /// Recomputes the rows of `keys` (sorted, distinct): upserts what the view returns, then,
     /// only when the view returned fewer keys than asked for, deletes the rows it no longer
-    /// returns. Returns rows written (`count_written`; else only the rows deleted); raises
-    /// `cardinality_violation` on repeated keys (see `refresh::counted`).
+    /// returns. Returns rows written (with `count_written`; writing statements, which do not
+    /// report them, count only the rows deleted); raises `cardinality_violation` on repeated
+    /// keys (see `refresh::counted`).
     pub fn refresh(
         &mut self,
         client: &mut SpiClient<'_>,
@@ -157,24 +197,31 @@ impl Plans {
         keys: &[i64],
         count_written: bool,
     ) -> spi::Result<u64> {
-        if !count_written && self.upsert_uncounted.is_none() {
-            self.upsert_uncounted = Some(
-                client
-                    .prepare_mut(
-                        self.shape.upsert_keys_sql(false).as_str(),
-                        &[PgBuiltInOids::INT8ARRAYOID.into()],
-                    )?
-                    .keep(),
-            );
+        if !count_written && self.upsert_noting.is_none() {
+            // The extension's schema is there while its TVIEWs are refreshed.
+            if let Some(schema) = catalog::extension_schema() {
+                let sql = self
+                    .shape
+                    .upsert_keys_noting_sql(&pgrx::spi::quote_identifier(&schema));
+                self.upsert_noting = Some(
+                    client
+                        .prepare_mut(sql.as_str(), &[PgBuiltInOids::INT8ARRAYOID.into()])?
+                        .keep(),
+                );
+            }
         }
-        let plan = match (&self.upsert_uncounted, count_written) {
-            (Some(uncounted), false) => uncounted,
-            _ => &self.upsert,
+        let (rows, repeated, returned) = match (&self.upsert_noting, count_written) {
+            (Some(plan), false) => {
+                let (result, mut noted) =
+                    noting(|| client.update(plan, None, &[keys.to_vec().into()]).map(drop));
+                result?;
+                // Only the keys asked for: no other key can come from this statement's view.
+                noted.retain(|k| keys.binary_search(k).is_ok());
+                let (repeated, distinct) = repeats(noted);
+                (0, repeated, distinct)
+            }
+            _ => tally(client.update(&self.upsert, None, &[keys.to_vec().into()])?)?,
         };
-        let (rows, repeated, returned) = tally(
-            client.update(plan, None, &[keys.to_vec().into()])?,
-            count_written,
-        )?;
         let mut rows = super::counted(Some(rows), Some(repeated), table_oid);
         if returned < keys.len() {
             if self.delete_missing.is_none() {
