@@ -298,7 +298,8 @@ fn refresh_group_with(
         return refresh_all(client, table_oid);
     }
     // Only in-statement refreshes collect `resolved`; they report no rows written (nothing
-    // shows them), which saves the count's aggregate in every writing statement.
+    // shows them) and run the cheaper statement that only hands over the view's keys
+    // (`TviewShape::upsert_keys_noting_sql`).
     let count_written = resolved.is_none();
     plans::with_plans(client, table_oid, |client, plans| {
         let keys = tview_keys(client, plans, table_oid, group)?;
