@@ -454,14 +454,7 @@ pub fn apply_batch(
             lock_tview(table_oid, exclusive)?;
         }
         progress(oid);
-        // Without SPI (catalog::state): a sync-mode writer checks this per statement.
-        let (owner, paused) = catalog::tview_state(table_oid);
-        if paused {
-            defer(table_oid, group, "paused", None)?;
-            continue;
-        }
-        // Not a table any more: dropped TVIEWs leave their queued keys behind.
-        let Some(owner) = owner else {
+        let Some(owner) = refreshable_owner(table_oid, group)? else {
             continue;
         };
         let mut isolated = Isolated::default();
@@ -473,6 +466,22 @@ pub fn apply_batch(
         outcome.add(oid, &isolated);
     }
     Ok(outcome)
+}
+
+/// The role to refresh `group` (entries of one TVIEW) as, or `None` when there is nothing to
+/// refresh now: the TVIEW is paused (the entries are parked in `pg_tview_deferred`) or no
+/// longer a table (dropped TVIEWs leave their queued keys behind). Read without SPI
+/// (`catalog::state`): a sync-mode writer checks this per statement.
+fn refreshable_owner(
+    table_oid: pg_sys::Oid,
+    group: &[QueueEntry],
+) -> spi::Result<Option<pg_sys::Oid>> {
+    let (owner, paused) = catalog::tview_state(table_oid);
+    if paused {
+        defer(table_oid, group, "paused", None)?;
+        return Ok(None);
+    }
+    Ok(owner)
 }
 
 /// `apply_batch` for `OnError::Raise` (in-statement refreshes, `Locking::Alone`): errors
@@ -487,12 +496,7 @@ fn apply_raising(
         let oid = group[0].tview_oid;
         let table_oid = pg_sys::Oid::from(oid);
         progress(oid);
-        let (owner, paused) = catalog::tview_state(table_oid);
-        if paused {
-            defer(table_oid, group, "paused", None)?;
-            continue;
-        }
-        let Some(owner) = owner else {
+        let Some(owner) = refreshable_owner(table_oid, group)? else {
             continue;
         };
         if let Some(rows) =
