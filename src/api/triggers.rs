@@ -493,11 +493,10 @@ fn complete(
 }
 
 fn function(schema: &str, groups: &[Group]) -> String {
-    let args: Vec<String> = Group::encode_all(groups)
-        .into_iter()
-        .map(quote_literal)
-        .collect();
-    format!("{schema}.pg_tviews_capture_source({})", args.join(", "))
+    format!(
+        "{schema}.pg_tviews_capture_source({})",
+        quote_literal(Group::encode_all(groups))
+    )
 }
 
 fn drop_trigger(name: &str, relation: &str) {
