@@ -12,6 +12,9 @@
 #   floor   the copy with the hand-written PL/pgSQL statement trigger that refreshes its read
 #           model synchronously (the bench's syncpl variant)
 #   sync    public.tb_post with pg_tviews_bgw.mode = sync (both TVIEWs refreshed in-statement)
+#   noop    the copy with the no-op PL/pgSQL statement trigger (the bench's capture floor)
+#   async   public.tb_post in async mode: the capture trigger and the publish at COMMIT (the
+#           writer's own cost; no worker runs, so nothing is refreshed)
 # Single-user mode runs no background worker; the sync variant does not need one.
 # Usage: bash bench/instructions.sh   (N1, N2, USERS, POSTS, DIR, PORT: environment)
 set -euo pipefail
@@ -69,7 +72,12 @@ per_write() { echo $(( ($(ir "$1" "$N2" "${2:-}") - $(ir "$1" "$N1" "${2:-}")) /
 base=$(per_write base.tb_post)
 floor=$(per_write syncpl.tb_post)
 sync=$(per_write public.tb_post sync)
+noop=$(per_write cap.tb_post)
+async=$(per_write public.tb_post)
 rm -rf "$work"
 printf 'instructions per single-row UPDATE (callgrind, %s - %s writes)\n' "$N2" "$N1"
-printf '  base   %9d\n  floor  %9d\n  sync   %9d\n' "$base" "$floor" "$sync"
+printf '  base   %9d\n  floor  %9d\n  sync   %9d\n  noop   %9d\n  async  %9d\n' \
+    "$base" "$floor" "$sync" "$noop" "$async"
 awk -v s="$sync" -v f="$floor" 'BEGIN { printf "  sync / floor = %.3f\n", s / f }'
+awk -v b="$base" -v n="$noop" -v a="$async" \
+    'BEGIN { printf "  base / noop = %.3f, base / async = %.3f\n", b / n, b / a }'
