@@ -66,6 +66,14 @@ fn register_once() {
     }
 }
 
+/// The generation of relation and schema name lookups in this backend: bumped by every
+/// invalidation of pg_class's or pg_namespace's name caches, so a name resolved to an oid
+/// holds for as long as the generation does (`journal::write::relid` keys its cache on it).
+pub fn name_generation() -> u64 {
+    register_once();
+    GENERATION.with(Cell::get)
+}
+
 /// The groups of trigger `tgoid` (with `nargs` arguments) and their TVIEWs: from the cache,
 /// else `parse()`d and resolved now. `None` when `parse` finds the arguments malformed.
 pub fn resolved(
