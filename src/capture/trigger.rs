@@ -150,14 +150,17 @@ fn capture<'a>(
                 }
             }
         } else {
-            for store in [data.tg_oldtable, data.tg_newtable] {
-                if !store.is_null() {
-                    // SAFETY: the tuplestore belongs to the current statement's transition
-                    // capture and stays valid while AFTER STATEMENT triggers run; the
-                    // descriptor matches its tuples.
-                    unsafe { read_keys(store, tupdesc, &columns, &mut keys) };
-                }
-            }
+            // SAFETY: the tuplestores (either may be null) belong to the current statement's
+            // transition capture and stay valid while AFTER STATEMENT triggers run; the
+            // descriptor matches their tuples.
+            unsafe {
+                read_keys(
+                    [data.tg_oldtable, data.tg_newtable],
+                    tupdesc,
+                    &columns,
+                    &mut keys,
+                )
+            };
         }
     }
     for &(tview, _) in &whole {
@@ -165,15 +168,22 @@ fn capture<'a>(
     }
     keys.sort_unstable();
     keys.dedup();
+    let staged = keys.into_iter().map(|(tview_oid, kind, key)| StagedKey {
+        tview_oid,
+        kind,
+        key,
+    });
+    if sync_tviews.is_empty() {
+        // The common case: one vector, no split.
+        let keys: Vec<StagedKey> = staged.collect();
+        if !keys.is_empty() {
+            dispatch(keys, false);
+        }
+        return Ok(None);
+    }
     // Async TVIEWs' keys are staged together; sync ones are refreshed (then staged) together.
-    let (sync_keys, async_keys): (Vec<StagedKey>, Vec<StagedKey>) = keys
-        .into_iter()
-        .map(|(tview_oid, kind, key)| StagedKey {
-            tview_oid,
-            kind,
-            key,
-        })
-        .partition(|k| sync_tviews.contains(&k.tview_oid));
+    let (sync_keys, async_keys): (Vec<StagedKey>, Vec<StagedKey>) =
+        staged.partition(|k| sync_tviews.contains(&k.tview_oid));
     if !async_keys.is_empty() {
         dispatch(async_keys, false);
     }
@@ -274,10 +284,10 @@ unsafe fn read_tuple_keys(
 }
 
 /// # Safety
-/// `store` is a valid tuplestore of tuples of `tupdesc` (a transition table), and every
-/// `columns` attribute number a pass-by-value integer attribute of it.
+/// Each of `stores` is null or a valid tuplestore of tuples of `tupdesc` (a transition
+/// table), and every `columns` attribute number a pass-by-value integer attribute of it.
 unsafe fn read_keys(
-    store: *mut pg_sys::Tuplestorestate,
+    stores: [*mut pg_sys::Tuplestorestate; 2],
     tupdesc: pg_sys::TupleDesc,
     columns: &[Column],
     keys: &mut StatementKeys,
@@ -286,27 +296,31 @@ unsafe fn read_keys(
     // SAFETY: one error boundary for the whole read (an ERROR inside becomes a Rust panic at
     // it, as with pgrx's own bindings). Every frame it would jump over is plain: raw pointers,
     // integers and `keys`, a reference to the caller's vector, whose pushes complete between
-    // calls. The caller guarantees `store` and `tupdesc`; the slot is created and dropped
-    // here, and our own read pointer leaves other readers' positions untouched; `tts_values`
-    // and `tts_isnull` hold `last` attributes after `slot_getsomeattrs_int`.
+    // calls. The caller guarantees `stores` and `tupdesc`; one slot serves both tables (same
+    // descriptor), created and dropped here, and our own read pointer leaves other readers'
+    // positions untouched; `tts_values` and `tts_isnull` hold `last` attributes after
+    // `slot_getsomeattrs_int`.
     unsafe {
         pg_sys::ffi::pg_guard_ffi_boundary(|| {
             let slot =
                 raw::MakeSingleTupleTableSlot(tupdesc, &raw const pg_sys::TTSOpsMinimalTuple);
-            let reader = raw::tuplestore_alloc_read_pointer(store, pg_sys::EXEC_FLAG_REWIND as i32);
-            raw::tuplestore_select_read_pointer(store, reader);
-            raw::tuplestore_rescan(store);
-            while raw::tuplestore_gettupleslot(store, true, false, slot) {
-                if i32::from((*slot).tts_nvalid) < last {
-                    raw::slot_getsomeattrs_int(slot, last);
-                }
-                for column in columns {
-                    let at = (column.attno - 1) as usize;
-                    if *(*slot).tts_isnull.add(at) {
-                        continue;
+            for &store in stores.iter().filter(|s| !s.is_null()) {
+                let reader =
+                    raw::tuplestore_alloc_read_pointer(store, pg_sys::EXEC_FLAG_REWIND as i32);
+                raw::tuplestore_select_read_pointer(store, reader);
+                raw::tuplestore_rescan(store);
+                while raw::tuplestore_gettupleslot(store, true, false, slot) {
+                    if i32::from((*slot).tts_nvalid) < last {
+                        raw::slot_getsomeattrs_int(slot, last);
                     }
-                    let datum = *(*slot).tts_values.add(at);
-                    keys.push((column.tview, column.kind, key_value(datum, column.typid)));
+                    for column in columns {
+                        let at = (column.attno - 1) as usize;
+                        if *(*slot).tts_isnull.add(at) {
+                            continue;
+                        }
+                        let datum = *(*slot).tts_values.add(at);
+                        keys.push((column.tview, column.kind, key_value(datum, column.typid)));
+                    }
                 }
             }
             raw::ExecDropSingleTupleTableSlot(slot);
@@ -317,7 +331,7 @@ unsafe fn read_keys(
 /// The PostgreSQL functions `read_keys` calls for every transition table, declared without
 /// pgrx's per-call error boundary (a `sigsetjmp` and its bookkeeping, about 180 instructions):
 /// nine calls per table, eighteen per single-row UPDATE, were 2% of the write. `read_keys`
-/// calls them under one boundary instead. Same signatures as PostgreSQL 15 to 18 declare.
+/// calls them under one boundary for both tables instead. Same signatures as PostgreSQL 15 to 18 declare.
 #[allow(non_snake_case)]
 mod raw {
     use pgrx::pg_sys::{TupleDesc, TupleTableSlot, TupleTableSlotOps, Tuplestorestate};
