@@ -64,6 +64,12 @@ SCRUB_ROUNDS=${SCRUB_ROUNDS:-$ROUNDS} # phase S rounds (scrub on vs off); 0 skip
 SCRUB_INTERVAL=${SCRUB_INTERVAL:-1s} # scrub_interval while phase S measures it (no rate cap; 1s:
                                     # always behind, so it uses all the idle time it gets)
 SCRUB_LAG_S=${SCRUB_LAG_S:-15}      # phase S: paced writers + lag probe, scrub off, then on
+# The paused variant of phases A and A2 runs a fixed PAUSED_TX transactions per client instead
+# of ROUND_S seconds: its keys stay in the ring until the round ends, and a round that overflows
+# it measures the overflow path (a transaction that does not fit is only counted) instead of the
+# writers' normal cost. Each write takes three ring slots (two keys and a commit marker); the
+# default fills three quarters of the ring.
+PAUSED_TX=${PAUSED_TX:-$((QUEUE_SIZE / (CLIENTS * 4)))}
 # Phase W: 1 vs W_TVIEWS TVIEWs over identical copies of tb_post, worker paused, W_TX
 # transactions per client per round (a fixed count, so a round's keys, W_TVIEWS per write plus a
 # commit marker, always fit the ring: the default fills a sixth of it, since the worker then
@@ -178,7 +184,7 @@ restart_with() {
     for v in SEED USERS POSTS ROUNDS ROUND_S CLIENTS LAG_PROBES LAG_PROBE_IDS LAG_LOAD_S \
         LAG_LOAD_CLIENTS LAG_LOAD_RATE POLL_SLEEP_US DRAIN_KEYS BATCH_SIZES BS_LAG_S QUEUE_SIZE \
         MAX_WORKERS OVERFLOW NONE_ROUNDS BULK_ROUNDS TWO_WORKERS SCRUB_ROUNDS SCRUB_INTERVAL SCRUB_LAG_S \
-        W_ROUNDS W_TVIEWS W_TX RYW_LOAD_S RYW_LOAD_CLIENTS RYW_WAIT_TIMEOUT_S SAMPLE_S DEADLINE_S; do
+        PAUSED_TX W_ROUNDS W_TVIEWS W_TX RYW_LOAD_S RYW_LOAD_CLIENTS RYW_WAIT_TIMEOUT_S SAMPLE_S DEADLINE_S; do
         printf 'param.%s\t%s\n' "$v" "${!v}"
     done
 } >"$RAW/meta.tsv"
@@ -377,7 +383,8 @@ repair() {
 # committed write: cpu_snapshot before pgbench starts and after the round's writes are applied
 # (pg_tviews_wait, whose own connection counts too), so the async variant includes the refresh;
 # the paused variants (worker disabled: paused, w1, w8) are measured before the worker is
-# re-enabled, i.e. the writers' own cost. w1/w8 run a fixed W_TX transactions per client.
+# re-enabled, i.e. the writers' own cost. w1/w8 run a fixed W_TX transactions per client,
+# paused PAUSED_TX.
 writer_round() {
     local r=$1 v=$2 out=$3 opts=() tps lat backlog=0 catchup=0 stale=0 t0 schema len c0 c1 tx
     local paused=0 ov0
@@ -387,6 +394,7 @@ writer_round() {
     [[ $v == sync ]] && opts=(-c pg_tviews_bgw.mode=sync)
     if ((paused)); then set_guc pg_tviews_bgw.enabled off; wait_worker_state disabled; fi
     len=(-T "$ROUND_S"); [[ $v == w1 || $v == w8 || $v == w8l ]] && len=(-t "$W_TX")
+    [[ $v == paused ]] && len=(-t "$PAUSED_TX")
     ov0=$(q "SELECT overflowed FROM pg_tviews_stats")
     # Phase S: the TVIEW with the scrub working through the round (a pass every SCRUB_INTERVAL,
     # no rate cap), or with it off.
