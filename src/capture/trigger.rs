@@ -49,7 +49,9 @@ fn pg_tviews_capture_source<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByRust>>, Error> {
     let resolved = resolved(trigger, Group::parse_all)?.ok_or_else(|| {
-        capture_error("pg_tviews_capture_source() expects (TVIEW, n, column, kind × n)...")
+        capture_error(
+            "pg_tviews_capture_source() expects one argument: \"TVIEW n column kind × n ...\"",
+        )
     })?;
     capture(trigger, &resolved)
 }
