@@ -74,15 +74,11 @@ pub fn dispatch(keys: Vec<StagedKey>, tview_sync: bool) {
 /// Returns the TVIEW keys that lineage rules resolved to (`refresh::Outcome::resolved`).
 pub fn refresh_synchronously(keys: &[StagedKey]) -> Vec<StagedKey> {
     // The statements name the extension's tables unqualified; the writer's search_path is
-    // the application's.
-    // The kept refresh plans take a key array: custom plans (the default for the first
-    // executions, and whenever the planner guesses them cheaper) re-plan the whole view on
-    // every statement, which was most of a sync write's cost. The worker forces generic plans
-    // for the same reason.
-    let _settings = crate::catalog::PinnedSearchPath::enter_with(&[(
-        c"plan_cache_mode",
-        c"force_generic_plan",
-    )]);
+    // the application's. Unless it already resolves every name alike (the default path with
+    // the extension in `public`); each TVIEW's refresh, run as its owner, checks again
+    // (`refresh::refresh_group_with`). The kept refresh plans always run generic
+    // (`refresh::plans::KeptPlan`).
+    let _path = crate::catalog::PinnedSearchPath::enter_unless_equivalent();
     let entries: Vec<queue::QueueEntry> = keys.iter().map(|k| k.entry()).collect();
     match refresh::apply_batch(
         &entries,

@@ -159,6 +159,12 @@ pub fn cached_schema() -> Option<String> {
     cached().map(|_| SCHEMA.with(|s| s.borrow().clone()))
 }
 
+/// The oid of the extension's schema when `pg_tview_meta` was found in it before and still
+/// is (see `cached`).
+pub fn cached_schema_oid() -> Option<pg_sys::Oid> {
+    cached().map(|meta| meta.namespace)
+}
+
 /// The owner of the table `table_oid` (`None`: no such relation any more).
 fn owner(table_oid: pg_sys::Oid) -> Option<pg_sys::Oid> {
     // SAFETY: a syscache lookup by oid; the tuple is read and released before returning.

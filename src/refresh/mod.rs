@@ -290,6 +290,8 @@ fn refresh_group_with(
     resolved: Option<&mut Vec<QueueEntry>>,
 ) -> spi::Result<Option<u64>> {
     refuse_if_read_only();
+    // Before the switch: the owner's privileges run only what the pinned path finds.
+    let _path = catalog::PinnedSearchPath::enter_for_role(owner);
     let _as_owner = AsOwner::switch_to(owner);
     if group.iter().any(|e| e.kind == kind::FULL) {
         if serving_waiters() {

@@ -5,25 +5,25 @@
 
 use crate::catalog;
 use pgrx::prelude::*;
-use pgrx::spi::{OwnedPreparedStatement, SpiClient};
+use pgrx::spi::SpiClient;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::ptr::NonNull;
 
 pub struct Plans {
     view_oid: u32,
-    /// `upsert_keys_sql`, argument `$1 bigint[]`.
-    upsert: OwnedPreparedStatement,
+    /// `upsert_keys_sql`.
+    upsert: KeptPlan,
     /// `upsert_keys_noting_sql` (writing statements), built on first use.
-    upsert_noting: Option<OwnedPreparedStatement>,
-    /// `delete_missing_keys_sql`, argument `$1 bigint[]`, built on first use (most batches
-    /// delete nothing).
-    delete_missing: Option<OwnedPreparedStatement>,
-    /// Lineage rule -> `SELECT array_agg(k) FROM (resolve_sql)`, argument `$1 bigint[]`.
-    resolvers: HashMap<u32, Option<OwnedPreparedStatement>>,
+    upsert_noting: Option<KeptPlan>,
+    /// `delete_missing_keys_sql`, built on first use (most batches delete nothing).
+    delete_missing: Option<KeptPlan>,
+    /// Lineage rule -> `SELECT array_agg(k) FROM (resolve_sql)`.
+    resolvers: HashMap<u32, Option<KeptPlan>>,
     /// `touch_keys_sql` when another TVIEW reads this one (`Some(None)`: none does), built on
     /// first use by the priority lane. Creating a dependent TVIEW adds capture triggers to
     /// this table, which invalidates its relcache entry and with it these plans.
-    touch: Option<Option<OwnedPreparedStatement>>,
+    touch: Option<Option<KeptPlan>>,
     shape: super::sql::TviewShape,
 }
 
@@ -91,12 +91,7 @@ fn build(client: &SpiClient<'_>, table_oid: pg_sys::Oid) -> spi::Result<Option<P
         .first()
         .get_one::<pg_sys::Oid>()?
         .unwrap_or(pg_sys::InvalidOid);
-    let upsert = client
-        .prepare_mut(
-            shape.upsert_keys_sql().as_str(),
-            &[PgBuiltInOids::INT8ARRAYOID.into()],
-        )?
-        .keep();
+    let upsert = KeptPlan::prepare(client, &shape.upsert_keys_sql())?;
     Ok(Some(Plans {
         view_oid: view_oid.to_u32(),
         upsert,
@@ -129,6 +124,128 @@ pub fn with_plans<R>(
     Ok(Some(result))
 }
 
+/// A statement of one `$1 bigint[]` argument (the keys), prepared once per process and kept
+/// across transactions, that always runs its generic plan: prepared with
+/// `CURSOR_OPT_GENERIC_PLAN`. Custom plans (the default for the first executions, and whenever
+/// the planner guesses them cheaper) would re-plan the whole view for every statement, most of
+/// a sync-mode write's cost; pgrx's prepared statements take no cursor options, and setting
+/// `plan_cache_mode` around every in-statement refresh instead cost a GUC nesting level per
+/// statement (on PostgreSQL 15 leaving one walks every setting). A session's own
+/// `plan_cache_mode = force_custom_plan` still wins, as it does for every prepared statement.
+struct KeptPlan(NonNull<pg_sys::_SPI_plan>);
+
+impl KeptPlan {
+    /// Prepares `sql` in the caller's SPI connection (`_client`) and keeps it.
+    fn prepare(_client: &SpiClient<'_>, sql: &str) -> spi::Result<KeptPlan> {
+        // Generated from identifiers, which cannot hold a NUL.
+        let Ok(sql) = std::ffi::CString::new(sql) else {
+            return Err(spi::SpiError::SpiError(pgrx::spi::SpiErrorCodes::Argument));
+        };
+        let mut argtypes = [pg_sys::INT8ARRAYOID];
+        // SAFETY: called inside an SPI connection (the caller holds its client); SPI copies
+        // the text and the argument types into the plan. An ERROR (syntax, missing relation)
+        // unwinds as a Rust panic through pgrx's guard, like pgrx's own prepare.
+        let plan = unsafe {
+            pg_sys::SPI_prepare_cursor(
+                sql.as_ptr(),
+                1,
+                argtypes.as_mut_ptr(),
+                pg_sys::CURSOR_OPT_GENERIC_PLAN as i32,
+            )
+        };
+        // SAFETY: SPI_result is set by the call above when it returns no plan.
+        let plan = NonNull::new(plan).ok_or_else(|| status_error(unsafe { pg_sys::SPI_result }))?;
+        let kept = KeptPlan(plan);
+        // SAFETY: a plan prepared in this connection, not kept yet; on failure drop() frees it.
+        let status = unsafe { pg_sys::SPI_keepplan(plan.as_ptr()) };
+        if status != 0 {
+            return Err(status_error(status));
+        }
+        Ok(kept)
+    }
+
+    /// Runs the statement for `keys` (writes allowed) in the caller's SPI connection; its
+    /// result rows stay readable until the connection ends.
+    fn run(&self, _client: &mut SpiClient<'_>, keys: &[i64]) -> spi::Result<Rows> {
+        let Some(array) = Int8Array(keys).into_datum() else {
+            unreachable!("a key array is never NULL")
+        };
+        let mut values = [array];
+        let nulls = [b' ' as std::ffi::c_char];
+        // SAFETY: inside the caller's SPI connection, with the one argument the plan was
+        // prepared for. Like pgrx's own writes, the transaction gets its xid first (later
+        // pgrx reads of this connection then take fresh snapshots), and SPI_tuptable is
+        // cleared so a statement that returns no rows is not read as the previous one's.
+        let status = unsafe {
+            let _ = pg_sys::GetCurrentTransactionId();
+            pg_sys::SPI_tuptable = std::ptr::null_mut();
+            pg_sys::SPI_execute_plan(
+                self.0.as_ptr(),
+                values.as_mut_ptr(),
+                nulls.as_ptr(),
+                false,
+                0,
+            )
+        };
+        pgrx::spi::Spi::check_status(status)?;
+        // SAFETY: plain reads of SPI's results of the statement just run.
+        Ok(unsafe {
+            Rows {
+                table: pg_sys::SPI_tuptable,
+                processed: pg_sys::SPI_processed as usize,
+            }
+        })
+    }
+}
+
+impl Drop for KeptPlan {
+    fn drop(&mut self) {
+        // SAFETY: the plan is ours (prepared above, kept or not) and freed once.
+        unsafe { pg_sys::SPI_freeplan(self.0.as_ptr()) };
+    }
+}
+
+/// The error of a failed SPI call's status (an argument error if it claims success).
+fn status_error(status: i32) -> spi::SpiError {
+    pgrx::spi::Spi::check_status(status)
+        .err()
+        .unwrap_or(spi::SpiError::SpiError(pgrx::spi::SpiErrorCodes::Argument))
+}
+
+/// The rows a `KeptPlan` returned (`SPI_tuptable`), read by row and column (1-based).
+struct Rows {
+    table: *mut pg_sys::SPITupleTable,
+    processed: usize,
+}
+
+impl Rows {
+    /// Rows returned, or written by a statement without `RETURNING`.
+    fn len(&self) -> usize {
+        if self.table.is_null() {
+            self.processed
+        } else {
+            // SAFETY: a live tuple table of the current SPI connection.
+            unsafe { (*self.table).numvals as usize }
+        }
+    }
+
+    /// Column `col` of row `row`, `None` when NULL or out of range.
+    fn get<T: FromDatum>(&self, row: usize, col: i32) -> Option<T> {
+        if self.table.is_null() || row >= self.len() {
+            return None;
+        }
+        // SAFETY: `row` is within the table; SPI_getbinval checks `col` against the
+        // descriptor (NULL with SPI_result set when out of range); the datum points into the
+        // tuple table, alive until the connection ends, and FromDatum copies what it keeps.
+        unsafe {
+            let tuple = *(*self.table).vals.add(row);
+            let mut isnull = false;
+            let datum = pg_sys::SPI_getbinval(tuple, (*self.table).tupdesc, col, &mut isnull);
+            T::from_datum(datum, isnull)
+        }
+    }
+}
+
 /// A key array argument, built with one `construct_array` call: pgrx's `Vec<i64>` argument
 /// appends element by element through an error boundary each and looks the array type up in
 /// the syscache, ~1.5k instructions for the one key of a single-row write (0.7% of it with two
@@ -137,7 +254,7 @@ struct Int8Array<'a>(&'a [i64]);
 
 impl IntoDatum for Int8Array<'_> {
     fn into_datum(self) -> Option<pg_sys::Datum> {
-        let mut elements: Vec<pg_sys::Datum> =
+        let mut elements: smallvec::SmallVec<[pg_sys::Datum; 8]> =
             self.0.iter().map(|&k| pg_sys::Datum::from(k)).collect();
         // SAFETY: `elements` holds `len` int8 datums (by value, 8 bytes, double-aligned, as
         // pg_type says); the array is palloc'd in the current memory context, like pgrx's.
@@ -161,17 +278,17 @@ impl IntoDatum for Int8Array<'_> {
 
 /// What `upsert_keys_sql` returned: rows written, rows of the view that repeat a key, and
 /// distinct keys the view returned.
-fn tally(table: pgrx::spi::SpiTupleTable<'_>) -> spi::Result<(i64, i64, usize)> {
-    let mut returned: smallvec::SmallVec<[i64; 8]> = smallvec::SmallVec::new();
+fn tally(table: Rows) -> (i64, i64, usize) {
+    let mut returned: Vec<i64> = Vec::with_capacity(table.len());
     let mut rows = 0;
-    for row in table {
-        if let Some(key) = row.get::<i64>(1)? {
+    for row in 0..table.len() {
+        if let Some(key) = table.get::<i64>(row, 1) {
             returned.push(key);
         }
-        rows = row.get::<i64>(2)?.unwrap_or(0);
+        rows = table.get::<i64>(row, 2).unwrap_or(0);
     }
-    let (repeated, distinct) = repeats(returned.into_vec());
-    Ok((rows, repeated, distinct))
+    let (repeated, distinct) = repeats(returned);
+    (rows, repeated, distinct)
 }
 
 /// `(keys that repeat, distinct keys)` of `keys`.
@@ -233,47 +350,30 @@ impl Plans {
                 let sql = self
                     .shape
                     .upsert_keys_noting_sql(&pgrx::spi::quote_identifier(&schema));
-                self.upsert_noting = Some(
-                    client
-                        .prepare_mut(sql.as_str(), &[PgBuiltInOids::INT8ARRAYOID.into()])?
-                        .keep(),
-                );
+                self.upsert_noting = Some(KeptPlan::prepare(client, &sql)?);
             }
         }
         let (rows, repeated, returned) = match (&self.upsert_noting, count_written) {
             (Some(plan), false) => {
-                let (result, mut noted) = noting(|| {
-                    client
-                        .update(plan, None, &[Int8Array(keys).into()])
-                        .map(drop)
-                });
+                let (result, mut noted) = noting(|| plan.run(client, keys).map(drop));
                 result?;
                 // Only the keys asked for: no other key can come from this statement's view.
                 noted.retain(|k| keys.binary_search(k).is_ok());
                 let (repeated, distinct) = repeats(noted);
                 (0, repeated, distinct)
             }
-            _ => tally(client.update(&self.upsert, None, &[Int8Array(keys).into()])?)?,
+            _ => tally(self.upsert.run(client, keys)?),
         };
         let mut rows = super::counted(Some(rows), Some(repeated), table_oid);
         if returned < keys.len() {
             if self.delete_missing.is_none() {
-                self.delete_missing = Some(
-                    client
-                        .prepare_mut(
-                            self.shape.delete_missing_keys_sql().as_str(),
-                            &[PgBuiltInOids::INT8ARRAYOID.into()],
-                        )?
-                        .keep(),
-                );
+                self.delete_missing = Some(KeptPlan::prepare(
+                    client,
+                    &self.shape.delete_missing_keys_sql(),
+                )?);
             }
             if let Some(plan) = &self.delete_missing {
-                rows += client
-                    .update(plan, None, &[Int8Array(keys).into()])?
-                    .first()
-                    .get_one::<i64>()?
-                    .unwrap_or(0)
-                    .max(0) as u64;
+                rows += plan.run(client, keys)?.get::<i64>(0, 1).unwrap_or(0).max(0) as u64;
             }
         }
         Ok(rows)
@@ -299,14 +399,7 @@ impl Plans {
                 .get_one::<bool>()?
                 .unwrap_or(false);
             self.touch = Some(if read {
-                Some(
-                    client
-                        .prepare_mut(
-                            self.shape.touch_keys_sql().as_str(),
-                            &[PgBuiltInOids::INT8ARRAYOID.into()],
-                        )?
-                        .keep(),
-                )
+                Some(KeptPlan::prepare(client, &self.shape.touch_keys_sql())?)
             } else {
                 None
             });
@@ -317,10 +410,9 @@ impl Plans {
         let mut distinct = keys.to_vec();
         distinct.sort_unstable();
         distinct.dedup();
-        let found = client
-            .update(plan, None, &[Int8Array(&distinct).into()])?
-            .first()
-            .get_one::<i64>()?
+        let found = plan
+            .run(client, &distinct)?
+            .get::<i64>(0, 1)
             .unwrap_or(0)
             .max(0) as u64;
         Ok(Some((distinct.len() as u64).saturating_sub(found)))
@@ -336,14 +428,10 @@ impl Plans {
     ) -> spi::Result<Vec<i64>> {
         if let std::collections::hash_map::Entry::Vacant(slot) = self.resolvers.entry(rule) {
             let plan = match catalog::resolve_sql(client, table_oid, rule)? {
-                Some(sql) => Some(
-                    client
-                        .prepare(
-                            format!("SELECT array_agg(k) FROM ({sql}) AS r(k)").as_str(),
-                            &[PgBuiltInOids::INT8ARRAYOID.into()],
-                        )?
-                        .keep(),
-                ),
+                Some(sql) => Some(KeptPlan::prepare(
+                    client,
+                    &format!("SELECT array_agg(k) FROM ({sql}) AS r(k)"),
+                )?),
                 None => None,
             };
             slot.insert(plan);
@@ -351,10 +439,7 @@ impl Plans {
         let Some(plan) = self.resolvers.get(&rule).and_then(Option::as_ref) else {
             return Ok(Vec::new());
         };
-        let found = client
-            .select(plan, None, &[Int8Array(&values).into()])?
-            .first()
-            .get_one::<Vec<Option<i64>>>()?;
+        let found = plan.run(client, &values)?.get::<Vec<Option<i64>>>(0, 1);
         Ok(found.unwrap_or_default().into_iter().flatten().collect())
     }
 }
