@@ -12,7 +12,10 @@
 #   base    the UPDATE of a copy without triggers
 #   floor   the copy with the hand-written PL/pgSQL statement trigger that refreshes its read
 #           model synchronously (the bench's syncpl variant)
-#   sync    public.tb_post with pg_tviews_bgw.mode = sync (both TVIEWs refreshed in-statement)
+#   sync    public.tb_post with pg_tviews_bgw.mode = sync (both TVIEWs refreshed in-statement),
+#           written by their owner with the default search_path: the refresh leaves the path
+#           unpinned (it already resolves as the pinned one)
+#   syncrole the same written by another role (bench_writer): the refresh pins the path
 #   noop    the copy with the no-op PL/pgSQL statement trigger (the bench's capture floor)
 #   async   public.tb_post in async mode: the capture trigger and the publish at COMMIT (the
 #           writer's own cost; no worker runs, so nothing is refreshed), journal included
@@ -45,6 +48,7 @@ as_pg "${PSQL[@]}" -qc "CREATE DATABASE bench" postgres
 as_pg "${PSQL[@]}" -q -v nusers="$USERS" -v nposts="$POSTS" -v seed=0.42 \
     -f "$PWD/bench/sql/schema.sql" bench >/dev/null
 as_pg "${PSQL[@]}" -qc "SELECT pg_tviews_wait('60s')" bench >/dev/null
+as_pg "${PSQL[@]}" -qc "CREATE ROLE bench_writer; GRANT SELECT, UPDATE ON public.tb_post TO bench_writer" bench >/dev/null
 scripts/cluster.sh stop "$DIR" >/dev/null
 # Every run starts from this copy: a table's state (dead versions, HOT chains, free space)
 # moves its cost by several percent, so no variant may inherit another's writes.
@@ -52,15 +56,16 @@ cp -a "$DIR/data" "$DIR/pristine"
 
 work=$(mktemp -d)
 chmod 777 "$work"
-# ir TABLE N [sync|none]: total instructions of one single-user backend running N UPDATEs
-# (none: in async mode with pg_tviews_bgw.durability = none).
+# ir TABLE N [sync|syncrole|none]: total instructions of one single-user backend running N
+# UPDATEs (syncrole: sync mode as bench_writer; none: async with pg_tviews_bgw.durability = none).
 ir() {
     local sql=$work/run.sql out=$work/cg.out
     {
         # -j ends a statement at ";" and an empty line: each write is its own transaction
         # (without the empty lines the whole file would be one multi-statement query, one
         # transaction, and no write would pay its commit).
-        [[ ${3:-} == sync ]] && printf 'SET pg_tviews_bgw.mode = sync;\n\n'
+        [[ ${3:-} == syncrole ]] && printf 'SET ROLE bench_writer;\n\n'
+        [[ ${3:-} == sync* ]] && printf 'SET pg_tviews_bgw.mode = sync;\n\n'
         printf 'PREPARE u(int) AS UPDATE %s SET votes = votes + 1 WHERE pk_post = $1;\n\n' "$1"
         awk -v n="$2" -v posts="$POSTS" 'BEGIN { srand(7); for (i = 0; i < n; i++) printf "EXECUTE u(%d);\n\n", 1 + int(rand() * posts) }'
     } >"$sql"
@@ -84,14 +89,16 @@ per_write() { echo $(( ($(ir "$1" "$N2" "${2:-}") - $(ir "$1" "$N1" "${2:-}")) /
 base=$(per_write base.tb_post)
 floor=$(per_write syncpl.tb_post)
 sync=$(per_write public.tb_post sync)
+syncrole=$(per_write public.tb_post syncrole)
 noop=$(per_write cap.tb_post)
 async=$(per_write public.tb_post)
 none=$(per_write public.tb_post none)
 rm -rf "$work" "$DIR/pristine"
 printf 'instructions per single-row UPDATE (callgrind, %s - %s writes)\n' "$N2" "$N1"
-printf '  base   %9d\n  floor  %9d\n  sync   %9d\n  noop   %9d\n  async  %9d\n  none   %9d\n' \
-    "$base" "$floor" "$sync" "$noop" "$async" "$none"
-awk -v s="$sync" -v f="$floor" 'BEGIN { printf "  sync / floor = %.3f\n", s / f }'
+printf '  base      %9d\n  floor     %9d\n  sync      %9d\n  syncrole  %9d\n  noop      %9d\n  async     %9d\n  none      %9d\n' \
+    "$base" "$floor" "$sync" "$syncrole" "$noop" "$async" "$none"
+awk -v s="$sync" -v r="$syncrole" -v f="$floor" \
+    'BEGIN { printf "  sync / floor = %.3f (written by another role: %.3f)\n", s / f, r / f }'
 awk -v b="$base" -v n="$noop" -v a="$async" \
     'BEGIN { printf "  base / noop = %.3f, base / async = %.3f", b / n, b / a }'
 awk -v b="$base" -v a="$none" 'BEGIN { printf ", base / async with durability = none = %.3f\n", b / a }'

@@ -153,6 +153,13 @@ impl PinnedSearchPath {
     }
 }
 
+impl PinnedSearchPath {
+    /// True when this set the path (false: it was left as it was).
+    pub fn is_set(&self) -> bool {
+        self._settings.is_some()
+    }
+}
+
 /// The pinned path for the extension's schema (`None` without the extension).
 fn pinned_path() -> Option<std::ffi::CString> {
     with_pinned_path(|path| path.to_owned())

@@ -277,10 +277,14 @@ fn refresh_group(
     owner: pg_sys::Oid,
     group: &[QueueEntry],
 ) -> spi::Result<Option<u64>> {
+    // The owner's privileges run only what the pinned path finds (the workers' path is
+    // pinned for good; in-statement refreshes pin in `apply_raising`).
+    let _path = catalog::PinnedSearchPath::enter_for_role(owner);
     Spi::connect_mut(|client| refresh_group_with(client, table_oid, owner, group, None))
 }
 
-/// `refresh_group` through the caller's SPI connection. `resolved`: collects the TVIEW keys
+/// `refresh_group` through the caller's SPI connection, under a path the caller made safe for
+/// `owner` (`catalog::PinnedSearchPath::enter_for_role`). `resolved`: collects the TVIEW keys
 /// that lineage rules resolved to (see `Outcome::resolved`).
 fn refresh_group_with(
     client: &mut SpiClient<'_>,
@@ -290,8 +294,6 @@ fn refresh_group_with(
     resolved: Option<&mut Vec<QueueEntry>>,
 ) -> spi::Result<Option<u64>> {
     refuse_if_read_only();
-    // Before the switch: the owner's privileges run only what the pinned path finds.
-    let _path = catalog::PinnedSearchPath::enter_for_role(owner);
     let _as_owner = AsOwner::switch_to(owner);
     if group.iter().any(|e| e.kind == kind::FULL) {
         if serving_waiters() {
@@ -494,6 +496,9 @@ fn apply_raising(
     progress: &dyn Fn(u32),
 ) -> spi::Result<Outcome> {
     let mut outcome = Outcome::default();
+    // Once one TVIEW's owner needs the path pinned, it stays pinned for the statement's other
+    // TVIEWs (each would pay its own GUC level otherwise).
+    let mut path: Option<catalog::PinnedSearchPath> = None;
     for group in sorted.chunk_by(|a, b| a.tview_oid == b.tview_oid) {
         let oid = group[0].tview_oid;
         let table_oid = pg_sys::Oid::from(oid);
@@ -501,6 +506,9 @@ fn apply_raising(
         let Some(owner) = refreshable_owner(table_oid, group)? else {
             continue;
         };
+        if !path.as_ref().is_some_and(catalog::PinnedSearchPath::is_set) {
+            path = Some(catalog::PinnedSearchPath::enter_for_role(owner));
+        }
         if let Some(rows) =
             refresh_group_with(client, table_oid, owner, group, Some(&mut outcome.resolved))?
         {
