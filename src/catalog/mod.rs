@@ -151,9 +151,7 @@ impl PinnedSearchPath {
         }
         PinnedSearchPath::enter()
     }
-}
 
-impl PinnedSearchPath {
     /// True when this set the path (false: it was left as it was).
     pub fn is_set(&self) -> bool {
         self._settings.is_some()
@@ -182,13 +180,13 @@ fn with_pinned_path<R>(f: impl FnOnce(&std::ffi::CStr) -> R) -> Option<R> {
     })
 }
 
-/// The current `search_path` setting, as set.
-fn current_search_path() -> Option<&'static std::ffi::CStr> {
+/// `f` of the current `search_path` setting, as set (`None`: no value yet).
+fn with_current_search_path<R>(f: impl FnOnce(&std::ffi::CStr) -> R) -> Option<R> {
     // SAFETY: the GUC's current string, owned by the GUC machinery and replaced (not changed in
-    // place) by the next SET; read and compared before anything can set it again.
+    // place) by the next SET; `f` only reads it, and sets nothing meanwhile.
     unsafe {
         let path = pg_sys::namespace_search_path;
-        (!path.is_null()).then(|| std::ffi::CStr::from_ptr(path))
+        (!path.is_null()).then(|| f(std::ffi::CStr::from_ptr(path)))
     }
 }
 
@@ -196,10 +194,9 @@ fn current_search_path() -> Option<&'static std::ffi::CStr> {
 /// `PinnedSearchPath`): it names neither `"$user"` nor `pg_temp`, so it resolves alike for
 /// every role.
 pub fn search_path_is_pinned() -> bool {
-    let Some(current) = current_search_path() else {
-        return false;
-    };
-    with_pinned_path(|path| path == current).unwrap_or(false)
+    with_pinned_path(|path| with_current_search_path(|current| path == current))
+        .flatten()
+        .unwrap_or(false)
 }
 
 /// True when name lookups under the current `search_path`, for the current role, already go
@@ -211,14 +208,13 @@ pub fn search_path_is_pinned() -> bool {
 /// schema differs, and a refresh creates nothing. Cheap: the writer's own statement has just
 /// computed the path, and nothing is set.
 pub fn search_path_resolves_as_pinned() -> bool {
-    let Some(current) = current_search_path() else {
-        return false;
-    };
-    if current
-        .to_bytes()
-        .windows(7)
-        .any(|w| w.eq_ignore_ascii_case(b"pg_temp"))
-    {
+    let names_temp = with_current_search_path(|current| {
+        current
+            .to_bytes()
+            .windows(7)
+            .any(|w| w.eq_ignore_ascii_case(b"pg_temp"))
+    });
+    if names_temp != Some(false) {
         return false;
     }
     let Some(schema) = state::cached_schema_oid() else {
