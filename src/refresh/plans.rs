@@ -18,7 +18,7 @@ pub struct Plans {
     upsert_noting: Option<KeptPlan>,
     /// `delete_missing_keys_sql`, built on first use (most batches delete nothing).
     delete_missing: Option<KeptPlan>,
-    /// Lineage rule -> `SELECT array_agg(k) FROM (resolve_sql)`.
+    /// Lineage rule -> `SELECT array_agg(k::bigint) FROM (resolve_sql)`.
     resolvers: HashMap<u32, Option<KeptPlan>>,
     /// `touch_keys_sql` when another TVIEW reads this one (`Some(None)`: none does), built on
     /// first use by the priority lane. Creating a dependent TVIEW adds capture triggers to
@@ -229,19 +229,32 @@ impl Rows {
         }
     }
 
-    /// Column `col` of row `row`, `None` when NULL or out of range.
-    fn get<T: FromDatum>(&self, row: usize, col: i32) -> Option<T> {
+    /// Column `col` of row `row`, `None` when NULL or out of range; an error when the column
+    /// is not of `T`'s type (a datum is never read as another type).
+    fn get<T: FromDatum + IntoDatum>(&self, row: usize, col: i32) -> spi::Result<Option<T>> {
         if self.table.is_null() || row >= self.len() {
-            return None;
+            return Ok(None);
         }
-        // SAFETY: `row` is within the table; SPI_getbinval checks `col` against the
-        // descriptor (NULL with SPI_result set when out of range); the datum points into the
-        // tuple table, alive until the connection ends, and FromDatum copies what it keeps.
+        // SAFETY: `row` is within the table; SPI_gettypeid and SPI_getbinval check `col`
+        // against the descriptor (InvalidOid / NULL when out of range); the datum points into
+        // the tuple table, alive until the connection ends, and FromDatum copies what it keeps.
         unsafe {
+            let tupdesc = (*self.table).tupdesc;
+            let found = pg_sys::SPI_gettypeid(tupdesc, col);
+            if found != T::type_oid() {
+                return Err(spi::SpiError::DatumError(
+                    pgrx::datum::TryFromDatumError::IncompatibleTypes {
+                        rust_type: std::any::type_name::<T>(),
+                        rust_oid: T::type_oid(),
+                        datum_type: format!("oid {}", found.to_u32()),
+                        datum_oid: found,
+                    },
+                ));
+            }
             let tuple = *(*self.table).vals.add(row);
             let mut isnull = false;
-            let datum = pg_sys::SPI_getbinval(tuple, (*self.table).tupdesc, col, &mut isnull);
-            T::from_datum(datum, isnull)
+            let datum = pg_sys::SPI_getbinval(tuple, tupdesc, col, &mut isnull);
+            Ok(T::from_datum(datum, isnull))
         }
     }
 }
@@ -278,17 +291,17 @@ impl IntoDatum for Int8Array<'_> {
 
 /// What `upsert_keys_sql` returned: rows written, rows of the view that repeat a key, and
 /// distinct keys the view returned.
-fn tally(table: Rows) -> (i64, i64, usize) {
+fn tally(table: Rows) -> spi::Result<(i64, i64, usize)> {
     let mut returned: Vec<i64> = Vec::with_capacity(table.len());
     let mut rows = 0;
     for row in 0..table.len() {
-        if let Some(key) = table.get::<i64>(row, 1) {
+        if let Some(key) = table.get::<i64>(row, 1)? {
             returned.push(key);
         }
-        rows = table.get::<i64>(row, 2).unwrap_or(0);
+        rows = table.get::<i64>(row, 2)?.unwrap_or(0);
     }
     let (repeated, distinct) = repeats(returned);
-    (rows, repeated, distinct)
+    Ok((rows, repeated, distinct))
 }
 
 /// `(keys that repeat, distinct keys)` of `keys`.
@@ -362,7 +375,7 @@ impl Plans {
                 let (repeated, distinct) = repeats(noted);
                 (0, repeated, distinct)
             }
-            _ => tally(self.upsert.run(client, keys)?),
+            _ => tally(self.upsert.run(client, keys)?)?,
         };
         let mut rows = super::counted(Some(rows), Some(repeated), table_oid);
         if returned < keys.len() {
@@ -373,7 +386,11 @@ impl Plans {
                 )?);
             }
             if let Some(plan) = &self.delete_missing {
-                rows += plan.run(client, keys)?.get::<i64>(0, 1).unwrap_or(0).max(0) as u64;
+                rows += plan
+                    .run(client, keys)?
+                    .get::<i64>(0, 1)?
+                    .unwrap_or(0)
+                    .max(0) as u64;
             }
         }
         Ok(rows)
@@ -412,7 +429,7 @@ impl Plans {
         distinct.dedup();
         let found = plan
             .run(client, &distinct)?
-            .get::<i64>(0, 1)
+            .get::<i64>(0, 1)?
             .unwrap_or(0)
             .max(0) as u64;
         Ok(Some((distinct.len() as u64).saturating_sub(found)))
@@ -430,7 +447,7 @@ impl Plans {
             let plan = match catalog::resolve_sql(client, table_oid, rule)? {
                 Some(sql) => Some(KeptPlan::prepare(
                     client,
-                    &format!("SELECT array_agg(k) FROM ({sql}) AS r(k)"),
+                    &format!("SELECT array_agg(k::bigint) FROM ({sql}) AS r(k)"),
                 )?),
                 None => None,
             };
@@ -439,7 +456,7 @@ impl Plans {
         let Some(plan) = self.resolvers.get(&rule).and_then(Option::as_ref) else {
             return Ok(Vec::new());
         };
-        let found = plan.run(client, &values)?.get::<Vec<Option<i64>>>(0, 1);
+        let found = plan.run(client, &values)?.get::<Vec<Option<i64>>>(0, 1)?;
         Ok(found.unwrap_or_default().into_iter().flatten().collect())
     }
 }
