@@ -2,6 +2,18 @@
 
 use pg_tviews_bgw_e2e::*;
 
+/// The distinct values of `data->>field` over the rows of `table`.
+fn distinct_field(db: &mut postgres::Client, table: &str, field: &str) -> Vec<String> {
+    db.query(
+        &format!("SELECT DISTINCT data->>'{field}' FROM {table} ORDER BY 1"),
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
 #[test]
 fn refresh_runs_as_the_tview_owner() {
     let cluster = Cluster::start("security", &[]);
@@ -21,13 +33,11 @@ fn refresh_runs_as_the_tview_owner() {
     db.batch_execute("UPDATE tb_note SET body = body || '!'")
         .unwrap();
     wait_drained(&mut db);
-    let refreshed_by: Vec<String> = db
-        .query("SELECT DISTINCT data->>'by' FROM tv_note", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(refreshed_by, ["alice"], "the worker refreshed as the owner");
+    assert_eq!(
+        distinct_field(&mut db, "tv_note", "by"),
+        ["alice"],
+        "the worker refreshed as the owner"
+    );
 
     // Without the owner's read access the refresh fails (and is deferred), it does not fall
     // back to superuser rights.
@@ -136,11 +146,5 @@ fn sync_refreshes_resolve_names_as_the_pinned_path() {
         &["tagged"],
         "sync writes under several search paths",
     );
-    let tags: Vec<String> = db
-        .query("SELECT DISTINCT data->>'tag' FROM tv_tagged", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(tags, ["pinned"]);
+    assert_eq!(distinct_field(&mut db, "tv_tagged", "tag"), ["pinned"]);
 }
